@@ -1,0 +1,1 @@
+"""Hugging Face configs -> ModelSpec: one adapter per model family."""

@@ -1,0 +1,207 @@
+"""The model description every other part of galvatron_hf reads.
+
+An adapter turns a Hugging Face config (no weights) into a :class:`ModelSpec`: the model's layers in
+execution order, each with its sizes, parameter count, FLOPs, the activation bytes it keeps for backward,
+the Linear modules that tensor parallelism splits, and the module path where the runtime finds it.
+The planner prices layers from these numbers; the runtime parallelises the HF modules the spec points at.
+Everything here is plain data (JSON-able), so the planner stays free of torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+LayerKind = Literal[
+    "embedding",  # token (+ position) embeddings, or ViT patch embeddings
+    "encoder_block",  # bidirectional self-attention block (BERT, ViT, T5 encoder)
+    "decoder_block",  # causal self-attention block (GPT-2, LLaMA)
+    "cross_decoder_block",  # causal self-attention + cross-attention block (T5 decoder)
+    "final_norm",  # a norm after the last block (LLaMA norm, GPT-2 ln_f, T5 final_layer_norm)
+    "pooler",  # BERT pooler, ViT layernorm before the classifier
+    "head",  # LM head or classifier
+]
+BLOCK_KINDS: frozenset[str] = frozenset({"encoder_block", "decoder_block", "cross_decoder_block"})
+
+TPStyle = Literal["colwise", "rowwise"]
+AttentionImpl = Literal["eager", "sdpa", "flash_attention_2"]
+
+
+@dataclass(frozen=True)
+class TPRule:
+    """How tensor parallelism splits one module.
+
+    ``module`` is relative to the owning layer's ``root``. ``colwise`` splits the output features (and the
+    bias), ``rowwise`` the input features (its output is summed over the TP group); for an ``nn.Embedding``
+    ``rowwise`` means a vocabulary-parallel split and for the LM head ``colwise`` a vocabulary-parallel
+    output. ``fused`` > 1 marks an output made of that many equal parts that must each be split on their own
+    (GPT-2's ``c_attn`` holds q, k and v side by side). ``conv1d`` marks GPT-2's ``Conv1D``, whose weight is
+    stored transposed (in_features, out_features).
+    """
+
+    module: str
+    style: TPStyle
+    fused: int = 1
+    conv1d: bool = False
+
+
+@dataclass(frozen=True)
+class TPAttribute:
+    """A module attribute holding a head count or width that must be divided by the TP degree.
+
+    Some HF attention modules reshape with a stored head count (T5's ``n_heads``, BERT's
+    ``num_attention_heads``); after a column split each rank holds ``value / tp`` of them.
+    """
+
+    module: str
+    attribute: str
+
+
+@dataclass(frozen=True)
+class ActivationModel:
+    """Bytes a layer keeps for backward, per sample, as linear terms.
+
+    Each field counts elements per token (one sample has ``seq_len`` tokens) so the same numbers serve every
+    TP degree, dtype and attention implementation. ``bytes_per_sample`` evaluates them; the adapter tests
+    check it against what ``torch.autograd.graph.saved_tensors_hooks`` records.
+    """
+
+    replicated: float = 0.0  # activation-dtype elements every TP rank keeps whole (norm inputs, residuals)
+    sharded: float = 0.0  # activation-dtype elements split across the TP group (q/k/v, FFN intermediates)
+    eager_scores: float = 0.0  # per token and per key position: attention probabilities (eager only), split by TP
+    fused_attention: float = 0.0  # elements kept by SDPA / flash kernels (output, logsumexp), split by TP
+    fp32_sharded: float = 0.0  # fp32 elements split by TP whatever the dtype (softmax statistics)
+    bool_replicated: float = 0.0  # 1-byte elements kept whole (dropout masks on the residual stream)
+    bool_sharded: float = 0.0  # 1-byte elements split by TP (dropout masks inside attention / FFN)
+    checkpointed: float = 0.0  # activation-dtype elements kept when the layer is checkpointed (its inputs)
+
+    def bytes_per_sample(
+        self,
+        seq_len: int,
+        tp: int = 1,
+        dtype_bytes: int = 2,
+        checkpoint: bool = False,
+        attn_impl: AttentionImpl = "sdpa",
+        kv_seq_len: int | None = None,
+    ) -> float:
+        """Bytes one sample keeps between forward and backward on one TP rank."""
+        if checkpoint:
+            return self.checkpointed * seq_len * dtype_bytes
+        kv_len = kv_seq_len if kv_seq_len is not None else seq_len
+        per_token = (self.replicated + self.sharded / tp) * dtype_bytes
+        per_token += self.fp32_sharded / tp * 4
+        per_token += self.bool_replicated + self.bool_sharded / tp
+        if attn_impl == "eager":
+            per_token += self.eager_scores * kv_len / tp * dtype_bytes
+        else:
+            per_token += self.fused_attention / tp * dtype_bytes
+        return per_token * seq_len
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of the model as the planner and runtime see it."""
+
+    name: str  # readable, unique: "embedding", "decoder_block.3", "head"
+    kind: LayerKind
+    root: str  # module path inside the HF model ("model.layers.3"; "" for the model root)
+    modules: tuple[str, ...]  # module paths (relative to root) this layer owns, e.g. ("model.embed_tokens",)
+    hidden_size: int
+    num_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    ffn_size: int = 0
+    seq_len: int = 0  # tokens per sample that flow through this layer
+    kv_seq_len: int = 0  # key length of cross-attention (T5 decoder: the encoder length); 0 without it
+    vocab_size: int = 0  # embedding and LM head only
+    params: int = 0  # parameters this layer owns (a tied weight is counted once, by the embedding)
+    tp_params: int = 0  # of ``params``, those split by TP (the rest are replicated on each TP rank)
+    forward_flops: float = 0.0  # forward FLOPs per sample at ``seq_len`` (2 per multiply-add)
+    activation: ActivationModel = field(default_factory=ActivationModel)
+    tp_rules: tuple[TPRule, ...] = ()
+    tp_attributes: tuple[TPAttribute, ...] = ()
+
+    @property
+    def is_block(self) -> bool:
+        return self.kind in BLOCK_KINDS
+
+    def activation_bytes(
+        self,
+        tp: int = 1,
+        dtype_bytes: int = 2,
+        checkpoint: bool = False,
+        attn_impl: AttentionImpl = "sdpa",
+    ) -> float:
+        """Activation bytes saved for backward per sample on one TP rank."""
+        return self.activation.bytes_per_sample(
+            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None
+        )
+
+    def max_tp(self) -> int:
+        """The largest TP degree this layer can take is bounded by its (KV) heads; 0 heads means no limit."""
+        bounds = [h for h in (self.num_heads, self.num_kv_heads) if h]
+        return min(bounds) if bounds else 0
+
+    def supports_tp(self, tp: int) -> bool:
+        """TP must divide the head counts (HF reshapes with -1 heads) and the FFN width."""
+        if tp == 1:
+            return True
+        for count in (self.num_heads, self.num_kv_heads, self.ffn_size):
+            if count and count % tp:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An HF model as an ordered list of layers, built from its config alone."""
+
+    name: str  # hub id or path it was resolved from
+    model_type: str  # config.model_type ("llama", "mistral", "gpt2", "bert", "vit", "t5", ...)
+    family: str  # adapter that built it ("llama", "gpt2", "bert", "vit", "t5")
+    architecture: str  # HF class the spec describes ("LlamaForCausalLM", ...)
+    seq_len: int
+    hidden_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    layers: tuple[LayerSpec, ...]
+    decoder_seq_len: int = 0  # T5 only: target length (the encoder uses seq_len)
+    config: dict = field(default_factory=dict, compare=False, hash=False)  # the HF config as a dict
+
+    @property
+    def blocks(self) -> tuple[LayerSpec, ...]:
+        """The transformer blocks, the layers a plan assigns strategies to one by one."""
+        return tuple(layer for layer in self.layers if layer.is_block)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def pre_layers(self) -> tuple[LayerSpec, ...]:
+        """Layers before the first block (the embedding): they live on the first pipeline stage."""
+        first = next(i for i, layer in enumerate(self.layers) if layer.is_block)
+        return self.layers[:first]
+
+    @property
+    def post_layers(self) -> tuple[LayerSpec, ...]:
+        """Layers after the last block (norm, pooler, head): they live on the last pipeline stage."""
+        last = max(i for i, layer in enumerate(self.layers) if layer.is_block)
+        return self.layers[last + 1 :]
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def forward_flops(self) -> float:
+        """Forward FLOPs per sample of the whole model."""
+        return sum(layer.forward_flops for layer in self.layers)
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """Tokens that count toward tokens/s: input plus target length for T5."""
+        return self.seq_len + self.decoder_seq_len
+
+    def to_dict(self) -> dict:
+        return asdict(self)

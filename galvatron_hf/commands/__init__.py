@@ -1,0 +1,1 @@
+"""Sub-commands of the `galvatron-hf` CLI (see galvatron_hf/cli.py)."""

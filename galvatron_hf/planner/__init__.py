@@ -1,0 +1,1 @@
+"""Cost model and search: ModelSpec + hardware -> Plan. Pure Python: never imports torch.distributed."""

@@ -1,0 +1,289 @@
+"""The plan: a typed, versioned description of one hybrid-parallel layout.
+
+The planner writes it, the runtime applies it, the trainer stores it beside checkpoints. Keys are fixed by
+these dataclasses (no comma-separated strings), the file carries ``"version": 1``, and ``validate`` says
+in plain words what is wrong before any process group exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
+    from galvatron_hf.adapters.spec import ModelSpec
+
+PLAN_VERSION = 1
+DP_TYPES = ("ddp", "zero2", "zero3")
+SCHEDULES = ("gpipe", "1f1b")
+MIXED_PRECISIONS = ("bf16", "fp16", "fp32")
+
+DPType = Literal["ddp", "zero2", "zero3"]
+Schedule = Literal["gpipe", "1f1b"]
+
+
+class PlanError(ValueError):
+    """A plan that cannot run; the message names what to change."""
+
+
+@dataclass(frozen=True)
+class LayerStrategy:
+    """How one transformer block runs: its pipeline stage and its (dp, tp) layout inside the stage.
+
+    ``tp * dp`` equals the stage's device count (world_size / pp). TP groups are consecutive ranks
+    (innermost), DP groups are strided by ``tp``.
+    """
+
+    stage: int
+    tp: int
+    dp: int
+    dp_type: DPType = "ddp"
+    checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class VocabStrategy:
+    """Layout of the embedding (first stage) and of the final norm / head (last stage).
+
+    ``tp`` > 1 splits the vocabulary across the TP group (vocab-parallel embedding and LM head).
+    """
+
+    tp: int = 1
+    dp: int = 1
+    dp_type: DPType = "ddp"
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What the cost model expects of this plan; ``peak_memory_gb`` has one entry per pipeline stage."""
+
+    step_time_s: float
+    samples_per_s: float
+    tokens_per_s: float
+    peak_memory_gb: list[float]
+    mfu: float | None = None
+    memory_budget_gb: float | None = None
+    source: str = "analytic"  # "analytic" or "profiled" (hardware/model profiles)
+
+
+@dataclass(frozen=True)
+class Plan:
+    world_size: int
+    pp: int
+    schedule: Schedule
+    global_batch_size: int
+    num_micro_batches: int
+    layers: list[LayerStrategy]
+    vocab: VocabStrategy = field(default_factory=VocabStrategy)
+    seq_len: int = 0
+    mixed_precision: str = "bf16"
+    model_name: str = ""
+    model_type: str = ""
+    predicted: Predicted | None = None
+    version: int = PLAN_VERSION
+
+    # ----- derived views -------------------------------------------------------------------------------
+    @property
+    def devices_per_stage(self) -> int:
+        return self.world_size // self.pp
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per micro-batch across the whole stage (each DP rank gets micro_batch_size / dp)."""
+        return self.global_batch_size // self.num_micro_batches
+
+    @property
+    def stage_sizes(self) -> list[int]:
+        """Number of blocks on each pipeline stage."""
+        counts = [0] * self.pp
+        for layer in self.layers:
+            if 0 <= layer.stage < self.pp:
+                counts[layer.stage] += 1
+        return counts
+
+    def stage_layers(self, stage: int) -> list[int]:
+        """Indices of the blocks on one stage."""
+        return [i for i, layer in enumerate(self.layers) if layer.stage == stage]
+
+    # ----- (de)serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        # put the identifying keys first so a person reading the file sees them at once
+        ordered = {"version": data.pop("version")}
+        ordered.update(data)
+        return ordered
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)  # atomic: a reader never sees half a plan
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise PlanError(
+                f"plan file has version {version!r}; this galvatron_hf reads version {PLAN_VERSION}. "
+                "Re-run `galvatron-hf search` to write a current plan."
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"plan has unknown keys {unknown}; known keys are {sorted(known)}")
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise PlanError(f"plan is missing required keys {missing}")
+        kwargs = dict(data)
+        kwargs["layers"] = [_build(LayerStrategy, entry, "layers[]") for entry in data["layers"]]
+        if "vocab" in data:
+            kwargs["vocab"] = _build(VocabStrategy, data["vocab"], "vocab")
+        if data.get("predicted") is not None:
+            kwargs["predicted"] = _build(Predicted, data["predicted"], "predicted")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"plan is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise PlanError("plan JSON must be an object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"no plan file at {path}; write one with `galvatron-hf search --output {path}`")
+        return cls.from_json(path.read_text())
+
+    def with_predicted(self, predicted: Predicted) -> Plan:
+        return replace(self, predicted=predicted)
+
+    # ----- validation ------------------------------------------------------------------------------------
+    def validate(self, world_size: int | None = None, spec: ModelSpec | None = None) -> Plan:
+        """Raise :class:`PlanError` naming the fix if the plan cannot run; return the plan otherwise.
+
+        ``world_size`` is the number of processes actually launched; ``spec`` the model it will run on.
+        """
+        errors = self._structural_errors()
+        if world_size is not None and world_size != self.world_size:
+            errors.append(
+                f"the plan is for {self.world_size} processes but {world_size} were launched: launch "
+                f"{self.world_size} (e.g. `torchrun --nproc_per_node {self.world_size}`) or search a plan for "
+                f"{world_size} (`galvatron-hf search --num_gpus {world_size}`)"
+            )
+        if spec is not None:
+            errors.extend(self._model_errors(spec))
+        if errors:
+            raise PlanError("invalid plan:\n  - " + "\n  - ".join(errors))
+        return self
+
+    def _structural_errors(self) -> list[str]:
+        errors: list[str] = []
+        if self.world_size < 1:
+            return [f"world_size must be >= 1, got {self.world_size}"]
+        if self.pp < 1 or self.world_size % self.pp:
+            errors.append(f"pp={self.pp} must be >= 1 and divide world_size={self.world_size}")
+            return errors
+        if self.schedule not in SCHEDULES:
+            errors.append(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            errors.append(f"mixed_precision {self.mixed_precision!r} is not one of {MIXED_PRECISIONS}")
+        if not self.layers:
+            errors.append("the plan has no layers")
+            return errors
+        if self.pp > len(self.layers):
+            errors.append(f"pp={self.pp} is larger than the number of layers ({len(self.layers)}); lower pp")
+        errors.extend(self._batch_errors())
+        errors.extend(self._stage_errors())
+        stage_devices = self.devices_per_stage
+        strategies = [(f"layer {i}", s) for i, s in enumerate(self.layers)] + [("vocab", self.vocab)]
+        for name, strategy in strategies:
+            errors.extend(self._layout_errors(name, strategy, stage_devices))
+        return errors
+
+    def _batch_errors(self) -> list[str]:
+        if self.global_batch_size < 1 or self.num_micro_batches < 1:
+            return [
+                f"global_batch_size ({self.global_batch_size}) and num_micro_batches "
+                f"({self.num_micro_batches}) must be >= 1"
+            ]
+        if self.global_batch_size % self.num_micro_batches:
+            return [
+                f"global_batch_size={self.global_batch_size} is not divisible by num_micro_batches="
+                f"{self.num_micro_batches}"
+            ]
+        return []
+
+    def _stage_errors(self) -> list[str]:
+        stages = [layer.stage for layer in self.layers]
+        if any(b < a for a, b in zip(stages, stages[1:])):
+            return [f"layer stages must be non-decreasing (contiguous stages), got {stages}"]
+        if set(stages) != set(range(self.pp)):
+            return [f"every stage 0..{self.pp - 1} needs at least one layer; layers are on stages {sorted(set(stages))}"]
+        return []
+
+    def _layout_errors(self, name: str, strategy: LayerStrategy | VocabStrategy, stage_devices: int) -> list[str]:
+        errors = []
+        if strategy.tp < 1 or strategy.dp < 1 or strategy.tp * strategy.dp != stage_devices:
+            errors.append(
+                f"{name}: tp={strategy.tp} x dp={strategy.dp} must equal the devices per stage "
+                f"(world_size / pp = {stage_devices})"
+            )
+        if strategy.dp_type not in DP_TYPES:
+            errors.append(f"{name}: dp_type {strategy.dp_type!r} is not one of {DP_TYPES}")
+        if strategy.dp >= 1 and self.num_micro_batches >= 1 and self.micro_batch_size % strategy.dp:
+            errors.append(
+                f"{name}: the micro-batch of {self.micro_batch_size} samples does not split over dp={strategy.dp}; "
+                f"make global_batch_size a multiple of num_micro_batches x {strategy.dp}"
+            )
+        return errors
+
+    def _model_errors(self, spec: ModelSpec) -> list[str]:
+        blocks = spec.blocks
+        if len(blocks) != len(self.layers):
+            return [
+                f"the plan has {len(self.layers)} layers but {spec.name} has {len(blocks)} transformer blocks; "
+                "search a plan for this model"
+            ]
+        errors = []
+        for i, (strategy, block) in enumerate(zip(self.layers, blocks)):
+            if not block.supports_tp(strategy.tp):
+                errors.append(
+                    f"layer {i}: tp={strategy.tp} does not divide {block.num_heads} heads / "
+                    f"{block.num_kv_heads} KV heads / FFN {block.ffn_size}; use a tp that divides "
+                    f"them (at most {block.max_tp()})"
+                )
+        vocab_size = spec.vocab_size
+        if self.vocab.tp > 1 and vocab_size % self.vocab.tp:
+            errors.append(f"vocab: tp={self.vocab.tp} does not divide the vocabulary size {vocab_size}")
+        if self.seq_len and self.seq_len != spec.seq_len:
+            errors.append(f"the plan was searched for seq_len={self.seq_len} but the model spec uses {spec.seq_len}")
+        return errors
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise PlanError(f"{where} must be an object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PlanError(f"{where} has unknown keys {unknown}; known keys are {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise PlanError(f"{where}: {err}") from err

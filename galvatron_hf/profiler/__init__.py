@@ -1,0 +1,1 @@
+"""Measure hardware and model layers into versioned JSON profiles the planner reads."""

@@ -1,0 +1,239 @@
+"""The versioned hardware description: what the profiler writes and the planner reads.
+
+Pure Python (no torch), so the planner can read it on a laptop. Conventions follow nccl-tests, so numbers
+from either source mean the same thing:
+
+* a collective's ``nbytes`` is the size of the full tensor: the input of all-reduce, reduce-scatter and
+  all-to-all, the *output* of all-gather;
+* ``time = latency_s + nbytes / algbw`` with ``algbw = busbw / factor``, where ``factor`` is
+  ``2 (n - 1) / n`` for all-reduce and ``(n - 1) / n`` for all-gather, reduce-scatter and all-to-all.
+
+Storing bus bandwidth makes entries comparable across group sizes: a ring's busbw is roughly constant in n,
+so a group size that was not measured borrows the busbw of the nearest one that was.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+HARDWARE_SCHEMA = "galvatron-hf/hardware"
+HARDWARE_VERSION = 1
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+PLACEMENTS = ("intra_node", "inter_node")
+
+Placement = Literal["intra_node", "inter_node"]
+
+
+class HardwareProfileError(ValueError):
+    """A hardware file that cannot be read or lacks what a lookup needs; the message names the fix."""
+
+
+def bus_factor(op: str, group_size: int) -> float:
+    """nccl-tests' ratio busbw / algbw for a collective over ``group_size`` ranks."""
+    n = group_size
+    if n <= 1:
+        return 0.0
+    if op == "all_reduce":
+        return 2.0 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    raise HardwareProfileError(f"unknown collective {op!r}; known: {COLLECTIVES}")
+
+
+@dataclass(frozen=True)
+class CollectiveFit:
+    """``latency_s + nbytes / algbw`` for one collective, group size and placement.
+
+    ``ranks`` says how the group was laid out when measured: ``consecutive`` ranks (a TP group) or
+    ``strided`` ranks (a DP group of a TP x DP mesh).
+    """
+
+    op: str
+    group_size: int
+    placement: Placement
+    latency_s: float
+    busbw_GBps: float
+    ranks: Literal["consecutive", "strided"] = "consecutive"
+
+    def time_s(self, nbytes: float, group_size: int | None = None) -> float:
+        n = group_size or self.group_size
+        if n <= 1 or nbytes <= 0:
+            return 0.0
+        algbw = self.busbw_GBps * 1e9 / bus_factor(self.op, n)
+        return self.latency_s + nbytes / algbw
+
+
+@dataclass(frozen=True)
+class P2PFit:
+    """Point-to-point send/recv between pipeline neighbours."""
+
+    placement: Placement
+    latency_s: float
+    bandwidth_GBps: float
+
+    def time_s(self, nbytes: float) -> float:
+        if nbytes <= 0:
+            return 0.0
+        return self.latency_s + nbytes / (self.bandwidth_GBps * 1e9)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One accelerator.
+
+    ``matmul_tflops`` is the rate large matmuls really reach (what time predictions use);
+    ``peak_tflops`` the datasheet dense rate (what MFU divides by).
+    """
+
+    name: str
+    memory_gb: float
+    matmul_tflops: dict[str, float]  # dtype ("bf16", "fp16", "fp32") -> achieved TFLOP/s
+    peak_tflops: dict[str, float]
+    memory_bandwidth_GBps: float = 0.0
+    reserved_memory_gb: float = 0.0  # CUDA context, NCCL buffers, allocator slack: not usable by tensors
+
+
+@dataclass(frozen=True)
+class OverlapSpec:
+    """Slowdown factors when communication runs alongside computation (both > 1 on real GPUs)."""
+
+    compute_slowdown: float = 1.0
+    comm_slowdown: float = 1.0
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    num_nodes: int
+    gpus_per_node: int
+    device: DeviceSpec
+    collectives: list[CollectiveFit]
+    p2p: list[P2PFit]
+    overlap: OverlapSpec = field(default_factory=OverlapSpec)
+    backend: str = "nccl"
+    sources: dict[str, str] = field(default_factory=dict)  # figure -> where the number comes from
+    created: str = ""
+    library_versions: dict[str, str] = field(default_factory=dict)
+    schema: str = HARDWARE_SCHEMA
+    version: int = HARDWARE_VERSION
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+    # ----- lookups ---------------------------------------------------------------------------------------
+    def placement_of(self, group_size: int, stride: int = 1) -> Placement:
+        """A group of ``group_size`` ranks spaced ``stride`` apart stays in one node iff its span fits."""
+        span = (group_size - 1) * stride + 1
+        return "intra_node" if span <= self.gpus_per_node else "inter_node"
+
+    def collective(
+        self, op: str, group_size: int, placement: Placement, ranks: str = "consecutive"
+    ) -> CollectiveFit:
+        """The fit for this collective: exact group size if measured, else the nearest measured one."""
+        candidates = [c for c in self.collectives if c.op == op and c.placement == placement]
+        if not candidates:
+            raise HardwareProfileError(
+                f"hardware profile {self.name!r} has no {placement} {op} measurement; profile a cluster "
+                f"with that placement (`galvatron-hf profile hardware`) or use a built-in hardware name"
+            )
+        same_layout = [c for c in candidates if c.ranks == ranks] or candidates
+        return min(same_layout, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
+
+    def collective_time(
+        self, op: str, nbytes: float, group_size: int, placement: Placement | None = None, stride: int = 1
+    ) -> float:
+        """Seconds for one collective of ``nbytes`` (see the module docstring) over ``group_size`` ranks."""
+        if group_size <= 1 or nbytes <= 0:
+            return 0.0
+        placement = placement or self.placement_of(group_size, stride)
+        ranks = "consecutive" if stride == 1 else "strided"
+        return self.collective(op, group_size, placement, ranks).time_s(nbytes, group_size)
+
+    def p2p_time(self, nbytes: float, placement: Placement = "intra_node") -> float:
+        fits = [p for p in self.p2p if p.placement == placement] or list(self.p2p)
+        if not fits:
+            raise HardwareProfileError(f"hardware profile {self.name!r} has no point-to-point measurement")
+        return fits[0].time_s(nbytes)
+
+    def matmul_flops_per_s(self, dtype: str) -> float:
+        try:
+            return self.device.matmul_tflops[dtype] * 1e12
+        except KeyError:
+            raise HardwareProfileError(
+                f"hardware profile {self.name!r} has no matmul rate for {dtype}; it has "
+                f"{sorted(self.device.matmul_tflops)}"
+            ) from None
+
+    # ----- (de)serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        ordered = {"schema": data.pop("schema"), "version": data.pop("version")}
+        ordered.update(data)
+        return ordered
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HardwareProfile:
+        if data.get("schema") != HARDWARE_SCHEMA:
+            raise HardwareProfileError(
+                f"not a galvatron-hf hardware file (schema {data.get('schema')!r}, expected {HARDWARE_SCHEMA!r})"
+            )
+        if data.get("version") != HARDWARE_VERSION:
+            raise HardwareProfileError(
+                f"hardware file version {data.get('version')!r}; this galvatron_hf reads version "
+                f"{HARDWARE_VERSION}: re-run `galvatron-hf profile hardware`"
+            )
+        try:
+            kwargs = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
+            kwargs["device"] = DeviceSpec(**data["device"])
+            kwargs["collectives"] = [CollectiveFit(**c) for c in data["collectives"]]
+            kwargs["p2p"] = [P2PFit(**p) for p in data["p2p"]]
+            kwargs["overlap"] = OverlapSpec(**data.get("overlap", {}))
+            profile = cls(**kwargs)
+        except (KeyError, TypeError) as err:
+            raise HardwareProfileError(f"malformed hardware file: {err}") from err
+        profile.check()
+        return profile
+
+    @classmethod
+    def load(cls, path: str | Path) -> HardwareProfile:
+        path = Path(path)
+        if not path.is_file():
+            raise HardwareProfileError(f"no hardware file at {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise HardwareProfileError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def check(self) -> None:
+        """Reject numbers no real machine has (non-positive bandwidths, unknown ops)."""
+        problems = []
+        if self.num_nodes < 1 or self.gpus_per_node < 1:
+            problems.append("num_nodes and gpus_per_node must be >= 1")
+        if self.device.memory_gb <= 0:
+            problems.append("device.memory_gb must be > 0")
+        for c in self.collectives:
+            if c.op not in COLLECTIVES or c.placement not in PLACEMENTS:
+                problems.append(f"unknown collective entry {c.op}/{c.placement}")
+            if c.busbw_GBps <= 0 or c.latency_s < 0 or c.group_size < 2:
+                problems.append(f"{c.op} n={c.group_size} {c.placement}: needs busbw > 0, latency >= 0, n >= 2")
+        for p in self.p2p:
+            if p.bandwidth_GBps <= 0 or p.latency_s < 0:
+                problems.append(f"p2p {p.placement}: needs bandwidth > 0 and latency >= 0")
+        if problems:
+            raise HardwareProfileError(f"hardware profile {self.name!r} is not valid: " + "; ".join(problems))

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, Predicted, VocabStrategy
+
+
+def make_plan(**overrides):
+    layers = [LayerStrategy(stage=i // 2, tp=2, dp=2, dp_type="zero3", checkpoint=i == 0) for i in range(4)]
+    kwargs = dict(
+        world_size=8,
+        pp=2,
+        schedule="1f1b",
+        global_batch_size=16,
+        num_micro_batches=4,
+        layers=layers,
+        vocab=VocabStrategy(tp=2, dp=2, dp_type="zero3"),
+        seq_len=128,
+        predicted=Predicted(step_time_s=1.0, samples_per_s=16.0, tokens_per_s=2048.0, peak_memory_gb=[3.0, 2.5]),
+    )
+    kwargs.update(overrides)
+    return Plan(**kwargs)
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    plan = make_plan()
+    path = plan.save(tmp_path / "plan.json")
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    assert list(data)[0] == "version"
+    assert Plan.load(path) == plan
+    assert plan.stage_sizes == [2, 2]
+    assert plan.micro_batch_size == 4
+
+
+def test_valid_plan_passes():
+    make_plan().validate(world_size=8)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(pp=3), "divide world_size"),
+        (dict(num_micro_batches=3), "not divisible by num_micro_batches"),
+        (dict(schedule="zigzag"), "schedule"),
+        (dict(layers=[LayerStrategy(stage=0, tp=4, dp=2)] * 2 + [LayerStrategy(stage=1, tp=2, dp=2)] * 2), "tp=4 x dp=2"),
+        (dict(layers=[LayerStrategy(stage=1, tp=2, dp=2)] * 2 + [LayerStrategy(stage=0, tp=2, dp=2)] * 2), "non-decreasing"),
+        (dict(layers=[LayerStrategy(stage=0, tp=2, dp=2, dp_type="zero4")] + [LayerStrategy(stage=1, tp=2, dp=2)] * 3), "dp_type"),
+        (dict(global_batch_size=4, num_micro_batches=4), "does not split over dp=2"),
+    ],
+)
+def test_invalid_plans_name_the_problem(overrides, message):
+    with pytest.raises(PlanError, match=message):
+        make_plan(**overrides).validate()
+
+
+def test_world_size_mismatch_names_the_fix():
+    with pytest.raises(PlanError, match="--nproc_per_node 8"):
+        make_plan().validate(world_size=4)
+
+
+def test_loading_rejects_other_versions_and_unknown_keys():
+    data = make_plan().to_dict()
+    with pytest.raises(PlanError, match="version"):
+        Plan.from_dict({**data, "version": 2})
+    with pytest.raises(PlanError, match="unknown keys"):
+        Plan.from_dict({**data, "colour": "blue"})
+    bad_layer = dict(data, layers=[{"stage": 0, "tp": 1, "dp": 8, "zero": True}])
+    with pytest.raises(PlanError, match="unknown keys"):
+        Plan.from_dict(bad_layer)
+    with pytest.raises(PlanError, match="not valid JSON"):
+        Plan.from_json("{")
