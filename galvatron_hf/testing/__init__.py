@@ -1,0 +1,1 @@
+"""Utilities for testing parallel layouts on one machine."""
