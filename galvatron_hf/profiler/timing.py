@@ -1,0 +1,89 @@
+"""Timing helpers shared by the hardware and model profilers: device-accurate timers, warm-up, median.
+
+On CUDA a timer records events on the current stream (host time would include launch queueing and miss
+asynchronous work); on CPU it reads ``time.perf_counter``. Both report seconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+class DeviceTimer:
+    """Measures one region of device work: ``start()``, run the work, ``stop()`` returns seconds."""
+
+    def __init__(self, device: torch.device, stream: torch.cuda.Stream | None = None) -> None:
+        self.cuda = device.type == "cuda"
+        self.stream = stream
+        self._start_event = self._end_event = None
+        self._start_time = 0.0
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start_event = torch.cuda.Event(enable_timing=True)
+            self._end_event = torch.cuda.Event(enable_timing=True)
+            self._start_event.record(self.stream)
+        else:
+            self._start_time = time.perf_counter()
+
+    def stop(self) -> float:
+        """Seconds since ``start``; on CUDA this waits for the recorded work to finish."""
+        if self.cuda:
+            self._end_event.record(self.stream)
+            self._end_event.synchronize()
+            return self._start_event.elapsed_time(self._end_event) / 1e3
+        return time.perf_counter() - self._start_time
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """How often to run a measurement: ``warmup`` discarded runs, then the median of ``repeats``."""
+
+    warmup: int = 3
+    repeats: int = 10
+
+
+def median_time(run_once: Callable[[], float], repeats: Repeats) -> float:
+    """Median of ``repeats`` calls of ``run_once`` (each returns the seconds it measured) after warm-up."""
+    for _ in range(repeats.warmup):
+        run_once()
+    return statistics.median(run_once() for _ in range(max(repeats.repeats, 1)))
+
+
+def time_region(device: torch.device, work: Callable[[], object], repeats: Repeats) -> float:
+    """Median seconds of ``work()`` on ``device``, synchronising before each run so runs do not overlap."""
+
+    def run_once() -> float:
+        synchronize(device)
+        timer = DeviceTimer(device)
+        timer.start()
+        work()
+        return timer.stop()
+
+    return median_time(run_once, repeats)
+
+
+class Progress:
+    """One progress line per step on stderr, printed by rank 0 only (other ranks stay quiet)."""
+
+    def __init__(self, prefix: str, total: int, enabled: bool = True) -> None:
+        self.prefix = prefix
+        self.total = total
+        self.done = 0
+        self.enabled = enabled
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        if self.enabled:
+            print(f"[{self.prefix} {self.done}/{self.total}] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,63 @@
+"""The hardware profiler on 4 gloo ranks (quick mode) and on one process."""
+
+from __future__ import annotations
+
+import pytest
+
+from galvatron_hf.profiler.hardware_schema import COLLECTIVES, HardwareProfile
+from galvatron_hf.testing.distributed import run_distributed
+
+
+def _profile_on_rank(rank: int, world_size: int, output: str) -> dict:
+    from galvatron_hf.profiler.hardware import HardwareOptions, profile_hardware
+    from galvatron_hf.profiler.timing import Repeats
+
+    options = HardwareOptions(name="cpu-test", quick=True, repeats=Repeats(warmup=1, repeats=3), progress=rank == 0)
+    profile = profile_hardware(options)
+    if rank == 0:
+        profile.save(output)
+    return profile.to_dict()
+
+
+@pytest.mark.distributed
+def test_four_rank_profile_is_valid_and_sane(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two "nodes" of two ranks: both placements appear
+    output = tmp_path / "hw.json"
+    results = run_distributed(_profile_on_rank, 4, str(output), timeout_s=240)
+    profile = HardwareProfile.load(output)
+    for result in results:  # every rank returns the same numbers (the slowest rank's), whatever its own
+        assert result["collectives"] == results[0]["collectives"] and result["p2p"] == results[0]["p2p"]
+    assert (profile.num_nodes, profile.gpus_per_node, profile.backend) == (2, 2, "gloo")
+    measured = {(c.op, c.group_size, c.ranks) for c in profile.collectives}
+    for op in COLLECTIVES:
+        assert {(op, 2, "consecutive"), (op, 2, "strided"), (op, 4, "consecutive")} <= measured
+    placements = {(c.group_size, c.ranks): c.placement for c in profile.collectives}
+    assert placements[(2, "consecutive")] == "intra_node"  # ranks {0,1}: one node
+    assert placements[(2, "strided")] == "inter_node"  # ranks {0,2}: two nodes
+    assert placements[(4, "consecutive")] == "inter_node"
+    for fit in profile.collectives:
+        assert fit.busbw_GBps > 0 and fit.latency_s >= 0
+        assert fit.time_s(4 * 2**20) > fit.time_s(4 * 2**10)  # more bytes take longer
+    assert {p.placement for p in profile.p2p} == {"intra_node", "inter_node"}
+    assert all(p.bandwidth_GBps > 0 for p in profile.p2p)
+    assert profile.device.matmul_tflops["fp32"] > 0
+    assert profile.overlap.compute_slowdown >= 1.0 and profile.overlap.comm_slowdown >= 1.0
+    assert "torch" in profile.library_versions and profile.created
+    # the planner-facing lookups answer for every layout a 4-rank plan may use
+    assert profile.collective_time("all_reduce", 2**20, 4) > profile.collective_time("all_reduce", 2**10, 4)
+    assert profile.collective_time("all_gather", 2**20, 2, stride=2) > 0
+    assert profile.p2p_time(2**20, "inter_node") > 0
+
+
+def test_single_process_profile_has_device_only(tmp_path):
+    from galvatron_hf.profiler.hardware import HardwareOptions, profile_hardware
+    from galvatron_hf.profiler.timing import Repeats
+
+    profile = profile_hardware(HardwareOptions(quick=True, repeats=Repeats(warmup=0, repeats=2), progress=False))
+    assert (profile.world_size, profile.collectives, profile.p2p) == (1, [], [])
+    assert profile.device.memory_gb > 0 and profile.device.matmul_tflops["fp32"] > 0
+    assert "world size 1" in profile.sources["collectives"]
+    # a 1-device plan communicates nothing: lookups for a group of one answer 0 without any measurement
+    assert profile.collective_time("all_reduce", 1e9, 1) == 0.0
+    reloaded = HardwareProfile.load(profile.save(tmp_path / "hw1.json"))
+    assert reloaded == profile
