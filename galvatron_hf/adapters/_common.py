@@ -1,0 +1,115 @@
+"""What every family adapter shares: the adapter base class and the FLOP / parameter formulas.
+
+Conventions (docs/adapters.md repeats them):
+- FLOPs count 2 per multiply-add, per sample, forward only. Linear layers: 2 * tokens * in * out. Attention
+  scores (Q K^T) and the weighted sum (P V) are counted with the full ``s * s_kv`` product even when the mask
+  is causal (what dense kernels compute). Norms, activations, softmax and embeddings lookups are left out
+  (they are memory bound and < 1 % of the total for real sizes).
+- Parameters are exact: the sum of ``p.numel()`` over the modules a layer owns; a tied weight is counted once,
+  by the embedding.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .errors import UnsupportedArchitectureError
+from .spec import LayerSpec, ModelSpec
+
+
+def linear_params(in_features: int, out_features: int, bias: bool) -> int:
+    return in_features * out_features + (out_features if bias else 0)
+
+
+def linear_flops(tokens: int, in_features: int, out_features: int) -> float:
+    return 2.0 * tokens * in_features * out_features
+
+
+def attention_core_flops(seq_len: int, kv_seq_len: int, num_heads: int, head_dim: int) -> float:
+    """Q K^T plus P V over the full (unmasked) score matrix."""
+    return 2.0 * 2.0 * seq_len * kv_seq_len * num_heads * head_dim
+
+
+class FamilyAdapter(ABC):
+    """Builds the layers of one model family from its HF config.
+
+    Subclasses name the ``model_types`` they read and the ``architectures`` (HF head classes) they describe;
+    ``describe`` picks the head, the sequence lengths, and assembles the :class:`ModelSpec`.
+    """
+
+    family: str = ""
+    # model_type -> the HF head classes this adapter describes for it; the first one is the default
+    heads: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return tuple(self.heads)
+
+    def resolve_architecture(self, config: Any, architecture: str | None, supported: dict) -> str:
+        """An explicit choice must be supported; otherwise the config's own head, else the family default."""
+        allowed = self.heads[config.model_type]
+        if architecture is not None:
+            if architecture not in allowed:
+                raise UnsupportedArchitectureError(
+                    f"Architecture {architecture!r} for model type {config.model_type!r}", supported
+                )
+            return architecture
+        for candidate in getattr(config, "architectures", None) or ():
+            if candidate in allowed:
+                return candidate
+        return allowed[0]
+
+    def default_seq_len(self, config: Any) -> int:
+        """min(max position embeddings, 4096): long enough to plan for, never past what the model accepts."""
+        limit = getattr(config, "max_position_embeddings", None) or 4096
+        return min(int(limit), 4096)
+
+    def check_seq_len(self, config: Any, seq_len: int) -> None:
+        """Families with a fixed or bounded length override this."""
+        if seq_len <= 0:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+
+    def describe(
+        self,
+        config: Any,
+        name: str,
+        architecture: str | None,
+        seq_len: int | None,
+        decoder_seq_len: int | None,
+        supported: dict,
+    ) -> ModelSpec:
+        arch = self.resolve_architecture(config, architecture, supported)
+        seq = int(seq_len) if seq_len is not None else self.default_seq_len(config)
+        self.check_seq_len(config, seq)
+        dec = self.decoder_length(seq, decoder_seq_len)
+        layers = tuple(self.layers(config, arch, seq, dec))
+        return ModelSpec(
+            name=name,
+            model_type=config.model_type,
+            family=self.family,
+            architecture=arch,
+            seq_len=seq,
+            hidden_size=self.hidden_size(config),
+            vocab_size=int(getattr(config, "vocab_size", 0) or 0),
+            tie_word_embeddings=self.ties_embeddings(config, arch),
+            layers=layers,
+            decoder_seq_len=dec,
+            config=config.to_dict(),
+        )
+
+    def decoder_length(self, seq_len: int, decoder_seq_len: int | None) -> int:
+        """Only encoder-decoder families have a target length."""
+        if decoder_seq_len is not None:
+            raise ValueError(f"decoder_seq_len is only meaningful for encoder-decoder models (T5), not {self.family}")
+        return 0
+
+    def hidden_size(self, config: Any) -> int:
+        return int(config.hidden_size)
+
+    def ties_embeddings(self, config: Any, architecture: str) -> bool:
+        return bool(getattr(config, "tie_word_embeddings", False))
+
+    @abstractmethod
+    def layers(self, config: Any, architecture: str, seq_len: int, decoder_seq_len: int) -> list[LayerSpec]:
+        """The layers in execution order."""

@@ -1,0 +1,21 @@
+"""model_type -> the adapter that describes it. Adding a family = one file + one line here."""
+
+from __future__ import annotations
+
+from ._common import FamilyAdapter
+from .errors import UnsupportedArchitectureError
+from .llama import LlamaAdapter
+
+ADAPTERS: tuple[FamilyAdapter, ...] = (LlamaAdapter(),)
+
+
+def supported_architectures() -> dict[str, tuple[str, ...]]:
+    """Every supported model type with the HF head classes it can be described as."""
+    return {model_type: heads for adapter in ADAPTERS for model_type, heads in adapter.heads.items()}
+
+
+def adapter_for(model_type: str) -> FamilyAdapter:
+    for adapter in ADAPTERS:
+        if model_type in adapter.heads:
+            return adapter
+    raise UnsupportedArchitectureError(f"Model type {model_type!r}", supported_architectures())

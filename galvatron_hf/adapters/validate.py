@@ -1,0 +1,137 @@
+"""Checks a ModelSpec against the real HF model it describes (imports torch: not imported by the package).
+
+The adapter tests use these, and so can anyone adding a family: ``layer_param_counts`` walks the modules each
+layer names, ``measure_saved_bytes`` records what autograd really keeps for backward, layer by layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .spec import LayerSpec, ModelSpec
+
+
+def module_path(root: str, relative: str) -> str:
+    return ".".join(part for part in (root, relative) if part)
+
+
+def layer_modules(model: torch.nn.Module, layer: LayerSpec) -> list[torch.nn.Module]:
+    return [model.get_submodule(module_path(layer.root, name)) for name in layer.modules]
+
+
+def layer_param_counts(model: torch.nn.Module, spec: ModelSpec) -> dict[str, int]:
+    """Parameters each layer owns in ``model``; a shared (tied) parameter goes to the first layer naming it."""
+    seen: set[int] = set()
+    counts: dict[str, int] = {}
+    for layer in spec.layers:
+        total = 0
+        for module in layer_modules(model, layer):
+            for param in module.parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    total += param.numel()
+        counts[layer.name] = total
+    return counts
+
+
+def layer_tp_param_counts(model: torch.nn.Module, spec: ModelSpec) -> dict[str, int]:
+    """Parameters the TP rules split: every rule's weight, plus the bias of column-split modules."""
+    seen: set[int] = set()
+    counts: dict[str, int] = {}
+    for layer in spec.layers:
+        total = 0
+        for rule in layer.tp_rules:
+            module = model.get_submodule(module_path(layer.root, rule.module))
+            split = [module.weight] + ([module.bias] if rule.style == "colwise" and getattr(module, "bias", None) is not None else [])
+            for param in split:
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    total += param.numel()
+        counts[layer.name] = total
+    return counts
+
+
+@dataclass
+class SavedBytes:
+    """Bytes autograd keeps, per layer (by the layer running when a storage was first saved)."""
+
+    per_layer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_layer.values())
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int]:
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def measure_saved_bytes(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    run: Callable[[], Any],
+    checkpoint_blocks: bool = False,
+) -> SavedBytes:
+    """Run ``run()`` (a forward pass with loss) and record the storages autograd saves for backward.
+
+    Each storage counts once, at the layer that saved it first (layers are switched by forward pre-hooks on
+    the modules the spec names); parameters and buffers are not activations and are skipped. With
+    ``checkpoint_blocks`` every block runs under non-reentrant ``torch.utils.checkpoint``: its own saved
+    tensors go to the checkpoint's inner hooks, so what is recorded here is what the checkpoint itself keeps.
+    """
+    skip = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+    seen: set[tuple[int, int]] = set()
+    result = SavedBytes()
+    current = {"layer": "outside"}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in skip and key not in seen and key[1] > 0:
+            seen.add(key)
+            result.per_layer[current["layer"]] += key[1]
+        return tensor
+
+    with ExitStack() as stack:
+        for layer in spec.layers:
+            for module in layer_modules(model, layer):
+                handle = module.register_forward_pre_hook(lambda *_, name=layer.name: current.update(layer=name))
+                stack.callback(handle.remove)
+        if checkpoint_blocks:
+            for layer in spec.blocks:
+                enter = lambda name=layer.name: current.update(layer=name)  # noqa: E731
+                _wrap_in_checkpoint(model.get_submodule(layer.root), stack, enter)
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor))
+        run()
+    return result
+
+
+def _wrap_in_checkpoint(block: torch.nn.Module, stack: ExitStack, enter: Callable[[], Any]) -> None:
+    """Make ``block.forward`` run under non-reentrant checkpointing until ``stack`` closes.
+
+    ``enter`` names the layer right before the checkpoint saves the block's inputs (HF may call a block
+    through its own ``__call__`` before the module's pre-hooks run).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    original = block.forward
+
+    def checkpointed(*args: Any, **kwargs: Any) -> Any:
+        enter()
+        return checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+    block.forward = checkpointed
+    stack.callback(lambda: delattr(block, "forward"))
+
+
+def build_model(config: Any, architecture: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The HF model ``architecture`` with random weights (``device="meta"`` allocates nothing)."""
+    import transformers
+
+    with torch.device(device):
+        return getattr(transformers, architecture)(config)
