@@ -1,0 +1,517 @@
+"""Pipeline parallelism: cut an HF model into stages and run them with ``torch.distributed.pipelining``.
+
+Three steps, in the order the runtime applies them (see docs/pipeline.md):
+
+1. :func:`prune_to_stage` turns the HF model object, in place, into one stage: it drops every module that the
+   plan puts on another stage and binds the family's stage forward (``pipeline_stages.py``). Parameter names
+   stay the HF names (a ``ModuleList`` of blocks becomes a ``ModuleDict`` keyed by the original index), so
+   ``torch.distributed.checkpoint`` reshards a checkpoint between any two layouts by name.
+2. The runtime core applies TP / activation checkpointing / FSDP2 to the pruned stage module.
+3. :class:`PipelineRunner` wraps the stage in ``PipelineStage`` + ``ScheduleGPipe`` / ``Schedule1F1B`` and runs
+   training steps (loss on every rank of the pipeline) and forward-only evaluation.
+
+Every check on the plan happens in :func:`check_pipeline_plan`, before any collective, so a bad plan fails
+with a message instead of a hang.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.planner.plan import Plan, PlanError
+
+from . import pipeline_stages
+
+# --------------------------------------------------------------------------------------------------------
+# Plan checks and the stage of every layer
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_pipeline_plan(spec: ModelSpec, plan: Plan) -> None:
+    """Raise :class:`PlanError` naming the fix if ``plan`` cannot be pipelined on ``spec``.
+
+    Runs before any process group is used: a stage without a block would otherwise leave its peers waiting
+    forever for activations that never come.
+    """
+    errors: list[str] = []
+    blocks = spec.num_blocks
+    if plan.pp < 1:
+        errors.append(f"pp={plan.pp} must be >= 1")
+    elif plan.pp > blocks:
+        errors.append(
+            f"pp={plan.pp} is larger than the {blocks} transformer blocks of {spec.name or spec.model_type}: "
+            f"every stage needs at least one block; use pp <= {blocks}"
+        )
+    if len(plan.layers) != blocks:
+        errors.append(
+            f"the plan has {len(plan.layers)} layers but the model has {blocks} transformer blocks; "
+            "search a plan for this model"
+        )
+    if not errors:
+        stages = [layer.stage for layer in plan.layers]
+        if any(b < a for a, b in zip(stages, stages[1:])):
+            errors.append(f"block stages must be non-decreasing (each stage a contiguous run), got {stages}")
+        empty = [s for s, n in enumerate(plan.stage_sizes) if n == 0]
+        outside = sorted({s for s in stages if not 0 <= s < plan.pp})
+        if empty or outside:
+            errors.append(
+                f"every stage 0..{plan.pp - 1} needs at least one block; empty stages {empty}, "
+                f"stages outside the range {outside}; move blocks so each stage holds one or lower pp"
+            )
+    if plan.num_micro_batches < 1:
+        errors.append(f"num_micro_batches={plan.num_micro_batches} must be >= 1")
+    elif plan.schedule == "1f1b" and plan.num_micro_batches < plan.pp:
+        errors.append(
+            f"the 1f1b schedule needs num_micro_batches >= pp ({plan.num_micro_batches} < {plan.pp}); "
+            "raise num_micro_batches or use schedule 'gpipe'"
+        )
+    if plan.schedule not in ("gpipe", "1f1b"):
+        errors.append(f"schedule {plan.schedule!r} is not one of ('gpipe', '1f1b')")
+    family = pipeline_stages.family_of(spec)
+    if family is None:
+        errors.append(
+            f"no pipeline stage forward for model family {spec.family!r} (model_type {spec.model_type!r}); "
+            f"supported families: {sorted(pipeline_stages.STAGE_FORWARDS)}"
+        )
+    if errors:
+        raise PlanError("plan cannot be pipelined:\n  - " + "\n  - ".join(errors))
+
+
+def layer_stages(spec: ModelSpec, plan: Plan) -> list[int]:
+    """The pipeline stage of every entry of ``spec.layers``.
+
+    Blocks take the stage the plan gives them. Any other layer (embedding, norms, pooler, head) goes with the
+    nearest block before it, or stage 0 when it comes first: the embedding lands on the first stage, the final
+    norm / pooler / head on the last, and T5's encoder final norm with the last encoder block.
+    """
+    stages: list[int] = []
+    block_index = 0
+    current = 0
+    for layer in spec.layers:
+        if layer.is_block:
+            current = plan.layers[block_index].stage
+            block_index += 1
+        stages.append(current)
+    return stages
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which layer owns each parameter
+# --------------------------------------------------------------------------------------------------------
+
+
+def _join(root: str, module: str) -> str:
+    return f"{root}.{module}" if root and module else (root or module)
+
+
+def owned_module_paths(spec: ModelSpec) -> list[tuple[str, ...]]:
+    """Module paths (from the model root) each layer of ``spec.layers`` owns: ``root`` + each of ``modules``."""
+    paths = []
+    for layer in spec.layers:
+        if layer.modules:
+            paths.append(tuple(_join(layer.root, m) for m in layer.modules))
+        else:
+            paths.append((layer.root,))
+    return paths
+
+
+def _owner_by_prefix(fqn: str, prefixes: list[tuple[str, int]]) -> int | None:
+    """Layer index of the longest owned path that is ``fqn`` or a parent module of it."""
+    best, best_len = None, -1
+    for prefix, layer_index in prefixes:
+        if (prefix == "" or fqn == prefix or fqn.startswith(prefix + ".")) and len(prefix) > best_len:
+            best, best_len = layer_index, len(prefix)
+    return best
+
+
+def parameter_owners(model: nn.Module, spec: ModelSpec, extra_paths: Mapping[str, int]) -> dict[str, int]:
+    """Map every parameter name (tied aliases included) to the index in ``spec.layers`` of its owning layer.
+
+    A name under no owned path takes the owner of another name of the same tensor (``decoder.embed_tokens``
+    is T5's ``shared``). ``extra_paths`` lets a family claim modules the spec does not list (T5's encoder final
+    norm). A parameter nobody owns is an adapter gap: it would be duplicated on every stage, so it is an error.
+    """
+    prefixes = [(path, i) for i, paths in enumerate(owned_module_paths(spec)) for path in paths]
+    prefixes += [(path, i) for path, i in extra_paths.items()]
+    owners: dict[str, int] = {}
+    by_tensor: dict[int, int] = {}
+    unowned: list[tuple[str, nn.Parameter]] = []
+    for fqn, param in model.named_parameters(remove_duplicate=False):
+        owner = _owner_by_prefix(fqn, prefixes)
+        if owner is None:
+            unowned.append((fqn, param))
+            continue
+        owners[fqn] = owner
+        by_tensor.setdefault(id(param), owner)
+    missing = []
+    for fqn, param in unowned:
+        if id(param) in by_tensor:
+            owners[fqn] = by_tensor[id(param)]
+        else:
+            missing.append(fqn)
+    if missing:
+        raise PlanError(
+            f"parameters {missing[:6]}{' ...' if len(missing) > 6 else ''} belong to no layer of the "
+            f"{spec.family} ModelSpec, so no pipeline stage would own them; add their modules to a layer in "
+            "galvatron_hf/adapters"
+        )
+    return owners
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pruning
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TiedParameter:
+    """One weight shared by the first and the last stage (tied input embedding and LM head).
+
+    Each of the two stages keeps its own copy under its own HF name; :class:`PipelineRunner` adds the two
+    gradients together after every step so both copies take the same optimizer update and stay equal.
+    """
+
+    first_stage_name: str  # e.g. "model.embed_tokens.weight"
+    last_stage_name: str  # e.g. "lm_head.weight"
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """What one pipeline stage holds, as the stage forward and the runner need it."""
+
+    stage: int
+    num_stages: int
+    family: str
+    block_indices: tuple[int, ...]  # indices into spec.blocks held by this stage
+    block_roots: tuple[str, ...]  # their module paths ("model.layers.3")
+    block_kinds: tuple[str, ...]  # their LayerSpec.kind ("encoder_block", "cross_decoder_block", ...)
+    layer_names: tuple[str, ...]  # every spec layer held here ("embedding", "decoder_block.3", "head")
+    tied: tuple[TiedParameter, ...] = ()
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.num_stages - 1
+
+    def holds(self, kind: str) -> bool:
+        """Whether a block of ``kind`` sits on this stage."""
+        return kind in self.block_kinds
+
+
+def _tied_across_stages(
+    model: nn.Module, owners: dict[str, int], stages: list[int], last_stage: int
+) -> tuple[TiedParameter, ...]:
+    """Weights with one name owned by a first-stage layer and another by a last-stage layer."""
+    names_by_tensor: dict[int, list[str]] = {}
+    for fqn, param in model.named_parameters(remove_duplicate=False):
+        names_by_tensor.setdefault(id(param), []).append(fqn)
+    tied = []
+    for names in names_by_tensor.values():
+        first = [n for n in names if stages[owners[n]] == 0]
+        last = [n for n in names if stages[owners[n]] == last_stage]
+        if first and last:
+            tied.append(TiedParameter(first_stage_name=first[0], last_stage_name=last[0]))
+        elif len({stages[owners[n]] for n in names}) > 1:
+            raise PlanError(
+                f"weight {names} is shared between middle pipeline stages; only sharing between the first and "
+                "last stage (tied embeddings) is supported"
+            )
+    return tuple(tied)
+
+
+def _drop_foreign_modules(module: nn.Module, prefix: str, keep: dict[str, bool]) -> None:
+    """Remove, below ``module``, every child whose parameters all belong to other stages.
+
+    ``keep`` maps each parameter name to whether this stage owns it. A ``ModuleList`` that loses children
+    becomes a ``ModuleDict`` keyed by the original indices, so the names of the children it keeps are unchanged.
+    Children without parameters (rotary embeddings, dropouts) stay: every stage may need them.
+    """
+    for name, child in list(module.named_children()):
+        if child is None:
+            continue
+        path = _join(prefix, name)
+        names = [_join(path, n) for n, _ in child.named_parameters(remove_duplicate=False)]
+        if names and not any(keep[n] for n in names):
+            _remove_child(module, name)
+        elif names:
+            _drop_foreign_modules(child, path, keep)
+
+
+def _remove_child(parent: nn.Module, name: str) -> None:
+    if isinstance(parent, nn.ModuleList):
+        # a hole for now: _lists_to_dicts turns the list into a ModuleDict of the survivors
+        parent._modules[name] = None  # type: ignore[assignment]
+    else:
+        setattr(parent, name, None)
+
+
+def _lists_to_dicts(module: nn.Module) -> None:
+    """Turn every ModuleList with removed children into a ModuleDict of the survivors, same keys."""
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        if isinstance(child, nn.ModuleList) and any(c is None for c in child._modules.values()):
+            kept = nn.ModuleDict({k: c for k, c in child._modules.items() if c is not None})
+            setattr(module, name, kept)
+            child = kept
+        _lists_to_dicts(child)
+
+
+def prune_to_stage(model: nn.Module, spec: ModelSpec, plan: Plan, stage: int) -> nn.Module:
+    """Turn ``model`` (an HF model built from ``spec``'s config) into pipeline stage ``stage``, in place.
+
+    Keeps the blocks ``plan`` puts on this stage, the embedding on the first stage and the final norm / pooler
+    / head on the last; parameter names keep their HF spelling. Binds the family's stage forward, so
+    ``model(*activations, **batch_kwargs)`` runs just this stage. Returns ``model``; its
+    :class:`StageLayout` is ``stage_layout(model)``.
+    """
+    check_pipeline_plan(spec, plan)
+    if not 0 <= stage < plan.pp:
+        raise PlanError(f"stage {stage} is outside 0..{plan.pp - 1} (pp={plan.pp})")
+    if getattr(model, _LAYOUT_ATTRIBUTE, None) is not None:
+        raise PlanError("this model is already a pruned pipeline stage; build a fresh model for another stage")
+    family = pipeline_stages.family_of(spec)
+    stages = layer_stages(spec, plan)
+    extra = pipeline_stages.extra_owned_paths(family, spec)
+    owners = parameter_owners(model, spec, extra)
+    tied = _tied_across_stages(model, owners, stages, plan.pp - 1) if plan.pp > 1 else ()
+    keep = {fqn: stages[owner] == stage for fqn, owner in owners.items()}
+    _drop_foreign_modules(model, "", keep)
+    _lists_to_dicts(model)
+    layout = _layout(spec, plan, stage, family, stages, tied)
+    pipeline_stages.install_stage_forward(model, spec, layout)
+    model.__dict__[_LAYOUT_ATTRIBUTE] = layout
+    model.__dict__[_SPEC_ATTRIBUTE] = spec
+    return model
+
+
+_LAYOUT_ATTRIBUTE = "_galvatron_stage_layout"
+_SPEC_ATTRIBUTE = "_galvatron_stage_spec"
+
+
+def stage_layout(module: nn.Module) -> StageLayout:
+    """The :class:`StageLayout` :func:`prune_to_stage` recorded on ``module``."""
+    layout = module.__dict__.get(_LAYOUT_ATTRIBUTE)
+    if layout is None:
+        raise ValueError("this module is not a pipeline stage: call prune_to_stage(model, spec, plan, stage) first")
+    return layout
+
+
+def _layout(
+    spec: ModelSpec, plan: Plan, stage: int, family: str, stages: list[int], tied: tuple[TiedParameter, ...]
+) -> StageLayout:
+    blocks = spec.blocks
+    indices = tuple(plan.stage_layers(stage))
+    return StageLayout(
+        stage=stage,
+        num_stages=plan.pp,
+        family=family,
+        block_indices=indices,
+        block_roots=tuple(blocks[i].root for i in indices),
+        block_kinds=tuple(blocks[i].kind for i in indices),
+        layer_names=tuple(layer.name for layer, s in zip(spec.layers, stages) if s == stage),
+        tied=tied,
+    )
+
+
+def stage_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters a (pruned) stage holds, tied aliases included, in registration order."""
+    return [name for name, _ in model.named_parameters(remove_duplicate=False)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running the schedule
+# --------------------------------------------------------------------------------------------------------
+
+
+class PipelineRunner:
+    """Runs one pipeline stage with ``torch.distributed.pipelining``: training steps and evaluation.
+
+    Built from the pruned (and already TP / checkpoint / FSDP2-parallelised) stage module. Follows the batch and
+    loss contract of docs/runtime.md: every rank of a pipeline gets the same part of the global batch (a dict
+    of HF inputs) and takes what its stage needs from it (the first stage the token ids or pixels, every stage
+    the padding masks, the last stage the labels). The last stage computes each micro-batch's loss as
+    ``sum of its item losses / label items of the whole global batch``, so the micro-batch losses of all
+    data-loading ranks add up to what the HF model returns for the global batch; the schedule does not rescale
+    gradients (``scale_grads=False``) and data-parallel reductions sum.
+
+    ``data_group`` is the data-loading group of the stage (the vocabulary layout's DP group; None without DP):
+    the item count and the returned loss are summed over it. ``loss_fn`` is a :class:`pipeline_stages.Task`
+    (``loss_sum(output, labels)`` and ``count(labels)``); by default the family's HF loss.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        plan: Plan,
+        pp_mesh: DeviceMesh | dist.ProcessGroup,
+        loss_fn: pipeline_stages.Task | None = None,
+        device: torch.device | str = "cpu",
+        data_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        from torch.distributed.pipelining import PipelineStage
+
+        self.layout = stage_layout(module)
+        self.pp_group = pp_mesh.get_group() if isinstance(pp_mesh, DeviceMesh) else pp_mesh
+        _check_group(self.pp_group, plan, self.layout)
+        self.module = module
+        self.plan = plan
+        self.data_group = data_group
+        self.device = torch.device(device)
+        self.task = loss_fn or pipeline_stages.task_for(module.__dict__[_SPEC_ATTRIBUTE], module)
+        self._items = torch.ones((), device=self.device)
+        self._stage = PipelineStage(module, self.layout.stage, plan.pp, self.device, group=self.pp_group)
+        self._schedule = self._build_schedule()
+        self._tied = _TiedGradients(module, self.layout, self.pp_group) if self.layout.tied else None
+
+    def _build_schedule(self):
+        from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+        cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[self.plan.schedule]
+        return cls(self._stage, self.plan.num_micro_batches, loss_fn=self._loss, scale_grads=False)
+
+    def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Micro-batch loss: sum of its item losses over the label items of the whole global batch."""
+        return self.task.loss_sum(output, target) / self._items
+
+    def _count_items(self, labels: torch.Tensor) -> None:
+        """Label items of the global batch (only the last stage needs them: it computes the loss)."""
+        count = self.task.count(labels).to(device=self.device, dtype=torch.float32)
+        if self.data_group is not None and dist.get_world_size(self.data_group) > 1:
+            dist.all_reduce(count, group=self.data_group)
+        if float(count) <= 0:
+            raise ValueError("the global batch has no label items (all labels are -100); the loss is undefined")
+        self._items = count
+
+    def _schedule_inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[tuple, dict, torch.Tensor | None]:
+        if "labels" not in batch:
+            raise ValueError("the pipeline computes the loss on the last stage: the batch needs 'labels'")
+        rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        if rows % self.plan.num_micro_batches:
+            raise ValueError(
+                f"this rank's batch has {rows} samples, not divisible into {self.plan.num_micro_batches} "
+                "micro-batches; make the global batch a multiple of num_micro_batches x data-parallel size"
+            )
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        args, kwargs = pipeline_stages.stage_inputs(self.layout, self.module, batch)
+        target = None
+        if self.layout.is_last:
+            target = batch["labels"]
+            self._count_items(target)
+        return args, kwargs, target
+
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Forward + backward over all micro-batches; gradients accumulate into the stage's parameters.
+
+        Returns the global mean loss (a detached fp32 scalar) on every rank of the pipeline.
+        """
+        args, kwargs, target = self._schedule_inputs(batch)
+        before = self._tied.snapshot() if self._tied else None
+        losses: list[torch.Tensor] = []
+        self._schedule.step(*args, target=target, losses=losses, **_step_extras(self._schedule), **kwargs)
+        if self._tied:
+            self._tied.add_peer_gradients(before)
+        return self._share_loss(losses)
+
+    @torch.no_grad()
+    def eval_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Forward only over all micro-batches; returns the global mean loss on every rank of the pipeline."""
+        args, kwargs, target = self._schedule_inputs(batch)
+        losses: list[torch.Tensor] = []
+        schedule = self._schedule
+        saved = schedule._has_backward  # what ``schedule.eval`` does; the torch 2.11 we also run on lacks it
+        try:
+            schedule._has_backward = False
+            schedule.step(*args, target=target, losses=losses, **_step_extras(schedule), **kwargs)
+        finally:
+            schedule._has_backward = saved
+        return self._share_loss(losses)
+
+    def _share_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """Sum the micro-batch losses (last stage), over the data-loading ranks, then send to every stage."""
+        if self.layout.is_last:
+            loss = torch.stack([loss.detach().float() for loss in losses]).sum()
+            if self.data_group is not None and dist.get_world_size(self.data_group) > 1:
+                dist.all_reduce(loss, group=self.data_group)
+        else:
+            loss = torch.zeros((), dtype=torch.float32, device=self.device)
+        dist.broadcast(loss, src=dist.get_global_rank(self.pp_group, self.plan.pp - 1), group=self.pp_group)
+        return loss
+
+
+def _check_group(pp_group: dist.ProcessGroup, plan: Plan, layout: StageLayout) -> None:
+    size, rank = dist.get_world_size(pp_group), dist.get_rank(pp_group)
+    if size != plan.pp:
+        raise PlanError(f"the pipeline process group has {size} ranks but the plan has pp={plan.pp}")
+    if rank != layout.stage:
+        raise PlanError(
+            f"global rank {dist.get_rank()} is stage {rank} of its pipeline group but holds the module pruned for "
+            f"stage {layout.stage}; prune with stage = this rank's index in the pp group"
+        )
+
+
+def _step_extras(schedule) -> dict:
+    """``return_outputs=False`` where the schedule supports it: the last stage then keeps no merged logits."""
+    if "return_outputs" in inspect.signature(schedule.step).parameters:
+        return {"return_outputs": False}
+    return {}
+
+
+class _TiedGradients:
+    """Adds up the gradients of a weight held by both the first and the last stage (tied embeddings).
+
+    Exchanges, between the first and the last rank of each pipeline group, the gradient each computed during
+    the step (the part added since :meth:`snapshot`), so gradient accumulation over several steps stays right.
+    Both stages hold the same layout of the weight (same TP / FSDP sharding), so local shards correspond.
+    """
+
+    def __init__(self, module: nn.Module, layout: StageLayout, pp_group: dist.ProcessGroup) -> None:
+        self.layout = layout
+        self.pp_group = pp_group
+        params = dict(module.named_parameters(remove_duplicate=False))
+        names = [t.first_stage_name if layout.is_first else t.last_stage_name for t in layout.tied]
+        self.params = [params[name] for name in names]
+        peer_stage = layout.num_stages - 1 if layout.is_first else 0
+        self.peer = dist.get_global_rank(pp_group, peer_stage)
+
+    def snapshot(self) -> list[torch.Tensor | None]:
+        return [None if p.grad is None else _local(p.grad).clone() for p in self.params]
+
+    def add_peer_gradients(self, before: list[torch.Tensor | None]) -> None:
+        deltas = []
+        for param, old in zip(self.params, before):
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            grad = _local(param.grad)
+            deltas.append(grad - old if old is not None else grad.clone())
+        received = [torch.empty_like(d) for d in deltas]
+        ops = [dist.P2POp(dist.isend, d, self.peer, self.pp_group) for d in deltas]
+        ops += [dist.P2POp(dist.irecv, r, self.peer, self.pp_group) for r in received]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+        for param, old, mine, theirs in zip(self.params, before, deltas, received):
+            # first + last in the same order on both ranks, so the two copies stay bitwise equal
+            total = mine + theirs if self.layout.is_first else theirs + mine
+            _local(param.grad).copy_(total if old is None else old + total)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2 / TP), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def iter_stage_blocks(model: nn.Module, layout: StageLayout) -> Iterator[tuple[str, nn.Module]]:
+    """(root, module) of each block this stage holds, in execution order."""
+    for root in layout.block_roots:
+        yield root, model.get_submodule(root)

@@ -1,0 +1,219 @@
+"""Pipeline parallelism against a single-process run: losses, gradients and weights after 3 optimizer steps.
+
+Each launch runs many cases (every family, GPipe / 1F1B, even and uneven cuts) because a launch costs seconds.
+The reference runs in the test process on the same tiny model (same seed) and the same batches.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from galvatron_hf.adapters import describe_model
+from galvatron_hf.parallel.pipeline_parallel import (
+    PipelineRunner,
+    check_pipeline_plan,
+    prune_to_stage,
+    stage_layout,
+    stage_parameter_names,
+)
+from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError
+from galvatron_hf.testing.distributed import run_distributed
+
+GLOBAL_BATCH = 8
+SEQ = 8
+DEC_SEQ = 6
+VOCAB = 96
+STEPS = 3
+LR = 0.5
+
+
+# ----- tiny models and batches ---------------------------------------------------------------------------
+
+
+def build_model(family: str, tied: bool = True):
+    """A 4-block fp32 model with dropout off; the same weights in every process (fixed seed)."""
+    import transformers as tf
+
+    torch.manual_seed(1234)
+    if family == "llama":
+        config = tf.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied,
+        )  # fmt: skip
+        return tf.LlamaForCausalLM(config)
+    if family == "gpt2":
+        config = tf.GPT2Config(
+            vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=4, n_head=4,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )  # fmt: skip
+        return tf.GPT2LMHeadModel(config)
+    if family == "bert":
+        config = tf.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+        return tf.BertForMaskedLM(config)
+    if family == "vit":
+        config = tf.ViTConfig(
+            image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=5,
+        )  # fmt: skip
+        return tf.ViTForImageClassification(config)
+    if family == "t5":
+        config = tf.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+            dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+        )  # fmt: skip
+        return tf.T5ForConditionalGeneration(config)
+    raise ValueError(family)
+
+
+def make_batch(family: str, step: int) -> dict[str, torch.Tensor]:
+    """A global batch with right padding (labels -100 on padded positions) where the family takes a mask."""
+    gen = torch.Generator().manual_seed(100 + step)
+    if family == "vit":
+        return {
+            "pixel_values": torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=gen),
+            "labels": torch.randint(0, 5, (GLOBAL_BATCH,), generator=gen),
+        }
+    ids = torch.randint(1, VOCAB, (GLOBAL_BATCH, SEQ), generator=gen)
+    lengths = torch.randint(SEQ // 2, SEQ + 1, (GLOBAL_BATCH,), generator=gen)
+    mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
+    if family in ("llama", "gpt2"):
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    if family == "bert":
+        chosen = (torch.rand(GLOBAL_BATCH, SEQ, generator=gen) < 0.4) & (mask == 1)
+        chosen[:, 0] = True  # at least one label item per sample
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(~chosen, -100)}
+    labels = torch.randint(1, VOCAB, (GLOBAL_BATCH, DEC_SEQ), generator=gen)
+    dec_lengths = torch.randint(DEC_SEQ // 2, DEC_SEQ + 1, (GLOBAL_BATCH,), generator=gen)
+    dec_mask = (torch.arange(DEC_SEQ)[None, :] < dec_lengths[:, None]).long()
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels.masked_fill(dec_mask == 0, -100),
+        "decoder_attention_mask": dec_mask,
+    }
+
+
+def make_plan(pp: int, stages: list[int], schedule: str = "gpipe", micro_batches: int = 2, world: int | None = None):
+    world = world or pp
+    per_stage = world // pp
+    layers = [LayerStrategy(stage=s, tp=1, dp=per_stage) for s in stages]
+    return Plan(
+        world_size=world, pp=pp, schedule=schedule, global_batch_size=GLOBAL_BATCH,
+        num_micro_batches=micro_batches, layers=layers, mixed_precision="fp32",
+    )  # fmt: skip
+
+
+def reference_run(family: str, tied: bool = True) -> dict:
+    """Single process: loss per step, gradients of the last step and weights after the last step, by HF name."""
+    model = build_model(family, tied)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    losses, grads = [], {}
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        loss = model(**make_batch(family, step)).loss
+        loss.backward()
+        losses.append(loss.item())
+        if step == STEPS - 1:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters(remove_duplicate=False)}
+        optimizer.step()
+    with torch.no_grad():
+        eval_loss = model(**make_batch(family, STEPS)).loss.item()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_loss}
+
+
+# ----- what every rank runs ------------------------------------------------------------------------------
+
+
+def pipeline_run(family: str, plan: Plan, tied: bool = True) -> dict:
+    """This rank's stage of ``family`` under ``plan``: the same 3 steps as ``reference_run``."""
+    pp_group = dist.group.WORLD
+    model = build_model(family, tied)
+    spec = describe_model(model)
+    stage = dist.get_rank(pp_group)
+    prune_to_stage(model, spec, plan, stage)
+    runner = PipelineRunner(model, plan, pp_group, device="cpu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    losses, grads = [], {}
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        losses.append(runner.train_step(make_batch(family, step)).item())
+        if step == STEPS - 1:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters(remove_duplicate=False)}
+        optimizer.step()
+    eval_loss = runner.eval_step(make_batch(family, STEPS)).item()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    layout = stage_layout(model)
+    return {
+        "losses": losses,
+        "grads": grads,
+        "weights": weights,
+        "eval_loss": eval_loss,
+        "names": stage_parameter_names(model),
+        "tied": layout.tied,
+        "blocks": layout.block_roots,
+    }
+
+
+def _run_cases(rank: int, world_size: int, cases: list[tuple[str, str, Plan, bool]]) -> dict:
+    return {name: pipeline_run(family, plan, tied) for name, family, plan, tied in cases}
+
+
+# ----- checks --------------------------------------------------------------------------------------------
+
+
+def assert_matches_reference(name: str, results: list[dict], reference: dict) -> None:
+    for rank, result in enumerate(results):
+        assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5), f"{name} rank {rank} losses"
+        assert result["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5), f"{name} rank {rank} eval"
+        for key in ("grads", "weights"):
+            for param_name, value in result[key].items():
+                torch.testing.assert_close(
+                    value, reference[key][param_name], rtol=1e-5, atol=1e-6,
+                    msg=lambda m, n=param_name, k=key: f"{name} rank {rank} {k} {n}: {m}",
+                )  # fmt: skip
+
+
+def assert_stages_partition_the_model(name: str, results: list[dict], reference: dict, tied_expected: bool) -> None:
+    """Each rank holds only its stage's parameters; together (tied copies aside) exactly the model's."""
+    owned = [set(r["names"]) for r in results]
+    everything = set(reference["weights"])
+    assert set().union(*owned) == everything, f"{name}: stages miss {everything - set().union(*owned)}"
+    blocks = [set(r["blocks"]) for r in results]
+    for a in range(len(results)):
+        for b in range(a + 1, len(results)):
+            assert not blocks[a] & blocks[b], f"{name}: stages {a} and {b} share blocks"
+            shared = owned[a] & owned[b]
+            assert all(not any(n.startswith(root + ".") for root in blocks[a]) for n in shared), name
+    assert bool(results[0]["tied"]) == tied_expected, f"{name}: tied weights {results[0]['tied']}"
+
+
+FAMILIES = ("llama", "gpt2", "bert", "vit", "t5")
+TIED = {"llama": False, "gpt2": True, "bert": True, "vit": False, "t5": True}
+
+
+@pytest.mark.distributed
+def test_two_stage_pipelines_match_single_process():
+    """PP2 GPipe (even cut), PP2 1F1B with 4 micro-batches, and an uneven cut, for all five families."""
+    cases = []
+    for family in FAMILIES:
+        tied = family != "llama"  # Llama untied here, tied in its own case below
+        cases.append((f"{family}/gpipe", family, make_plan(2, [0, 0, 1, 1], "gpipe", 2), tied))
+        cases.append((f"{family}/1f1b", family, make_plan(2, [0, 0, 1, 1], "1f1b", 4), tied))
+        cases.append((f"{family}/uneven", family, make_plan(2, [0, 0, 0, 1], "1f1b", 2), tied))
+    cases.append(("llama-tied/gpipe", "llama", make_plan(2, [0, 1, 1, 1], "gpipe", 4), True))
+    results = run_distributed(_run_cases, 2, cases, timeout_s=600)
+    references = {}
+    for name, family, _plan, tied in cases:
+        key = (family, tied)
+        if key not in references:
+            references[key] = reference_run(family, tied)
+        per_rank = [r[name] for r in results]
+        assert_matches_reference(name, per_rank, references[key])
+        tied_expected = TIED[family] or name.startswith("llama-tied")
+        assert_stages_partition_the_model(name, per_rank, references[key], tied_expected)
