@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from galvatron_hf.profiler.model_schema import TokenFit
+
 
 class FitError(ValueError):
     """Measurements that cannot give a fit (too few points, non-positive times)."""
@@ -51,25 +53,6 @@ def fit_latency_bandwidth(nbytes: Sequence[float], times_s: Sequence[float]) -> 
     predicted = latency + per_byte * x
     max_error = float(np.max(np.abs(predicted - t) / t))
     return LinearFit(latency_s=latency, bandwidth_Bps=float(1.0 / per_byte), max_relative_error=max_error)
-
-
-@dataclass(frozen=True)
-class TokenFit:
-    """``time_s = intercept_s + per_token_s * tokens + per_attention_s * batch * seq * kv_seq``.
-
-    ``tokens`` is ``batch * seq``. The last term is attention's score matrix, whose cost grows with the
-    square of the sequence; it is 0 for layers without attention or when the sweep had a single length.
-    """
-
-    intercept_s: float
-    per_token_s: float
-    per_attention_s: float = 0.0
-    max_relative_error: float = 0.0
-
-    def time_s(self, micro_batch_size: float, seq_len: float, kv_seq_len: float | None = None) -> float:
-        kv = seq_len if kv_seq_len is None else kv_seq_len
-        tokens = micro_batch_size * seq_len
-        return self.intercept_s + self.per_token_s * tokens + self.per_attention_s * tokens * kv
 
 
 def fit_tokens(

@@ -1,0 +1,474 @@
+"""`galvatron-hf profile model`: time and memory of one layer of each kind, on one device.
+
+How (no model code is copied and nothing is family-specific):
+
+1. the adapter's :class:`ModelSpec` says which layer kinds the model has and where their modules live;
+2. the HF model is built from its config with one layer per stack (random weights, on the target device,
+   in the chosen dtype and attention implementation);
+3. one forward pass of that small model records, with forward pre-hooks, the exact arguments every profiled
+   module receives (hidden states, rotary embeddings, masks...), detached;
+4. each layer is then re-run alone from those arguments: forward, backward (random output gradient; the
+   head also runs the loss as HF does, in fp32), and both again under ``torch.utils.checkpoint`` (whose
+   backward includes the recomputation). Device timers, warm-up, median of repeats;
+5. memory: the tensors autograd saves for backward (``saved_tensors_hooks``, parameters excluded), the
+   inputs a checkpointed layer keeps, and on CUDA the allocator's view (held after forward, backward peak);
+6. over the sweep of micro-batch sizes and sequence lengths, time is fitted against tokens plus an
+   attention term (batch x seq x kv_seq) for blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from galvatron_hf.adapters.spec import BLOCK_KINDS, LayerSpec, ModelSpec
+from galvatron_hf.profiler.fitting import fit_tokens
+from galvatron_hf.profiler.model_schema import (
+    LayerMeasurement,
+    LayerProfile,
+    ModelProfile,
+    ProfileKey,
+    config_hash,
+)
+from galvatron_hf.profiler.timing import DeviceTimer, Progress, Repeats, synchronize
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer")
+
+
+class ModelProfilerError(RuntimeError):
+    """The model cannot be profiled as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ModelProfileOptions:
+    """The sweep: every micro-batch size at every sequence length (``seq_lens`` defaults to S/2 and S)."""
+
+    seq_len: int
+    micro_batch_sizes: tuple[int, ...] = (1, 2, 4)
+    seq_lens: tuple[int, ...] = ()
+    dtype: str = "bf16"
+    attn_implementation: str = "sdpa"
+    repeats: Repeats = field(default_factory=lambda: Repeats(warmup=2, repeats=5))
+    device: str = ""  # "" -> cuda when available, else cpu
+    progress: bool = True
+
+    def sweep_seq_lens(self) -> tuple[int, ...]:
+        if self.seq_lens:
+            return tuple(sorted(set(self.seq_lens)))
+        return tuple(sorted({max(self.seq_len // 2, 1), self.seq_len}))
+
+    def torch_device(self) -> torch.device:
+        if self.device:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class CapturedCall:
+    """One call of a profiled module: the module and its arguments (detached, grad flags restored)."""
+
+    module: torch.nn.Module
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+# ----- entry point ---------------------------------------------------------------------------------------------
+def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) -> ModelProfile:
+    """Measure one layer of each kind of ``spec`` (built from ``config``) over the options' sweep."""
+    device = options.torch_device()
+    if options.dtype not in DTYPES:
+        raise ModelProfilerError(f"dtype {options.dtype!r} is not one of {sorted(DTYPES)}")
+    model = build_reduced_model(config, spec, options, device)
+    layers = representative_layers(spec)
+    points = sweep_points(model, spec, options)
+    progress = Progress("profile model", len(points), options.progress)
+    measurements: dict[str, list[LayerMeasurement]] = {layer.kind: [] for layer in layers}
+    warm_up(model, spec, layers, points[0], device)
+    for micro_batch, seq in points:
+        calls = capture_calls(model, spec, layers, micro_batch, seq, device)
+        for layer in layers:
+            layer_seq, kv_seq = scaled_lengths(layer, spec, seq)
+            point = measure_layer(layer, calls[layer.name], micro_batch, layer_seq, kv_seq, device, options.repeats)
+            measurements[layer.kind].append(point)
+        progress.step(f"micro-batch {micro_batch}, seq {seq}: " + _summary(measurements, micro_batch, seq, spec))
+        del calls
+    profiles = {
+        layer.kind: summarise_layer(layer, modules_of(model, layer), measurements[layer.kind], spec)
+        for layer in layers
+    }
+    return ModelProfile(
+        key=profile_key(config, spec, options, device),
+        model_name=spec.name,
+        architecture=spec.architecture,
+        seq_len=spec.seq_len,
+        micro_batch_sizes=sorted({b for b, _ in points}),
+        seq_lens=sorted({s for _, s in points}),
+        layers=profiles,
+        timer="cuda events" if device.type == "cuda" else "perf_counter",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        sources={
+            "time": f"measured: median of {options.repeats.repeats} after {options.repeats.warmup} warm-up, fitted",
+            "activation_bytes": "measured: tensors saved for backward (saved_tensors_hooks), parameters excluded",
+            "backward_peak_bytes": "measured: CUDA allocator peak" if device.type == "cuda" else "not measured on CPU",
+        },
+    )
+
+
+def profile_key(config: Any, spec: ModelSpec, options: ModelProfileOptions, device: torch.device) -> ProfileKey:
+    return ProfileKey(
+        config_hash=config_hash(config.to_dict()),
+        model_type=spec.model_type,
+        dtype=options.dtype,
+        device=device_label(device),
+        attn_implementation=options.attn_implementation,
+        library_versions=library_versions(),
+    )
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    import galvatron_hf
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "galvatron_hf": galvatron_hf.__version__}
+    if torch.cuda.is_available():
+        versions["cuda"] = str(torch.version.cuda)
+    return versions
+
+
+# ----- building the small model --------------------------------------------------------------------------------
+def reduced_config(config: Any, attn_implementation: str) -> Any:
+    """A copy of ``config`` with one layer per stack, no KV cache, and the requested attention kernel."""
+    small = copy.deepcopy(config)
+    for name in LAYER_COUNT_FIELDS:
+        if name in small.to_dict() or hasattr(small, name):
+            try:
+                setattr(small, name, 1)
+            except AttributeError:
+                continue
+    if getattr(small, "layer_types", None):
+        small.layer_types = small.layer_types[:1]
+    small.use_cache = False
+    small._attn_implementation = attn_implementation
+    return small
+
+
+def build_reduced_model(config: Any, spec: ModelSpec, options: ModelProfileOptions, device: torch.device) -> torch.nn.Module:
+    import transformers
+
+    model_class = getattr(transformers, spec.architecture, None)
+    if model_class is None:
+        raise ModelProfilerError(f"transformers {transformers.__version__} has no class {spec.architecture}")
+    small = reduced_config(config, options.attn_implementation)
+    with torch.device(device):
+        try:
+            model = model_class._from_config(
+                small, attn_implementation=options.attn_implementation, dtype=DTYPES[options.dtype]
+            )
+        except (ImportError, ValueError) as err:
+            raise ModelProfilerError(
+                f"cannot build {spec.architecture} with attn_implementation={options.attn_implementation!r}: "
+                f"{err}. Choose --attn_implementation sdpa or eager."
+            ) from err
+    return model.train()
+
+
+def representative_layers(spec: ModelSpec) -> list[LayerSpec]:
+    """The first layer of each kind: it exists in the one-layer-per-stack model under the same path."""
+    seen: dict[str, LayerSpec] = {}
+    for layer in spec.layers:
+        seen.setdefault(layer.kind, layer)
+    return list(seen.values())
+
+
+def module_paths(layer: LayerSpec) -> list[str]:
+    """Modules to time: the layer's root module when it has one (a block), else each listed module."""
+    if layer.root:
+        return [layer.root]
+    return list(layer.modules)
+
+
+def modules_of(model: torch.nn.Module, layer: LayerSpec) -> list[torch.nn.Module]:
+    modules = []
+    for path in module_paths(layer):
+        try:
+            modules.append(model.get_submodule(path))
+        except AttributeError as err:
+            raise ModelProfilerError(
+                f"layer {layer.name}: the model has no module {path!r}; the {layer.kind} layer spec and the HF "
+                "class disagree (adapter bug)"
+            ) from err
+    return modules
+
+
+# ----- inputs and the sweep ------------------------------------------------------------------------------------
+def sweep_points(model: torch.nn.Module, spec: ModelSpec, options: ModelProfileOptions) -> list[tuple[int, int]]:
+    """(micro-batch, seq) pairs. Vision models have one length, fixed by the image size."""
+    seqs = options.sweep_seq_lens()
+    if model.main_input_name == "pixel_values":
+        seqs = (spec.seq_len,)
+    return [(b, s) for s in seqs for b in sorted(set(options.micro_batch_sizes))]
+
+
+def scaled_lengths(layer: LayerSpec, spec: ModelSpec, seq: int) -> tuple[int, int]:
+    """This layer's tokens per sample and key length at sweep length ``seq`` (T5's decoder scales along)."""
+    ratio = seq / spec.seq_len
+    layer_seq = max(round((layer.seq_len or spec.seq_len) * ratio), 1)
+    kv_seq = max(round(layer.kv_seq_len * ratio), 1) if layer.kv_seq_len else layer_seq
+    return layer_seq, kv_seq
+
+
+def dummy_inputs(model: torch.nn.Module, spec: ModelSpec, micro_batch: int, seq: int, device: torch.device) -> dict:
+    """Random inputs of the shape training feeds: token ids (and decoder ids for T5) or pixel values."""
+    config = model.config
+    if model.main_input_name == "pixel_values":
+        size = config.image_size
+        dtype = next(model.parameters()).dtype
+        return {"pixel_values": torch.randn(micro_batch, config.num_channels, size, size, device=device, dtype=dtype)}
+    vocab = int(config.vocab_size)
+    inputs = {"input_ids": torch.randint(0, vocab, (micro_batch, seq), device=device)}
+    if getattr(config, "is_encoder_decoder", False):
+        decoder_seq = max(round((spec.decoder_seq_len or spec.seq_len) * seq / spec.seq_len), 1)
+        inputs["decoder_input_ids"] = torch.randint(0, vocab, (micro_batch, decoder_seq), device=device)
+    return inputs
+
+
+def capture_calls(
+    model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], micro_batch: int, seq: int, device: torch.device
+) -> dict[str, list[CapturedCall]]:
+    """Run the small model once and keep what every profiled module was called with."""
+    captured: dict[str, list[CapturedCall]] = {layer.name: [] for layer in layers}
+    handles = []
+    for layer in layers:
+        for module in modules_of(model, layer):
+
+            def hook(module, args, kwargs, _name=layer.name):
+                captured[_name].append(CapturedCall(module, _detach(args), _detach(kwargs)))
+
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        model(**dummy_inputs(model, spec, micro_batch, seq, device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _detach(value: Any) -> Any:
+    """Cut captured tensors from the capture pass's graph, keeping which of them needed gradients."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().requires_grad_(value.requires_grad)
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def warm_up(model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], point: tuple[int, int], device: torch.device) -> None:
+    """One untimed pass of everything: first calls pay for kernel selection and lazy initialisation."""
+    calls = capture_calls(model, spec, layers, point[0], point[1], device)
+    for layer in layers:
+        for checkpointed in (False, True):
+            _backward(_forward(layer, calls[layer.name], checkpointed))
+    synchronize(device)
+
+
+# ----- measuring one layer -------------------------------------------------------------------------------------
+def _forward(layer: LayerSpec, calls: list[CapturedCall], checkpointed: bool) -> list[torch.Tensor]:
+    """Run the layer's calls; return the tensors to start backward from (the head adds HF's fp32 loss)."""
+    outputs: list[torch.Tensor] = []
+    for call in calls:
+        if checkpointed:
+            out = checkpoint(call.module, *call.args, use_reentrant=False, **call.kwargs)
+        else:
+            out = call.module(*call.args, **call.kwargs)
+        tensors = [t for t in _tensors(out) if t.requires_grad and t.is_floating_point()]
+        if layer.kind == "head" and tensors:
+            logits = tensors[0]
+            labels = torch.randint(0, logits.shape[-1], logits.shape[:-1], device=logits.device)
+            tensors = [F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))]
+        outputs.extend(tensors)
+    return outputs
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if hasattr(value, "to_tuple"):  # HF ModelOutput
+        return _tensors(value.to_tuple())
+    return []
+
+
+def _backward(outputs: list[torch.Tensor]) -> None:
+    if not outputs:
+        return
+    grads = [torch.ones_like(t) if t.dim() == 0 else torch.randn_like(t) for t in outputs]
+    torch.autograd.backward(outputs, grads)
+
+
+def _timed(device: torch.device, work: Callable[[], Any]) -> tuple[float, Any]:
+    synchronize(device)
+    timer = DeviceTimer(device)
+    timer.start()
+    result = work()
+    return timer.stop(), result
+
+
+def _time_pass(layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool) -> tuple[float, float]:
+    """(forward seconds, backward seconds) of one run."""
+    forward_s, outputs = _timed(device, lambda: _forward(layer, calls, checkpointed))
+    backward_s, _ = _timed(device, lambda: _backward(outputs))
+    return forward_s, backward_s
+
+
+def _median_pass(layer, calls, device, checkpointed: bool, repeats: Repeats) -> tuple[float, float]:
+    for _ in range(repeats.warmup):
+        _time_pass(layer, calls, device, checkpointed)
+    runs = [_time_pass(layer, calls, device, checkpointed) for _ in range(max(repeats.repeats, 1))]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def measure_layer(
+    layer: LayerSpec,
+    calls: list[CapturedCall],
+    micro_batch: int,
+    layer_seq: int,
+    kv_seq: int,
+    device: torch.device,
+    repeats: Repeats,
+) -> LayerMeasurement:
+    if not calls:
+        raise ModelProfilerError(f"layer {layer.name} was never called during the forward pass; cannot time it")
+    forward_s, backward_s = _median_pass(layer, calls, device, False, repeats)
+    ckpt_forward_s, ckpt_backward_s = _median_pass(layer, calls, device, True, repeats)
+    saved, held, peak = measure_memory(layer, calls, device)
+    return LayerMeasurement(
+        micro_batch_size=micro_batch,
+        seq_len=layer_seq,
+        kv_seq_len=kv_seq,
+        forward_s=forward_s,
+        backward_s=backward_s,
+        checkpointed_forward_s=ckpt_forward_s,
+        checkpointed_backward_s=ckpt_backward_s,
+        saved_activation_bytes=saved,
+        checkpointed_saved_bytes=0 if layer.kind == "embedding" else checkpointed_input_bytes(calls),
+        forward_held_bytes=held,
+        backward_peak_bytes=peak,
+    )
+
+
+def measure_memory(layer: LayerSpec, calls: list[CapturedCall], device: torch.device) -> tuple[int, int | None, int | None]:
+    """(bytes autograd saves, CUDA bytes held after forward, CUDA backward peak above its start)."""
+    parameters = {p.untyped_storage().data_ptr() for call in calls for p in call.module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    cuda = device.type == "cuda"
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device) if cuda else 0
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        outputs = _forward(layer, calls, checkpointed=False)
+    held = peak = None
+    if cuda:
+        synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        held = start - before
+        torch.cuda.reset_peak_memory_stats(device)
+        _backward(outputs)
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - start
+    return sum(storages.values()), held, peak
+
+
+def checkpointed_input_bytes(calls: list[CapturedCall]) -> int:
+    """What a checkpointed layer keeps: its inputs that carry gradients (the hidden states).
+
+    The embedding is left out by the caller: its input is token ids (its rotary helper only reads the
+    hidden states' dtype), and a checkpointed embedding saves nothing worth planning for.
+    """
+    storages: dict[int, int] = {}
+    for call in calls:
+        for tensor in _tensors(list(call.args) + list(call.kwargs.values())):
+            if tensor.requires_grad:
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+# ----- summarising -----------------------------------------------------------------------------------------------
+def summarise_layer(
+    layer: LayerSpec, modules: list[torch.nn.Module], points: list[LayerMeasurement], spec: ModelSpec
+) -> LayerProfile:
+    attention = layer.kind in BLOCK_KINDS
+    b = [p.micro_batch_size for p in points]
+    s = [p.seq_len for p in points]
+    kv = [p.kv_seq_len for p in points]
+
+    def fit(values: list[float]):
+        return fit_tokens(b, s, kv, [max(v, 1e-9) for v in values], attention)
+
+    layer_seq, kv_seq = scaled_lengths(layer, spec, spec.seq_len)
+    at_seq = [p for p in points if p.seq_len == layer_seq] or points
+    peaks = [p.backward_peak_bytes for p in at_seq]
+    unique = {id(p): p for m in modules for p in m.parameters()}.values()
+    return LayerProfile(
+        kind=layer.kind,
+        name=layer.name,
+        modules=module_paths(layer),
+        param_bytes=sum(p.numel() * p.element_size() for p in unique),
+        params=sum(p.numel() for p in unique),
+        seq_len=layer_seq,
+        kv_seq_len=kv_seq,
+        forward=fit([p.forward_s for p in points]),
+        backward=fit([p.backward_s for p in points]),
+        recompute=fit([p.recompute_s for p in points]),
+        activation_bytes_per_sample=per_sample([p.micro_batch_size for p in at_seq], [p.saved_activation_bytes for p in at_seq]),
+        checkpointed_bytes_per_sample=per_sample([p.micro_batch_size for p in at_seq], [p.checkpointed_saved_bytes for p in at_seq]),
+        backward_peak_bytes_per_sample=(
+            per_sample([p.micro_batch_size for p in at_seq], peaks) if all(v is not None for v in peaks) else None
+        ),
+        measurements=points,
+    )
+
+
+def per_sample(micro_batches: list[int], values: list[float]) -> float:
+    """Bytes per extra sample: the slope over micro-batch sizes (a fixed part, e.g. rotary tables, drops out)."""
+    if len(set(micro_batches)) < 2:
+        return float(values[0]) / micro_batches[0]
+    slope, _ = np.polyfit(np.asarray(micro_batches, float), np.asarray(values, float), 1)
+    return max(float(slope), 0.0)
+
+
+def _summary(measurements: dict[str, list[LayerMeasurement]], micro_batch: int, seq: int, spec: ModelSpec) -> str:
+    parts = []
+    for kind, points in measurements.items():
+        last = points[-1]
+        parts.append(f"{kind} fwd {last.forward_s * 1e3:.2f} ms bwd {last.backward_s * 1e3:.2f} ms")
+    return "; ".join(parts)
