@@ -1,0 +1,28 @@
+"""Per-block activation checkpointing (non-reentrant), without a wrapper module.
+
+The block's own ``forward`` is replaced on the instance by one that runs the original under
+``torch.utils.checkpoint.checkpoint(use_reentrant=False)``. Nothing is inserted into the module tree, so
+parameter names stay HF's; module hooks (FSDP unshard, relayout) run outside the checkpointed region and
+are not repeated by the recomputation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def apply_activation_checkpointing(block: nn.Module) -> None:
+    """Recompute ``block``'s forward during backward instead of keeping its activations."""
+    if getattr(block, "_galvatron_checkpointed", False):
+        return
+    original = block.forward
+
+    @functools.wraps(original)
+    def checkpointed_forward(*args, **kwargs):
+        return checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+    block.forward = checkpointed_forward
+    block._galvatron_checkpointed = True

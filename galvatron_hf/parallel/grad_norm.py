@@ -1,0 +1,74 @@
+"""Gradient-norm clipping across TP, DP and PP without counting a replicated gradient twice.
+
+Every parameter is a DTensor after ``parallelize`` (FSDP2 makes even replicated ones DTensors on their DP
+mesh), but different layers live on different meshes, so ``torch.nn.utils.clip_grad_norm_`` (one foreach
+norm per mesh) does not apply. Instead each rank adds, for every local gradient shard, its squared norm
+divided by the number of ranks of the stage holding an identical copy of that shard; one all-reduce over
+the world then gives the exact global sum of squares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor, Shard
+
+from galvatron_hf.parallel.parallel_dims import ParallelDims
+
+
+def _distinct_shards(tensor: torch.Tensor) -> int:
+    if not isinstance(tensor, DTensor):
+        return 1
+    count = 1
+    for dim, placement in enumerate(tensor.placements):
+        if isinstance(placement, Shard) or type(placement).__name__ == "_StridedShard":
+            count *= tensor.device_mesh.size(dim)
+    return count
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def total_grad_norm(
+    parameters: Iterable[nn.Parameter], dims: ParallelDims, norm_type: float = 2.0, copies_scale: dict | None = None
+) -> torch.Tensor:
+    """The norm of all gradients of the model across every rank (same value returned on every rank).
+
+    ``copies_scale`` maps ``id(param)`` to an extra count of copies (a weight tied across pipeline stages).
+    """
+    grads = [(p, p.grad) for p in parameters if p.grad is not None]
+    device = _local(grads[0][1]).device if grads else torch.device("cpu")
+    if math.isinf(norm_type):
+        local = torch.zeros((), device=device, dtype=torch.float32)
+        for _, grad in grads:
+            local = torch.maximum(local, _local(grad).detach().abs().max().float())
+        dist.all_reduce(local, op=dist.ReduceOp.MAX)
+        return local
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for param, grad in grads:
+        copies = dims.stage_size / _distinct_shards(grad)
+        if copies_scale:
+            copies *= copies_scale.get(id(param), 1)
+        piece = torch.linalg.vector_norm(_local(grad).detach().double(), norm_type) ** norm_type
+        total += piece / copies
+    dist.all_reduce(total)
+    return (total ** (1.0 / norm_type)).float()
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: Iterable[nn.Parameter], max_norm: float, dims: ParallelDims, norm_type: float = 2.0, copies_scale=None
+) -> torch.Tensor:
+    """Scale gradients in place so their global norm is at most ``max_norm``; return the norm before clipping."""
+    parameters = list(parameters)
+    norm = total_grad_norm(parameters, dims, norm_type, copies_scale)
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for param in parameters:
+        if param.grad is not None:
+            _local(param.grad).mul_(coef.to(_local(param.grad).dtype))
+    return norm

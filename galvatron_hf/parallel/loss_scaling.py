@@ -1,0 +1,68 @@
+"""fp16 loss scaling for sharded, multi-mesh gradients (``torch.amp.GradScaler`` semantics).
+
+``GradScaler`` checks for infs per device, not across ranks, and cannot see DTensor shards on several meshes;
+here the check is one all-reduce (MAX) over the world so every rank skips the same steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+class LossScaler:
+    """Dynamic loss scale: multiply the loss, unscale gradients, skip and back off on inf/NaN, grow when stable."""
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000):
+        self.scale = init_scale
+        self.growth_factor = growth_factor
+        self.backoff_factor = backoff_factor
+        self.growth_interval = growth_interval
+        self.found_inf = False
+        self._good_steps = 0
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale
+
+    @torch.no_grad()
+    def rescale_existing(self, parameters: Iterable[nn.Parameter]) -> None:
+        """Before another backward accumulates scaled gradients, bring the unscaled ones back to scale."""
+        for param in parameters:
+            if param.grad is not None:
+                _local(param.grad).mul_(self.scale)
+
+    @torch.no_grad()
+    def unscale_(self, parameters: Iterable[nn.Parameter]) -> bool:
+        """Divide gradients by the scale; return (and remember) whether any rank saw inf/NaN."""
+        grads = [_local(p.grad) for p in parameters if p.grad is not None]
+        bad = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else "cpu")
+        for grad in grads:
+            bad = torch.maximum(bad, (~torch.isfinite(grad)).any().float())
+            grad.mul_(1.0 / self.scale)
+        if dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        self.found_inf = bool(bad.item())
+        return self.found_inf
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Step unless the last backward overflowed; update the scale. Return whether it stepped."""
+        stepped = not self.found_inf
+        if stepped:
+            optimizer.step()
+            self._good_steps += 1
+            if self._good_steps % self.growth_interval == 0:
+                self.scale *= self.growth_factor
+        else:
+            self.scale *= self.backoff_factor
+            self._good_steps = 0
+        self.found_inf = False
+        return stepped

@@ -1,0 +1,210 @@
+"""Moving activations between layers whose (dp, tp) layouts differ, with a correct backward.
+
+Inside a layer with layout ``(dp, tp)`` a batch tensor holds ``1/dp`` of the stage's micro-batch and is
+identical on the ``tp`` ranks of a TP group; its gradient is identical there too (DTensor TP all-reduces
+input gradients). Changing layout therefore only moves batch parts:
+
+- growing TP (shrinking DP): all-gather the parts within the new, larger TP group; backward keeps the local
+  slice of the (replicated) gradient;
+- shrinking TP (growing DP): keep the local slice; backward all-gathers the gradient slices, so every rank
+  of the old TP group again holds the whole replicated gradient.
+
+Only the ``ratio`` ranks that hold different parts exchange them (``ParallelDims.relayout_group``).
+
+The HF blocks keep their own forward: a forward pre-hook (``with_kwargs=True``) re-lays every batch tensor
+a block receives (hidden states, masks, position embeddings, encoder states), and a forward hook records
+the layout of what the block returns. A tensor nobody recorded was made outside the blocks from the model
+inputs and so is in the data-loading (vocabulary) layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from galvatron_hf.parallel.parallel_dims import ParallelDims
+
+BatchLayout = tuple[int, int]  # (dp, tp)
+
+
+class _GatherParts(torch.autograd.Function):
+    """Forward: concatenate the parts of ``group`` along ``dim``; backward: keep this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+        ctx.group, ctx.dim = group, dim
+        return _all_gather(tensor, group, dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        size, index = dist.get_world_size(ctx.group), dist.get_rank(ctx.group)
+        return grad.chunk(size, dim=ctx.dim)[index].contiguous(), None, None
+
+
+class _SliceParts(torch.autograd.Function):
+    """Forward: keep this rank's slice along ``dim``; backward: all-gather the gradient slices."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+        ctx.group, ctx.dim = group, dim
+        size, index = dist.get_world_size(group), dist.get_rank(group)
+        return tensor.chunk(size, dim=dim)[index].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _all_gather(grad.contiguous(), ctx.group, ctx.dim), None, None
+
+
+def _all_gather(tensor: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+    size = dist.get_world_size(group)
+    moved = tensor.movedim(dim, 0).contiguous()
+    out = moved.new_empty((size * moved.shape[0], *moved.shape[1:]))
+    dist.all_gather_into_tensor(out, moved, group=group)
+    return out.movedim(0, dim)
+
+
+def gather_parts(tensor: torch.Tensor, group: dist.ProcessGroup, dim: int = 0) -> torch.Tensor:
+    if tensor.requires_grad:
+        return _GatherParts.apply(tensor, group, dim)
+    return _all_gather(tensor, group, dim)
+
+
+def slice_parts(tensor: torch.Tensor, group: dist.ProcessGroup, dim: int = 0) -> torch.Tensor:
+    if tensor.requires_grad:
+        return _SliceParts.apply(tensor, group, dim)
+    size, index = dist.get_world_size(group), dist.get_rank(group)
+    return tensor.chunk(size, dim=dim)[index]
+
+
+def relayout(tensor: torch.Tensor, dims: ParallelDims, src: BatchLayout, dst: BatchLayout, dim: int = 0):
+    """Re-lay a batch tensor from layout ``src`` to ``dst`` (both ``(dp, tp)`` of the same stage).
+
+    When neither TP degree divides the other we go through their gcd: slice, then gather.
+    """
+    src_tp, dst_tp = src[1], dst[1]
+    if src_tp == dst_tp:
+        return tensor
+    common = math.gcd(src_tp, dst_tp)
+    if common < src_tp:  # shrink TP: slice among ranks that share the same part now
+        tensor = slice_parts(tensor, dims.relayout_group(common, src_tp // common), dim)
+    if common < dst_tp:  # grow TP: gather the parts the new TP group spreads over
+        tensor = gather_parts(tensor, dims.relayout_group(common, dst_tp // common), dim)
+    return tensor
+
+
+class RelayoutTracker:
+    """Knows which layout every activation of the current forward is in, and re-lays block inputs.
+
+    ``begin`` is called at the start of each model forward (a pre-hook on the model root does it) with
+    the stage's micro-batch size; a tensor counts as a batch tensor when it has 2+ dims and its dim 0 is the
+    local batch size of the layout it is in.
+    """
+
+    def __init__(self, dims: ParallelDims, input_layout: BatchLayout):
+        self.dims = dims
+        self.input_layout = input_layout
+        self.stage_batch: int | None = None
+        self._layouts: dict[int, tuple[torch.Tensor, BatchLayout]] = {}
+        self._converted: dict[tuple[int, BatchLayout], torch.Tensor] = {}
+
+    def begin(self, stage_batch: int) -> None:
+        self.stage_batch = stage_batch
+        self._layouts.clear()
+        self._converted.clear()
+
+    def layout_of(self, tensor: torch.Tensor) -> BatchLayout:
+        entry = self._layouts.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else self.input_layout
+
+    def record(self, value: Any, layout: BatchLayout) -> None:
+        for tensor in _tensors(value):
+            self._layouts[id(tensor)] = (tensor, layout)
+
+    def to_layout(self, value: Any, dst: BatchLayout) -> Any:
+        return _map_tensors(value, lambda t: self._convert(t, dst))
+
+    def _convert(self, tensor: torch.Tensor, dst: BatchLayout) -> torch.Tensor:
+        if self.stage_batch is None or tensor.dim() < 2:
+            return tensor
+        src = self.layout_of(tensor)
+        if src[1] == dst[1] or tensor.shape[0] != self.stage_batch // src[0]:
+            return tensor
+        key = (id(tensor), dst)
+        if key not in self._converted:  # masks / position embeddings reach every block: move them once
+            moved = relayout(tensor, self.dims, src, dst)
+            self._converted[key] = moved
+            self.record(moved, dst)
+            self._layouts.setdefault(id(tensor), (tensor, src))  # keep the source alive: ids stay unique
+        return self._converted[key]
+
+    # ----- hooks -------------------------------------------------------------------------------------
+    def install_root(self, root: nn.Module, data_parts: int, convert_outputs: bool = False) -> None:
+        """Start tracking at each model forward; the stage batch is the local batch times the data parts.
+
+        ``convert_outputs`` (a pipeline stage): hand the next stage activations in the data-loading layout.
+        """
+
+        def begin_forward(module, args, kwargs):
+            local = _first_batch_size(args, kwargs)
+            if local is not None:
+                self.begin(local * data_parts)
+
+        def to_input_layout(module, args, output):
+            return self.to_layout(output, self.input_layout)
+
+        root.register_forward_pre_hook(begin_forward, with_kwargs=True, prepend=True)
+        if convert_outputs:
+            root.register_forward_hook(to_input_layout)
+
+    def install_block(self, block: nn.Module, layout: BatchLayout) -> None:
+        def to_block_layout(module, args, kwargs):
+            return self.to_layout(args, layout), self.to_layout(kwargs, layout)
+
+        def record_output(module, args, kwargs, output):
+            self.record(output, layout)
+
+        block.register_forward_pre_hook(to_block_layout, with_kwargs=True, prepend=True)
+        block.register_forward_hook(record_output, with_kwargs=True)
+
+    def install_input_layout(self, module: nn.Module) -> None:
+        """Layers after the blocks (final norm, pooler, head) run in the data-loading layout."""
+
+        def to_input_layout(mod, args, kwargs):
+            return self.to_layout(args, self.input_layout), self.to_layout(kwargs, self.input_layout)
+
+        module.register_forward_pre_hook(to_input_layout, with_kwargs=True, prepend=True)
+
+
+def _first_batch_size(args: tuple, kwargs: dict) -> int | None:
+    for tensor in _tensors((args, kwargs)):
+        if tensor.dim() >= 2:
+            return tensor.shape[0]
+    return None
+
+
+def _tensors(value: Any):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return type(value)(*(_map_tensors(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value

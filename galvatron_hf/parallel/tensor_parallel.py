@@ -1,0 +1,192 @@
+"""Tensor parallelism with DTensor, driven by the adapter's ``tp_rules`` and ``tp_attributes``.
+
+``nn.Linear`` uses PyTorch's ``ColwiseParallel`` / ``RowwiseParallel``; the vocabulary embedding is
+``RowwiseParallel(input_layouts=Replicate())`` and the LM head ``ColwiseParallel(output_layouts=Replicate())``.
+GPT-2's ``Conv1D`` stores its weight as (in, out), so it gets two small ``ParallelStyle`` subclasses; a
+fused output (``c_attn`` = q|k|v) is split part by part with ``_StridedShard`` so that every rank holds
+``q_r | k_r | v_r`` while the DTensor still describes HF's global layout (state dicts keep HF's values).
+Modules compute on their local shards and the HF forward (which reshapes with ``-1`` heads, or with the
+head counts the ``tp_attributes`` divide) runs unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.placement_types import _StridedShard
+
+from galvatron_hf.adapters.spec import TPAttribute, TPRule
+
+
+class TPConfigError(ValueError):
+    """The adapter's TP description does not fit the model or the TP degree."""
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _strided_local(tensor: torch.Tensor, dim: int, parts: int, mesh: DeviceMesh) -> torch.Tensor:
+    """This rank's ``q_r | k_r | v_r``: split ``dim`` into ``parts`` equal parts, then each over the mesh."""
+    size, index = mesh.size(), mesh.get_local_rank()
+    pieces = [part.chunk(size, dim=dim)[index] for part in tensor.chunk(parts, dim=dim)]
+    return torch.cat(pieces, dim=dim).contiguous()
+
+
+def _shard_fused(tensor: torch.Tensor, dim: int, parts: int, mesh: DeviceMesh) -> nn.Parameter:
+    if parts == 1:
+        return nn.Parameter(distribute_tensor(tensor.detach(), mesh, [Shard(dim)]))
+    local = _strided_local(tensor.detach(), dim, parts, mesh)
+    placement = _StridedShard(dim, split_factor=parts)
+    dtensor = DTensor.from_local(local, mesh, [placement], run_check=False, shape=tensor.shape, stride=tensor.stride())
+    return nn.Parameter(dtensor)
+
+
+def _replicated_input(tensor: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """Identity forward; backward all-reduces the partial input gradients of a column split."""
+    return DTensor.from_local(tensor, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
+def _sum_partial(tensor: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """All-reduce partial outputs of a row split (backward passes the replicated gradient through)."""
+    summed = DTensor.from_local(tensor, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()])
+    return summed.to_local()
+
+
+class Conv1DColwiseParallel(ParallelStyle):
+    """Column split of GPT-2's ``Conv1D`` (weight (in, out)); ``fused`` equal output parts split one by one."""
+
+    def __init__(self, fused: int = 1):
+        super().__init__()
+        self.fused = fused
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        module.weight = _shard_fused(module.weight, 1, self.fused, device_mesh)
+        if module.bias is not None:
+            module.bias = _shard_fused(module.bias, 0, self.fused, device_mesh)
+        module.nf = module.nf // device_mesh.size()
+
+        def forward(hidden: torch.Tensor) -> torch.Tensor:
+            hidden = _replicated_input(hidden, device_mesh)
+            weight = module.weight.to_local()
+            out = hidden.reshape(-1, hidden.shape[-1]) @ weight
+            if module.bias is not None:
+                out = out + module.bias.to_local()
+            return out.view(*hidden.shape[:-1], weight.shape[1])
+
+        module.forward = forward
+        return module
+
+
+class Conv1DRowwiseParallel(ParallelStyle):
+    """Row split of GPT-2's ``Conv1D``: local input features, partial sums all-reduced, bias replicated."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        module.weight = nn.Parameter(distribute_tensor(module.weight.detach(), device_mesh, [Shard(0)]))
+        if module.bias is not None:
+            module.bias = nn.Parameter(distribute_tensor(module.bias.detach(), device_mesh, [Replicate()]))
+
+        def forward(hidden: torch.Tensor) -> torch.Tensor:
+            weight = module.weight.to_local()
+            out = _sum_partial(hidden.reshape(-1, hidden.shape[-1]) @ weight, device_mesh)
+            if module.bias is not None:
+                out = out + module.bias.to_local()
+            return out.view(*hidden.shape[:-1], weight.shape[1])
+
+        module.forward = forward
+        return module
+
+
+def style_for(rule: TPRule, module: nn.Module, vocab: bool = False) -> ParallelStyle:
+    """The PyTorch parallel style for one rule (``vocab``: embedding / LM head of the vocabulary layer)."""
+    if rule.conv1d or _is_conv1d(module):
+        return Conv1DColwiseParallel(rule.fused) if rule.style == "colwise" else Conv1DRowwiseParallel()
+    if rule.fused > 1:
+        raise TPConfigError(f"{rule.module}: fused outputs are only supported on GPT-2 Conv1D modules")
+    if isinstance(module, nn.Embedding):
+        if rule.style == "rowwise":  # vocabulary-parallel embedding: rows = tokens
+            return RowwiseParallel(input_layouts=Replicate())
+        return ColwiseParallel(input_layouts=Replicate())  # split the embedding dim (T5 relative bias heads)
+    if rule.style == "colwise":
+        return ColwiseParallel(output_layouts=Replicate()) if vocab else ColwiseParallel()
+    return RowwiseParallel()
+
+
+def apply_tensor_parallel(
+    root: nn.Module,
+    rules: Sequence[TPRule],
+    attributes: Sequence[TPAttribute],
+    tp_mesh: DeviceMesh,
+    vocab: bool = False,
+    where: str = "",
+) -> None:
+    """Split the modules under ``root`` named by ``rules`` over ``tp_mesh``; divide the head-count attributes."""
+    tp = tp_mesh.size()
+    if tp == 1:
+        return
+    plan = {}
+    for rule in rules:
+        module = _get(root, rule.module, where)
+        _check_divisible(rule, module, tp, where)
+        plan[rule.module] = style_for(rule, module, vocab)
+    if plan:
+        parallelize_module(root, tp_mesh, plan)
+    for attribute in attributes:
+        _divide_attribute(_get(root, attribute.module, where), attribute, tp, where)
+
+
+def _get(root: nn.Module, path: str, where: str) -> nn.Module:
+    try:
+        return root.get_submodule(path) if path else root
+    except AttributeError as err:
+        raise TPConfigError(f"{where}: the adapter names module {path!r}, which the model does not have") from err
+
+
+def _split_width(rule: TPRule, module: nn.Module) -> int:
+    """The size TP divides: output features for colwise, input features for rowwise."""
+    if rule.conv1d or _is_conv1d(module):
+        in_f, out_f = module.weight.shape
+    elif isinstance(module, nn.Embedding):
+        return module.weight.shape[0] if rule.style == "rowwise" else module.weight.shape[1]
+    else:
+        out_f, in_f = module.weight.shape
+    return (out_f // rule.fused) if rule.style == "colwise" else in_f
+
+
+def _check_divisible(rule: TPRule, module: nn.Module, tp: int, where: str) -> None:
+    width = _split_width(rule, module)
+    if width % tp:
+        raise TPConfigError(f"{where}: tp={tp} does not divide {rule.module}'s split width {width}; use a tp dividing it")
+
+
+def _divide_attribute(module: nn.Module, attribute: TPAttribute, tp: int, where: str) -> None:
+    value = getattr(module, attribute.attribute, None)
+    if not isinstance(value, int):
+        raise TPConfigError(
+            f"{where}: {attribute.module}.{attribute.attribute} is {value!r}, not an integer head count or width"
+        )
+    if value % tp:
+        raise TPConfigError(f"{where}: tp={tp} does not divide {attribute.module}.{attribute.attribute}={value}")
+    setattr(module, attribute.attribute, value // tp)
+
+
+def tie_output_embeddings(model: nn.Module, tied: bool) -> None:
+    """Re-tie the LM head to the (possibly vocabulary-parallel) input embedding after TP replaced it."""
+    if not tied:
+        return
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None or outputs.weight is inputs.weight:
+        return
+    if type(inputs.weight) is not type(outputs.weight) or (
+        isinstance(inputs.weight, DTensor) and inputs.weight.placements != outputs.weight.placements
+    ):
+        raise TPConfigError(
+            "the input embedding and LM head are tied but were split differently; the adapter must give the "
+            "embedding a 'rowwise' and the head a 'colwise' rule (both split the vocabulary)"
+        )
+    outputs.weight = inputs.weight

@@ -1,0 +1,213 @@
+"""Shared pieces of the runtime tests: tiny models per family, batches, plans, a single-process reference
+and the per-rank worker that trains a parallelised copy and reports losses, full gradients and shard sizes.
+
+Imported by the test modules (and, through ``run_distributed``'s spawn, by every rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
+
+GLOBAL_BATCH = 8
+SEQ = 6
+STEPS = 3
+LR = 0.05
+
+
+# ----- tiny models ----------------------------------------------------------------------------------------
+def make_config(family: str):
+    import transformers as tf
+
+    if family == "llama":
+        return tf.LlamaConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=8,
+            num_key_value_heads=4, max_position_embeddings=64, attention_dropout=0.0, tie_word_embeddings=False,
+        )
+    if family == "gpt2":
+        return tf.GPT2Config(
+            vocab_size=128, n_embd=64, n_layer=4, n_head=4, n_positions=64, n_inner=128,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )
+    if family == "bert":
+        return tf.BertConfig(
+            vocab_size=128, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )
+    if family == "vit":
+        return tf.ViTConfig(
+            image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=5,
+        )
+    if family == "t5":
+        return tf.T5Config(
+            vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+            dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        )
+    raise ValueError(family)
+
+
+def make_model(family: str, seed: int = 0) -> nn.Module:
+    import transformers as tf
+
+    config = make_config(family)
+    config._attn_implementation = "sdpa" if family != "t5" else "eager"
+    classes = {
+        "llama": tf.LlamaForCausalLM,
+        "gpt2": tf.GPT2LMHeadModel,
+        "bert": tf.BertForMaskedLM,
+        "vit": tf.ViTForImageClassification,
+        "t5": tf.T5ForConditionalGeneration,
+    }
+    torch.manual_seed(seed)
+    return classes[family](config).float()
+
+
+def make_batch(family: str, step: int, size: int = GLOBAL_BATCH) -> dict[str, torch.Tensor]:
+    """The global batch of one step (same on every rank: seeded by the step)."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    if family == "vit":
+        return {
+            "pixel_values": torch.randn(size, 3, 16, 16, generator=gen),
+            "labels": torch.randint(0, 5, (size,), generator=gen),
+        }
+    ids = torch.randint(0, 128, (size, SEQ), generator=gen)
+    labels = ids.clone()
+    labels[torch.rand(size, SEQ, generator=gen) < 0.3] = -100  # uneven label counts per sample
+    if family == "t5":
+        target = torch.randint(0, 128, (size, SEQ - 2), generator=gen)
+        return {"input_ids": ids, "labels": target}
+    return {"input_ids": ids, "labels": labels}
+
+
+def split_batch(batch: dict[str, torch.Tensor], part: int, parts: int) -> dict[str, torch.Tensor]:
+    return {k: v.chunk(parts)[part] for k, v in batch.items()}
+
+
+# ----- plans ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One layout to test: per-block (tp, dp_type, checkpoint) and the vocabulary (tp, dp_type)."""
+
+    name: str
+    blocks: tuple[tuple[int, str, bool], ...]
+    vocab: tuple[int, str] = (1, "ddp")
+    mixed_precision: str = "fp32"
+
+    def plan(self, world: int) -> Plan:
+        layers = [LayerStrategy(0, tp, world // tp, dp_type, ckpt) for tp, dp_type, ckpt in self.blocks]
+        vocab = VocabStrategy(self.vocab[0], world // self.vocab[0], self.vocab[1])
+        return Plan(world_size=world, pp=1, schedule="gpipe", global_batch_size=GLOBAL_BATCH, num_micro_batches=1,
+                    layers=layers, vocab=vocab, mixed_precision=self.mixed_precision)
+
+
+def uniform(name: str, blocks: int, tp: int, dp_type: str, vocab_tp: int | None = None, ckpt: bool = False,
+            mixed_precision: str = "fp32") -> Case:
+    return Case(name, tuple((tp, dp_type, ckpt) for _ in range(blocks)), (vocab_tp or tp, dp_type), mixed_precision)
+
+
+def standard_cases(blocks: int = 4) -> list[Case]:
+    """The layouts every family must match the single process on (world size 4)."""
+    mixed = ((1, "zero3", False), (2, "ddp", True), (4, "zero2", False), (2, "zero3", True))
+    return [
+        uniform("ddp4", blocks, 1, "ddp"),
+        uniform("zero2x4", blocks, 1, "zero2"),
+        uniform("zero3x4", blocks, 1, "zero3", ckpt=True),
+        uniform("tp2_zero3x2", blocks, 2, "zero3"),
+        uniform("tp4", blocks, 4, "ddp"),
+        Case("mixed_1242", mixed[:blocks] if blocks == 4 else tuple(mixed[i % 4] for i in range(blocks)), (2, "zero3")),
+    ]
+
+
+# ----- single process reference ---------------------------------------------------------------------------
+def reference_run(family: str, steps: int = STEPS, dtype: torch.dtype | None = None) -> dict:
+    """Losses and gradients of the plain HF model on the whole global batch, SGD between steps."""
+    model = make_model(family)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    losses, grads = [], []
+    for step in range(steps):
+        batch = make_batch(family, step)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        optimizer.step()
+        optimizer.zero_grad()
+    return {"losses": losses, "grads": grads, "names": [n for n, _ in model.named_parameters()]}
+
+
+# ----- the parallel run (one rank) ------------------------------------------------------------------------
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def parallel_run(rank: int, world: int, family: str, cases: list[Case], meta: bool = False) -> dict:
+    """Train each case for STEPS steps; rank 0 returns losses and full gradients, every rank shard sizes."""
+    from galvatron_hf.adapters import describe_model
+    from galvatron_hf.parallel import parallelize
+
+    results = {}
+    for case in cases:
+        model = make_model(family)
+        spec = describe_model(model, seq_len=SEQ if family != "vit" else None)
+        plan = case.plan(world)
+        reference_state = None
+        if meta:
+            reference_state = {k: v.clone() for k, v in model.state_dict().items()}
+            with torch.device("meta"):
+                model = type(model)(model.config)
+        pm = parallelize(model, plan, spec=spec, device="cpu", mixed_precision=case.mixed_precision)
+        if meta:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(pm.module, reference_state, options=StateDictOptions(full_state_dict=True,
+                                                                                     strict=False))
+        optimizer = torch.optim.SGD(pm.parameters(), lr=LR)
+        losses, grads = [], []
+        for step in range(STEPS):
+            local = split_batch(make_batch(family, step), pm.data_rank, pm.data_size)
+            losses.append(pm.train_step(local).item())
+            grads.append({n: _full(p.grad) for n, p in pm.module.named_parameters()} if True else None)
+            pm.step(optimizer)
+            optimizer.zero_grad()
+        sizes = {n: (_local_numel(p), p.numel()) for n, p in pm.module.named_parameters()}
+        results[case.name] = {
+            "losses": losses,
+            "grads": grads if rank == 0 else None,
+            "sizes": sizes,
+            "names": [n for n, _ in pm.module.named_parameters()],
+        }
+    return results
+
+
+def _local_numel(param: torch.Tensor) -> int:
+    return param.to_local().numel() if hasattr(param, "to_local") else param.numel()
+
+
+# ----- expected shard sizes -------------------------------------------------------------------------------
+def expected_local_numel(spec, plan: Plan, name: str, numel: int) -> int:
+    """The share of parameter ``name`` one rank must hold under ``plan`` (TP split x ZeRO shard)."""
+    tp, dp, dp_type, rules = plan.vocab.tp, plan.vocab.dp, plan.vocab.dp_type, []
+    owner_root = ""
+    for layer in (*spec.pre_layers, *spec.post_layers):
+        rules += [(layer.root, r) for r in layer.tp_rules]
+    for index, layer in enumerate(spec.blocks):
+        if name.startswith(layer.root + "."):
+            strategy = plan.layers[index]
+            tp, dp, dp_type, owner_root = strategy.tp, strategy.dp, strategy.dp_type, layer.root
+            rules = [(layer.root, r) for r in layer.tp_rules]
+    divisor = 1
+    for root, rule in rules:
+        module = f"{root}.{rule.module}" if root else rule.module
+        if name in (f"{module}.weight", f"{module}.bias"):
+            split = name.endswith("weight") or rule.style == "colwise"
+            divisor *= tp if split else 1
+    del owner_root
+    if dp_type != "ddp":
+        divisor *= dp
+    return numel // divisor
