@@ -43,7 +43,8 @@ from galvatron_hf.profiler.hardware_schema import (
 from galvatron_hf.profiler.timing import DeviceTimer, Progress, Repeats, median_time, synchronize, time_region
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KiB, MiB, GiB = 1024, 1024**2, 1024**3
+KiB, MiB = 1024, 1024**2
+GB = 1e9  # the planner's memory unit
 
 # Datasheet dense rates (TFLOP/s, no sparsity) by a substring of torch's device name; MFU divides by these.
 DATASHEET_TFLOPS: dict[str, dict[str, float]] = {
@@ -398,7 +399,7 @@ def measure_device(
     bandwidth = memory_bandwidth_GBps(device, options.quick, repeats)
     sources["device.memory_gb"] = "torch.cuda.get_device_properties" if device.type == "cuda" else "host RAM / local ranks"
     sources["device.memory_bandwidth_GBps"] = "measured: device-to-device copy"
-    progress.step(f"memory {memory_gb:.1f} GiB ({reserved_gb:.2f} reserved), copy bandwidth {bandwidth:.1f} GB/s")
+    progress.step(f"memory {memory_gb:.1f} GB ({reserved_gb:.2f} outside the allocator), copy bandwidth {bandwidth:.1f} GB/s")
     return DeviceSpec(
         name=name,
         memory_gb=memory_gb,
@@ -432,14 +433,17 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, side: int, repeats: 
 
 
 def device_memory_gb(device: torch.device) -> tuple[float, float]:
-    """(total GiB, GiB held outside PyTorch's allocator: CUDA context, NCCL buffers). CPU: RAM per local rank."""
+    """(total GB, GB held outside PyTorch's allocator: CUDA context, NCCL buffers). CPU: RAM per local rank.
+
+    GB is 1e9 bytes, the planner's unit (``planner/cost_model.py``).
+    """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         outside_allocator = max(total - free - torch.cuda.memory_reserved(device), 0)
-        return total / GiB, outside_allocator / GiB
+        return total / GB, outside_allocator / GB
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total / GiB / max(ranks_here, 1), 0.0
+    return total / GB / max(ranks_here, 1), 0.0
 
 
 def memory_bandwidth_GBps(device: torch.device, quick: bool, repeats: Repeats) -> float:
