@@ -198,10 +198,14 @@ def representative_layers(spec: ModelSpec) -> list[LayerSpec]:
 
 
 def module_paths(layer: LayerSpec) -> list[str]:
-    """Modules to time: the layer's root module when it has one (a block), else each listed module."""
-    if layer.root:
+    """Modules to time: a block's root module (the whole block), else each module it owns.
+
+    ``LayerSpec.modules`` are relative to ``root`` (GPT-2's embedding: root "transformer", modules
+    "wte", "wpe", "drop").
+    """
+    if layer.is_block and layer.root:
         return [layer.root]
-    return list(layer.modules)
+    return [f"{layer.root}.{m}" if layer.root and m else (m or layer.root) for m in layer.modules]
 
 
 def modules_of(model: torch.nn.Module, layer: LayerSpec) -> list[torch.nn.Module]:
