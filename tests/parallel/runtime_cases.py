@@ -97,6 +97,8 @@ class Case:
     blocks: tuple[tuple[int, str, bool], ...]
     vocab: tuple[int, str] = (1, "ddp")
     mixed_precision: str = "fp32"
+    meta: bool = False  # build on the meta device, load the reference weights with DCP's set_model_state_dict
+    clip: float | None = None  # clip the gradient norm to this before recording gradients
 
     def plan(self, world: int) -> Plan:
         layers = [LayerStrategy(0, tp, world // tp, dp_type, ckpt) for tp, dp_type, ckpt in self.blocks]
@@ -124,21 +126,22 @@ def standard_cases(blocks: int = 4) -> list[Case]:
 
 
 # ----- single process reference ---------------------------------------------------------------------------
-def reference_run(family: str, steps: int = STEPS, dtype: torch.dtype | None = None) -> dict:
+def reference_run(family: str, steps: int = STEPS, clip: float | None = None) -> dict:
     """Losses and gradients of the plain HF model on the whole global batch, SGD between steps."""
     model = make_model(family)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    losses, grads = [], []
+    losses, grads, norms = [], [], []
     for step in range(steps):
         batch = make_batch(family, step)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = model(**batch).loss
+        loss = model(**batch).loss
         loss.backward()
         losses.append(loss.item())
+        if clip is not None:
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item())
         grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
         optimizer.step()
         optimizer.zero_grad()
-    return {"losses": losses, "grads": grads, "names": [n for n, _ in model.named_parameters()]}
+    return {"losses": losses, "grads": grads, "norms": norms, "names": [n for n, _ in model.named_parameters()]}
 
 
 # ----- the parallel run (one rank) ------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def parallel_run(rank: int, world: int, family: str, cases: list[Case], meta: bool = False) -> dict:
+def parallel_run(rank: int, world: int, family: str, cases: list[Case]) -> dict:
     """Train each case for STEPS steps; rank 0 returns losses and full gradients, every rank shard sizes."""
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
@@ -156,7 +159,7 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case], meta: bo
         model = make_model(family)
         spec = describe_model(model, seq_len=SEQ if family != "vit" else None)
         plan = case.plan(world)
-        reference_state = None
+        reference_state, meta = None, case.meta
         if meta:
             reference_state = {k: v.clone() for k, v in model.state_dict().items()}
             with torch.device("meta"):
@@ -168,16 +171,19 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case], meta: bo
             set_model_state_dict(pm.module, reference_state, options=StateDictOptions(full_state_dict=True,
                                                                                      strict=False))
         optimizer = torch.optim.SGD(pm.parameters(), lr=LR)
-        losses, grads = [], []
+        losses, grads, norms = [], [], []
         for step in range(STEPS):
             local = split_batch(make_batch(family, step), pm.data_rank, pm.data_size)
             losses.append(pm.train_step(local).item())
-            grads.append({n: _full(p.grad) for n, p in pm.module.named_parameters()} if True else None)
+            if case.clip is not None:
+                norms.append(pm.clip_grad_norm_(case.clip).item())
+            grads.append({n: _full(p.grad) for n, p in pm.module.named_parameters()})
             pm.step(optimizer)
             optimizer.zero_grad()
         sizes = {n: (_local_numel(p), p.numel()) for n, p in pm.module.named_parameters()}
         results[case.name] = {
             "losses": losses,
+            "norms": norms,
             "grads": grads if rank == 0 else None,
             "sizes": sizes,
             "names": [n for n, _ in pm.module.named_parameters()],
