@@ -129,6 +129,8 @@ def profile_hardware(options: HardwareOptions | None = None, device: torch.devic
     """Measure this cluster; call on every rank (or alone). Returns the same profile on every rank."""
     options = options or HardwareOptions()
     device = device or default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL barriers and collectives use the current device
     layout = world_layout()
     repeats = options.repeats_for()
     progress = Progress("profile hardware", _step_count(options, layout, device), options.progress and layout.rank == 0)
