@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from ._common import FamilyAdapter
 from .errors import UnsupportedArchitectureError
+from .bert import BertAdapter
+from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
+from .vit import ViTAdapter
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (LlamaAdapter(),)
+ADAPTERS: tuple[FamilyAdapter, ...] = (LlamaAdapter(), GPT2Adapter(), BertAdapter(), ViTAdapter())
 
 
 def supported_architectures() -> dict[str, tuple[str, ...]]:

@@ -91,8 +91,13 @@ class ActivationModel:
         checkpoint: bool = False,
         attn_impl: AttentionImpl = "sdpa",
         kv_seq_len: int | None = None,
+        mask_bytes: int = 1,
     ) -> float:
-        """Bytes one sample keeps between forward and backward on one TP rank."""
+        """Bytes one sample keeps between forward and backward on one TP rank.
+
+        ``mask_bytes`` is the size of one dropout-mask element: 1 on CUDA (a bool mask); CPU dropout keeps
+        a mask of the activation dtype instead (pass ``dtype_bytes``).
+        """
         if checkpoint:
             return self.checkpointed * seq_len * dtype_bytes
         kv_len = kv_seq_len if kv_seq_len is not None else seq_len
@@ -100,12 +105,12 @@ class ActivationModel:
         per_token = (self.replicated + self.sharded / tp) * dtype_bytes
         per_token += self.fp32_sharded / tp * 4
         per_token += self.fp32_replicated * 4 + self.cast_replicated * cast_bytes
-        per_token += self.bool_replicated + self.bool_sharded / tp
+        per_token += (self.bool_replicated + self.bool_sharded / tp) * mask_bytes
         per_token += self.index_replicated * 8
         if attn_impl == "eager":
             per_token += self.eager_sharded / tp * dtype_bytes
             per_key = self.eager_scores * dtype_bytes + self.eager_scores_fp32 * 4
-            per_key += self.eager_scores_cast * cast_bytes + self.eager_scores_bool
+            per_key += self.eager_scores_cast * cast_bytes + self.eager_scores_bool * mask_bytes
             per_token += per_key * kv_len / tp
         else:
             per_token += self.fused_attention / tp * dtype_bytes
@@ -145,10 +150,11 @@ class LayerSpec:
         dtype_bytes: int = 2,
         checkpoint: bool = False,
         attn_impl: AttentionImpl = "sdpa",
+        mask_bytes: int = 1,
     ) -> float:
-        """Activation bytes saved for backward per sample on one TP rank."""
+        """Activation bytes saved for backward per sample on one TP rank (see ``ActivationModel``)."""
         return self.activation.bytes_per_sample(
-            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None
+            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes
         )
 
     def max_tp(self) -> int:
