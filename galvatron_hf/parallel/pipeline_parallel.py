@@ -373,7 +373,8 @@ class PipelineRunner:
         self._items = torch.ones((), device=self.device)
         self._stage = PipelineStage(module, self.layout.stage, plan.pp, self.device, group=self.pp_group)
         self._schedule = self._build_schedule()
-        self._tied = _TiedGradients(module, self.layout, self.pp_group) if self.layout.tied else None
+        holds_tied = self.layout.tied and (self.layout.is_first or self.layout.is_last)
+        self._tied = _TiedGradients(module, self.layout, self.pp_group) if holds_tied else None
 
     def _build_schedule(self):
         from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe

@@ -221,11 +221,12 @@ def _t5_unpack(model, layout, activations, all_kinds) -> _T5State:
 
 
 def _t5_pack(state: _T5State, phase: str) -> tuple[torch.Tensor, ...]:
+    """Contiguous tensors: the receiving stage allocates buffers with the sent strides, and recv needs them dense."""
     if phase == T5_ENCODING:
-        return state.enc_hidden, state.enc_bias, _pass_on(state.dec_embeds)
+        return state.enc_hidden.contiguous(), state.enc_bias.contiguous(), _pass_on(state.dec_embeds)
     if phase == T5_ENCODED:
-        return state.enc_out, _pass_on(state.dec_embeds)
-    return state.dec_hidden, state.dec_bias, _pass_on(state.enc_out)
+        return state.enc_out.contiguous(), _pass_on(state.dec_embeds)
+    return state.dec_hidden.contiguous(), state.dec_bias.contiguous(), _pass_on(state.enc_out)
 
 
 def _t5_block(block, hidden, mask, bias, enc_out=None, cross_mask=None):
