@@ -268,13 +268,13 @@ def _lists_to_dicts(module: nn.Module) -> None:
         _lists_to_dicts(child)
 
 
-def prune_to_stage(model: nn.Module, spec: ModelSpec, plan: Plan, stage: int) -> nn.Module:
+def prune_to_stage(model: nn.Module, spec: ModelSpec, plan: Plan, stage: int) -> StageLayout:
     """Turn ``model`` (an HF model built from ``spec``'s config) into pipeline stage ``stage``, in place.
 
     Keeps the blocks ``plan`` puts on this stage, the embedding on the first stage and the final norm / pooler
     / head on the last; parameter names keep their HF spelling. Binds the family's stage forward, so
-    ``model(*activations, **batch_kwargs)`` runs just this stage. Returns ``model``; its
-    :class:`StageLayout` is ``stage_layout(model)``.
+    ``model(*activations, **batch_kwargs)`` runs just this stage. Returns the :class:`StageLayout` (also kept
+    on the module: ``stage_layout(model)``).
     """
     check_pipeline_plan(spec, plan)
     if not 0 <= stage < plan.pp:
@@ -293,7 +293,7 @@ def prune_to_stage(model: nn.Module, spec: ModelSpec, plan: Plan, stage: int) ->
     pipeline_stages.install_stage_forward(model, spec, layout)
     model.__dict__[_LAYOUT_ATTRIBUTE] = layout
     model.__dict__[_SPEC_ATTRIBUTE] = spec
-    return model
+    return layout
 
 
 _LAYOUT_ATTRIBUTE = "_galvatron_stage_layout"
@@ -346,35 +346,39 @@ class PipelineRunner:
     data-loading ranks add up to what the HF model returns for the global batch; the schedule does not rescale
     gradients (``scale_grads=False``) and data-parallel reductions sum.
 
-    ``data_group`` is the data-loading group of the stage (the vocabulary layout's DP group; None without DP):
-    the item count and the returned loss are summed over it. ``loss_fn`` is a :class:`pipeline_stages.Task`
-    (``loss_sum(output, labels)`` and ``count(labels)``); by default the family's HF loss.
+    ``dp_group`` is the data-loading group of the stage (the vocabulary layout's DP group, ``ParallelModel.
+    data_group``; None without DP): the label items and the returned loss are summed over it. ``loss_fn`` is a
+    :class:`pipeline_stages.Task` (``loss_sum(output, labels)`` and ``count(labels)``); by default the family's
+    HF loss.
     """
 
     def __init__(
         self,
         module: nn.Module,
+        spec: ModelSpec,
+        layout: StageLayout,
         plan: Plan,
-        pp_mesh: DeviceMesh | dist.ProcessGroup,
-        loss_fn: pipeline_stages.Task | None = None,
+        pp_group: DeviceMesh | dist.ProcessGroup,
         device: torch.device | str = "cpu",
-        data_group: dist.ProcessGroup | None = None,
+        dp_group: dist.ProcessGroup | None = None,
+        loss_fn: pipeline_stages.Task | None = None,
     ) -> None:
         from torch.distributed.pipelining import PipelineStage
 
-        self.layout = stage_layout(module)
-        self.pp_group = pp_mesh.get_group() if isinstance(pp_mesh, DeviceMesh) else pp_mesh
-        _check_group(self.pp_group, plan, self.layout)
+        self.pp_group = pp_group.get_group() if isinstance(pp_group, DeviceMesh) else pp_group
+        _check_group(self.pp_group, plan, layout)
         self.module = module
+        self.spec = spec
+        self.layout = layout
         self.plan = plan
-        self.data_group = data_group
+        self.dp_group = dp_group
         self.device = torch.device(device)
-        self.task = loss_fn or pipeline_stages.task_for(module.__dict__[_SPEC_ATTRIBUTE], module)
+        self.task = loss_fn or pipeline_stages.task_for(spec, module)
         self._items = torch.ones((), device=self.device)
-        self._stage = PipelineStage(module, self.layout.stage, plan.pp, self.device, group=self.pp_group)
+        self._stage = PipelineStage(module, layout.stage, plan.pp, self.device, group=self.pp_group)
         self._schedule = self._build_schedule()
-        holds_tied = self.layout.tied and (self.layout.is_first or self.layout.is_last)
-        self._tied = _TiedGradients(module, self.layout, self.pp_group) if holds_tied else None
+        holds_tied = layout.tied and (layout.is_first or layout.is_last)
+        self._tied = _TiedGradients(module, layout, self.pp_group) if holds_tied else None
 
     def _build_schedule(self):
         from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
@@ -386,16 +390,24 @@ class PipelineRunner:
         """Micro-batch loss: sum of its item losses over the label items of the whole global batch."""
         return self.task.loss_sum(output, target) / self._items
 
-    def _count_items(self, labels: torch.Tensor) -> None:
-        """Label items of the global batch (only the last stage needs them: it computes the loss)."""
-        count = self.task.count(labels).to(device=self.device, dtype=torch.float32)
-        if self.data_group is not None and dist.get_world_size(self.data_group) > 1:
-            dist.all_reduce(count, group=self.data_group)
+    def _data_parallel(self) -> bool:
+        return self.dp_group is not None and dist.get_world_size(self.dp_group) > 1
+
+    def _set_items(self, labels: torch.Tensor, loss_denominator: float | torch.Tensor | None) -> None:
+        """Label items of the global batch: given by the caller, or counted here and summed over DP."""
+        if loss_denominator is None:
+            count = self.task.count(labels).to(device=self.device, dtype=torch.float32)
+            if self._data_parallel():
+                dist.all_reduce(count, group=self.dp_group)
+        else:
+            count = torch.as_tensor(loss_denominator, dtype=torch.float32, device=self.device)
         if float(count) <= 0:
             raise ValueError("the global batch has no label items (all labels are -100); the loss is undefined")
         self._items = count
 
-    def _schedule_inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[tuple, dict, torch.Tensor | None]:
+    def _schedule_inputs(
+        self, batch: Mapping[str, torch.Tensor], loss_denominator: float | torch.Tensor | None
+    ) -> tuple[tuple, dict, torch.Tensor | None]:
         if "labels" not in batch:
             raise ValueError("the pipeline computes the loss on the last stage: the batch needs 'labels'")
         rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
@@ -407,17 +419,21 @@ class PipelineRunner:
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         args, kwargs = pipeline_stages.stage_inputs(self.layout, self.module, batch)
         target = None
-        if self.layout.is_last:
+        if self.layout.is_last:  # only the last stage computes the loss, so only it needs the item count
             target = batch["labels"]
-            self._count_items(target)
+            self._set_items(target, loss_denominator)
         return args, kwargs, target
 
-    def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def step(
+        self, batch: Mapping[str, torch.Tensor], loss_denominator: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Forward + backward over all micro-batches; gradients accumulate into the stage's parameters.
 
-        Returns the global mean loss (a detached fp32 scalar) on every rank of the pipeline.
+        Returns the global mean loss (a detached fp32 scalar) on every rank of the pipeline. ``loss_denominator``
+        is the number of label items of the global batch when the caller has counted them already (else the
+        last stage counts them over ``dp_group``).
         """
-        args, kwargs, target = self._schedule_inputs(batch)
+        args, kwargs, target = self._schedule_inputs(batch, loss_denominator)
         before = self._tied.snapshot() if self._tied else None
         losses: list[torch.Tensor] = []
         self._schedule.step(*args, target=target, losses=losses, **_step_extras(self._schedule), **kwargs)
@@ -426,9 +442,11 @@ class PipelineRunner:
         return self._share_loss(losses)
 
     @torch.no_grad()
-    def eval_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def evaluate(
+        self, batch: Mapping[str, torch.Tensor], loss_denominator: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Forward only over all micro-batches; returns the global mean loss on every rank of the pipeline."""
-        args, kwargs, target = self._schedule_inputs(batch)
+        args, kwargs, target = self._schedule_inputs(batch, loss_denominator)
         losses: list[torch.Tensor] = []
         schedule = self._schedule
         saved = schedule._has_backward  # what ``schedule.eval`` does; the torch 2.11 we also run on lacks it
@@ -439,12 +457,15 @@ class PipelineRunner:
             schedule._has_backward = saved
         return self._share_loss(losses)
 
+    train_step = step  # the names docs/runtime.md uses
+    eval_step = evaluate
+
     def _share_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """Sum the micro-batch losses (last stage), over the data-loading ranks, then send to every stage."""
         if self.layout.is_last:
             loss = torch.stack([loss.detach().float() for loss in losses]).sum()
-            if self.data_group is not None and dist.get_world_size(self.data_group) > 1:
-                dist.all_reduce(loss, group=self.data_group)
+            if self._data_parallel():
+                dist.all_reduce(loss, group=self.dp_group)
         else:
             loss = torch.zeros((), dtype=torch.float32, device=self.device)
         dist.broadcast(loss, src=dist.get_global_rank(self.pp_group, self.plan.pp - 1), group=self.pp_group)

@@ -136,8 +136,8 @@ def pipeline_run(family: str, plan: Plan, tied: bool = True) -> dict:
     model = build_model(family, tied)
     spec = describe_model(model)
     stage = dist.get_rank(pp_group)
-    prune_to_stage(model, spec, plan, stage)
-    runner = PipelineRunner(model, plan, pp_group, device="cpu")
+    layout = prune_to_stage(model, spec, plan, stage)
+    runner = PipelineRunner(model, spec, layout, plan, pp_group, device="cpu")
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     losses, grads = [], {}
     for step in range(STEPS):
@@ -148,7 +148,7 @@ def pipeline_run(family: str, plan: Plan, tied: bool = True) -> dict:
         optimizer.step()
     eval_loss = runner.eval_step(make_batch(family, STEPS)).item()
     weights = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
-    layout = stage_layout(model)
+    assert stage_layout(model) is layout
     return {
         "losses": losses,
         "grads": grads,
