@@ -47,6 +47,7 @@ def test_four_rank_profile_is_valid_and_sane(tmp_path, monkeypatch):
     assert profile.collective_time("all_reduce", 2**20, 4) > profile.collective_time("all_reduce", 2**10, 4)
     assert profile.collective_time("all_gather", 2**20, 2, stride=2) > 0
     assert profile.p2p_time(2**20, "inter_node") > 0
+    _assert_planner_plans_from(profile, gpus=4)
 
 
 def test_single_process_profile_has_device_only(tmp_path):
@@ -61,3 +62,34 @@ def test_single_process_profile_has_device_only(tmp_path):
     assert profile.collective_time("all_reduce", 1e9, 1) == 0.0
     reloaded = HardwareProfile.load(profile.save(tmp_path / "hw1.json"))
     assert reloaded == profile
+    _assert_planner_plans_from(reloaded, gpus=1)
+
+
+def _tiny_llama_profile():
+    from galvatron_hf.adapters import config_from_dict, describe_model
+    from galvatron_hf.profiler.model_profiler import ModelProfileOptions, profile_model
+    from galvatron_hf.profiler.timing import Repeats
+
+    config = config_from_dict(dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                                   max_position_embeddings=64))
+    spec = describe_model(config, seq_len=32)
+    options = ModelProfileOptions(seq_len=32, micro_batch_sizes=(1, 2), dtype="fp32", repeats=Repeats(0, 2),
+                                  device="cpu", progress=False)
+    return spec, profile_model(config, spec, options)
+
+
+
+def _assert_planner_plans_from(hardware: HardwareProfile, gpus: int) -> None:
+    """The measured hardware file and a measured model profile feed the search and give a valid plan."""
+    from galvatron_hf.planner.profiled_costs import profiled_compute
+    from galvatron_hf.planner.search import search_plan
+
+    spec, model_profile = _tiny_llama_profile()
+    compute = profiled_compute(model_profile, spec, hardware, "fp32", "sdpa")
+    result = search_plan(spec, hardware, gpus, hardware.device.memory_gb, global_batch_size=8,
+                         mixed_precision="fp32", compute=compute)
+    plan = result.best.plan
+    plan.validate(world_size=gpus, spec=spec)
+    assert plan.predicted is not None and plan.predicted.source == "profiled"
+    assert plan.predicted.step_time_s > 0
