@@ -102,10 +102,12 @@ def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) ->
             measurements[layer.kind].append(point)
         progress.step(f"micro-batch {micro_batch}, seq {seq}: " + _summary(measurements, micro_batch, seq, spec))
         del calls
-    profiles = {
-        layer.kind: summarise_layer(layer, modules_of(model, layer), measurements[layer.kind], spec)
-        for layer in layers
-    }
+    profiles, counted = {}, set()  # a tied weight is counted once, by the first layer that owns it (as the spec)
+    for layer in layers:
+        params = [p for m in modules_of(model, layer) for p in m.parameters() if id(p) not in counted]
+        unique = list({id(p): p for p in params}.values())
+        counted.update(id(p) for p in unique)
+        profiles[layer.kind] = summarise_layer(layer, unique, measurements[layer.kind], spec)
     return ModelProfile(
         key=profile_key(config, spec, options, device),
         model_name=spec.name,
@@ -413,22 +415,24 @@ def measure_memory(layer: LayerSpec, calls: list[CapturedCall], device: torch.de
 
 
 def checkpointed_input_bytes(calls: list[CapturedCall]) -> int:
-    """What a checkpointed layer keeps: its inputs that carry gradients (the hidden states).
+    """What a checkpointed layer keeps: its main input, the first argument that carries gradients.
 
-    The embedding is left out by the caller: its input is token ids (its rotary helper only reads the
-    hidden states' dtype), and a checkpointed embedding saves nothing worth planning for.
+    HF blocks take the hidden states first; other grad-carrying inputs (T5's encoder states for
+    cross-attention) are shared by every block and kept once by the model, not per layer. The embedding is
+    left out by the caller: its input is token ids.
     """
     storages: dict[int, int] = {}
     for call in calls:
-        for tensor in _tensors(list(call.args) + list(call.kwargs.values())):
-            if tensor.requires_grad:
-                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        inputs = [t for t in _tensors(list(call.args) + list(call.kwargs.values())) if t.requires_grad]
+        if inputs:
+            storage = inputs[0].untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 
 
 # ----- summarising -----------------------------------------------------------------------------------------------
 def summarise_layer(
-    layer: LayerSpec, modules: list[torch.nn.Module], points: list[LayerMeasurement], spec: ModelSpec
+    layer: LayerSpec, parameters: list[torch.nn.Parameter], points: list[LayerMeasurement], spec: ModelSpec
 ) -> LayerProfile:
     attention = layer.kind in BLOCK_KINDS
     b = [p.micro_batch_size for p in points]
@@ -441,13 +445,12 @@ def summarise_layer(
     layer_seq, kv_seq = scaled_lengths(layer, spec, spec.seq_len)
     at_seq = [p for p in points if p.seq_len == layer_seq] or points
     peaks = [p.backward_peak_bytes for p in at_seq]
-    unique = {id(p): p for m in modules for p in m.parameters()}.values()
     return LayerProfile(
         kind=layer.kind,
         name=layer.name,
         modules=module_paths(layer),
-        param_bytes=sum(p.numel() * p.element_size() for p in unique),
-        params=sum(p.numel() for p in unique),
+        param_bytes=sum(p.numel() * p.element_size() for p in parameters),
+        params=sum(p.numel() for p in parameters),
         seq_len=layer_seq,
         kv_seq_len=kv_seq,
         forward=fit([p.forward_s for p in points]),
