@@ -87,6 +87,7 @@ def parallelize_vocab(
     layout = Layout.of(plan.vocab)
     tp_mesh = dims.tp_mesh(layout)
     tied = _tied_embeddings(module)
+    aliases = _alias_groups(module)
     for layer in (*spec.pre_layers, *spec.post_layers):
         root = _find(module, layer.root)
         if root is None:
@@ -95,6 +96,7 @@ def parallelize_vocab(
         attributes = [a for a in layer.tp_attributes if _find(root, a.module) is not None]
         apply_tensor_parallel(root, rules, attributes, tp_mesh, vocab=True, where=f"{layer.name} (vocab)")
     tie_output_embeddings(module, tied)
+    _restore_aliases(module, aliases)
     for layer in spec.post_layers:
         for path in layer.modules:
             target = _find(module, _join(layer.root, path))
@@ -102,6 +104,29 @@ def parallelize_vocab(
                 tracker.install_input_layout(target)
     apply_data_parallel(module, dims.fsdp_mesh(layout), plan.vocab.dp_type, mixed_precision_policy(mixed_precision))
     tracker.install_root(module, plan.vocab.dp, convert_outputs=is_stage)
+
+
+def _alias_groups(module: nn.Module) -> list[list[str]]:
+    """Names sharing one parameter (BERT's ``cls.predictions.bias`` is ``decoder.bias``)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _restore_aliases(module: nn.Module, groups: list[list[str]]) -> None:
+    """TP replaced one name of a shared parameter with a DTensor: point the other names at it too."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    for names in groups:
+        distinct = {id(params[n]): params[n] for n in names}
+        if len(distinct) == 1:
+            continue
+        split = [p for p in distinct.values() if p.__class__.__name__ != "Parameter" or hasattr(p, "to_local")]
+        if len(split) != 1:
+            raise ValueError(f"parameters {names} are one tensor in the model but TP split them differently")
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner), attr, split[0])
 
 
 def _join(root: str, path: str) -> str:
@@ -351,7 +376,7 @@ def parallelize(
         from galvatron_hf.parallel.pipeline_parallel import PipelineRunner
 
         pipeline = PipelineRunner(
-            model, spec, layout, plan, dims.pp_mesh.get_group(), device, dp_group=None
+            model, spec, layout, plan, dims.pp_mesh.get_group(), device, dp_group=dims.dp_group(Layout.of(plan.vocab))
         )
     scaler = loss_scaler or (LossScaler() if precision == "fp16" else None)
     return ParallelModel(model, plan, spec, dims, device, precision, tracker, scaler, pipeline, layout)

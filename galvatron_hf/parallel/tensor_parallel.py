@@ -68,7 +68,7 @@ class Conv1DColwiseParallel(ParallelStyle):
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         module.weight = _shard_fused(module.weight, 1, self.fused, device_mesh)
         if module.bias is not None:
-            module.bias = _shard_fused(module.bias, 0, self.fused, device_mesh)
+            module.bias = self._bias(module.bias, device_mesh)
         module.nf = module.nf // device_mesh.size()
 
         def forward(hidden: torch.Tensor) -> torch.Tensor:
@@ -76,11 +76,23 @@ class Conv1DColwiseParallel(ParallelStyle):
             weight = module.weight.to_local()
             out = hidden.reshape(-1, hidden.shape[-1]) @ weight
             if module.bias is not None:
-                out = out + module.bias.to_local()
+                out = out + self._local_bias(module.bias, device_mesh)
             return out.view(*hidden.shape[:-1], weight.shape[1])
 
         module.forward = forward
         return module
+
+    def _bias(self, bias: torch.Tensor, mesh: DeviceMesh) -> nn.Parameter:
+        """A fused bias stays replicated (it is small): FSDP would shard its only dim on top of a strided TP
+        split, a layout DTensor cannot gather back. Unfused biases are split like the weight's columns."""
+        placement = Replicate() if self.fused > 1 else Shard(0)
+        return nn.Parameter(distribute_tensor(bias.detach(), mesh, [placement]))
+
+    def _local_bias(self, bias: DTensor, mesh: DeviceMesh) -> torch.Tensor:
+        if self.fused == 1:
+            return bias.to_local()
+        # this rank's parts of the replicated bias; backward sums the part gradients over the TP group
+        return _strided_local(_replicated_input(bias.to_local(), mesh), 0, self.fused, mesh)
 
 
 class Conv1DRowwiseParallel(ParallelStyle):

@@ -211,7 +211,7 @@ def expected_local_numel(spec, plan: Plan, name: str, numel: int) -> int:
     for root, rule in rules:
         module = f"{root}.{rule.module}" if root else rule.module
         if name in (f"{module}.weight", f"{module}.bias"):
-            split = name.endswith("weight") or rule.style == "colwise"
+            split = name.endswith("weight") or (rule.style == "colwise" and rule.fused == 1)
             divisor *= tp if split else 1
     del owner_root
     if dp_type != "ddp":

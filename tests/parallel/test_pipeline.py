@@ -18,7 +18,7 @@ from galvatron_hf.parallel.pipeline_parallel import (
     stage_layout,
     stage_parameter_names,
 )
-from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError
+from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, VocabStrategy
 from galvatron_hf.testing.distributed import run_distributed
 
 GLOBAL_BATCH = 8
@@ -217,3 +217,113 @@ def test_two_stage_pipelines_match_single_process():
         assert_matches_reference(name, per_rank, references[key])
         tied_expected = TIED[family] or name.startswith("llama-tied")
         assert_stages_partition_the_model(name, per_rank, references[key], tied_expected)
+
+
+# ----- composition with the runtime core (TP, ZeRO-3, checkpointing inside stages), and 4 stages -------------
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (TP / FSDP2 shard), gathered; a plain tensor as is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def parallelized_run(family: str, plan: Plan, tied: bool) -> dict:
+    """The same 3 steps through ``parallelize`` (prune -> TP / checkpointing / FSDP2 -> PipelineRunner)."""
+    from galvatron_hf.parallel.runtime import parallelize
+
+    model = build_model(family, tied)
+    pm = parallelize(model, plan, spec=describe_model(model), device="cpu", mixed_precision="fp32")
+    optimizer = torch.optim.SGD(pm.module.parameters(), lr=LR)
+
+    def my_part(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.chunk(pm.data_size)[pm.data_rank] for k, v in batch.items()}
+
+    losses, grads = [], {}
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        losses.append(pm.train_step(my_part(make_batch(family, step))).item())
+        if step == STEPS - 1:
+            grads = {n: _full(p.grad).clone() for n, p in pm.module.named_parameters(remove_duplicate=False)}
+        pm.step(optimizer)
+    eval_loss = pm.eval_step(my_part(make_batch(family, STEPS))).item()
+    weights = {n: _full(p.detach()).clone() for n, p in pm.module.named_parameters(remove_duplicate=False)}
+    return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_loss}
+
+
+def _run_four_rank_cases(rank: int, world_size: int, composed: list, pipelined: list) -> dict:
+    results = {name: parallelized_run(family, plan, tied) for name, family, plan, tied in composed}
+    results.update(_run_cases(rank, world_size, pipelined))
+    return results
+
+
+def composed_plan(kind: str, schedule: str, micro_batches: int) -> Plan:
+    if kind == "tp":  # PP2 x TP2: every block and the vocabulary split over 2 ranks
+        layers = [LayerStrategy(stage=s, tp=2, dp=1) for s in (0, 0, 1, 1)]
+        vocab = VocabStrategy(tp=2, dp=1)
+    else:  # PP2 x ZeRO-3 over 2 ranks, every block checkpointed
+        layers = [LayerStrategy(stage=s, tp=1, dp=2, dp_type="zero3", checkpoint=True) for s in (0, 0, 1, 1)]
+        vocab = VocabStrategy(tp=1, dp=2, dp_type="zero3")
+    return Plan(
+        world_size=4, pp=2, schedule=schedule, global_batch_size=GLOBAL_BATCH, num_micro_batches=micro_batches,
+        layers=layers, vocab=vocab, mixed_precision="fp32",
+    )  # fmt: skip
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_pipelines_with_tp_zero3_and_four_stages_match_single_process():
+    """4 ranks: PP2 x TP2 and PP2 x ZeRO-3 with checkpointing through ``parallelize``; PP4 for T5 and GPT-2."""
+    composed = [
+        ("llama/pp2xtp2/1f1b", "llama", composed_plan("tp", "1f1b", 2), False),
+        ("llama-tied/pp2xzero3+ckpt/gpipe", "llama", composed_plan("zero3", "gpipe", 2), True),
+    ]
+    pipelined = [
+        ("t5/pp4/1f1b", "t5", make_plan(4, [0, 1, 2, 3], "1f1b", 4), True),
+        ("gpt2/pp4/gpipe", "gpt2", make_plan(4, [0, 1, 2, 3], "gpipe", 2), True),
+    ]
+    results = run_distributed(_run_four_rank_cases, 4, composed, pipelined, timeout_s=900)
+    for name, family, _plan, tied in composed + pipelined:
+        reference = reference_run(family, tied)
+        per_rank = [r[name] for r in results]
+        assert_matches_reference(name, per_rank, reference)
+        if "names" in per_rank[0]:
+            assert_stages_partition_the_model(name, per_rank, reference, tied)
+
+
+# ----- bad plans fail before any collective ------------------------------------------------------------------
+
+
+def test_bad_plans_fail_with_a_clear_message_before_any_collective():
+    assert not dist.is_initialized()
+    model = build_model("llama", tied=False)
+    spec = describe_model(model)
+    bad = {
+        "larger than the 4 transformer blocks": make_plan(5, [0, 1, 2, 3]),
+        "needs at least one block": make_plan(3, [0, 0, 2, 2]),
+        "non-decreasing": make_plan(2, [0, 1, 0, 1]),
+        "num_micro_batches >= pp": make_plan(4, [0, 1, 2, 3], "1f1b", micro_batches=2),
+        "transformer blocks; search a plan": make_plan(2, [0, 1, 1]),
+    }
+    for message, plan in bad.items():
+        with pytest.raises(PlanError, match=message):
+            check_pipeline_plan(spec, plan)
+        with pytest.raises(PlanError, match=message):
+            prune_to_stage(model, spec, plan, 0)
+    names_before = stage_parameter_names(model)
+    assert len(names_before) == len(list(build_model("llama", tied=False).named_parameters()))  # untouched
+
+
+def test_prune_keeps_hf_names_and_only_this_stage():
+    """No process group needed: the pruned module keeps HF names, a ModuleDict keyed by original index."""
+    model = build_model("gpt2")
+    spec = describe_model(model)
+    layout = prune_to_stage(model, spec, make_plan(3, [0, 1, 1, 2]), 1)
+    assert layout.block_roots == ("transformer.h.1", "transformer.h.2")
+    assert isinstance(model.transformer.h, torch.nn.ModuleDict) and list(model.transformer.h.keys()) == ["1", "2"]
+    names = stage_parameter_names(model)
+    assert names and all(n.startswith(("transformer.h.1.", "transformer.h.2.")) for n in names)
+    assert model.transformer.wte is None and model.lm_head is None
+    assert layout.tied[0].first_stage_name == "transformer.wte.weight"
+    assert layout.tied[0].last_stage_name == "lm_head.weight"
+    with pytest.raises(PlanError, match="already a pruned pipeline stage"):
+        prune_to_stage(model, spec, make_plan(3, [0, 1, 1, 2]), 0)

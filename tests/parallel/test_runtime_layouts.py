@@ -21,6 +21,7 @@ from galvatron_hf.testing.distributed import run_distributed  # noqa: E402
 pytestmark = pytest.mark.distributed
 WORLD = 4
 RTOL = 1e-5
+ATOL = 1e-9
 
 
 def _blocks(family: str) -> int:
@@ -42,8 +43,9 @@ def _check_family(family: str) -> None:
         for step in range(rc.STEPS):
             for name, ref in reference["grads"][step].items():
                 grad = got["grads"][step][name]
-                error = ((grad - ref).norm() / ref.norm().clamp_min(1e-12)).item()
-                assert error < RTOL, f"{case.name}: step {step} gradient of {name} off by {error:.2e}"
+                # rtol 1e-5, plus atol 1e-9 for gradients that are mathematically zero (BERT's key bias)
+                error = (grad - ref).norm().item()
+                assert error <= RTOL * ref.norm().item() + ATOL, f"{case.name}: step {step} gradient of {name} off by {error:.2e}"
         plan = case.plan(WORLD)
         for rank_result in results:
             for name, (local, numel) in rank_result[case.name]["sizes"].items():
