@@ -193,11 +193,12 @@ class _T5State:
     dec_bias: torch.Tensor | None = None
 
 
-def _t5_phase_after(spec_blocks_kinds: tuple[str, ...], last_block: int) -> str:
-    if spec_blocks_kinds[last_block] == "encoder_block":
-        is_last_encoder = last_block + 1 == len(spec_blocks_kinds) or spec_blocks_kinds[last_block + 1] != "encoder_block"
-        return T5_ENCODED if is_last_encoder else T5_ENCODING
-    return T5_DECODING
+def _t5_phase_after(kinds: tuple[str, ...], last_block: int) -> str:
+    """Where the model stands after block ``last_block`` (an index into all blocks, encoder first)."""
+    if kinds[last_block] != "encoder_block":
+        return T5_DECODING
+    is_last_encoder = last_block + 1 == len(kinds) or kinds[last_block + 1] != "encoder_block"
+    return T5_ENCODED if is_last_encoder else T5_ENCODING
 
 
 def _pass_on(tensor: torch.Tensor) -> torch.Tensor:
@@ -208,7 +209,8 @@ def _pass_on(tensor: torch.Tensor) -> torch.Tensor:
 def _t5_unpack(model, layout, activations, all_kinds) -> _T5State:
     if layout.is_first:
         input_ids, decoder_input_ids = activations
-        return _T5State(enc_hidden=model.encoder.dropout(model.shared(input_ids)), dec_embeds=model.shared(decoder_input_ids))
+        enc_hidden = model.encoder.dropout(model.shared(input_ids))
+        return _T5State(enc_hidden=enc_hidden, dec_embeds=model.shared(decoder_input_ids))
     phase = _t5_phase_after(all_kinds, layout.block_indices[0] - 1)
     if phase == T5_ENCODING:
         enc_hidden, enc_bias, dec_embeds = activations
@@ -257,7 +259,9 @@ def t5_stage(model, layout, *activations, all_kinds=(), attention_mask=None, dec
             state.dec_hidden = model.decoder.dropout(state.dec_embeds)
         dec_config = model.decoder.config
         self_mask = causal_mask(dec_config, state.dec_hidden, decoder_attention_mask)
-        cross_mask = bidirectional_mask(dec_config, state.dec_hidden, attention_mask, encoder_hidden_states=state.enc_out)
+        cross_mask = bidirectional_mask(
+            dec_config, state.dec_hidden, attention_mask, encoder_hidden_states=state.enc_out
+        )
         state.dec_hidden, state.dec_bias = _t5_block(
             block, state.dec_hidden, self_mask, state.dec_bias, state.enc_out, cross_mask
         )
