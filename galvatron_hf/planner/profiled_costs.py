@@ -159,3 +159,31 @@ def profiled_compute(
         profile_path=path,
         missing_kinds=frozenset({layer.kind for layer in spec.layers} - set(profile.layers)),
     )
+
+
+def profiled_source_for(
+    profile_path: str | Path | None,
+    spec: ModelSpec,
+    hardware: HardwareProfile,
+    mixed_precision: str = "bf16",
+    attn_impl: str = "sdpa",
+) -> tuple[LayerCostSource | None, list[str]]:
+    """What `galvatron-hf search --profile` and ``auto_parallel=True`` call.
+
+    Returns the compute source to hand to ``search_plan`` / ``estimate_plan`` (None without a profile: the
+    analytic default) and lines to show the user: where each figure comes from, then every mismatch
+    between the profile and this model, dtype, attention kernel and device.
+    """
+    lines = [f"communication, memory: hardware profile {hardware.name!r}"]
+    if "collectives" in hardware.sources:
+        lines[0] += f" (collectives: {hardware.sources['collectives']})"
+    if profile_path is None:
+        lines.append("compute time, activation memory: analytic (FLOPs / matmul rate; pass --profile to use measurements)")
+        return None, lines
+    profile = ModelProfile.load(profile_path)
+    compute = profiled_compute(profile, spec, hardware, mixed_precision, attn_impl, warn=False)
+    compute = replace(compute, profile_path=str(profile_path))
+    lines += [f"{figure}: {where}" for figure, where in compute.figure_sources().items()]
+    lines += [f"warning: model profile {profile_path}: {problem}"
+              for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware)]
+    return compute, lines

@@ -97,3 +97,16 @@ def test_plan_estimate_uses_the_profile():
     analytic = estimate_plan(plan, spec, hardware())
     assert profiled.predicted.source == "profiled" and analytic.predicted.source == "analytic"
     assert profiled.step_time_s != pytest.approx(analytic.step_time_s)
+
+
+def test_source_lines_for_the_search_command(tmp_path):
+    from galvatron_hf.planner.profiled_costs import profiled_source_for
+
+    _, spec = llama_spec()
+    compute, lines = profiled_source_for(None, spec, hardware(), "fp32", "sdpa")
+    assert compute is None and any(line.startswith("compute time, activation memory: analytic") for line in lines)
+    path = hand_profile(spec, dtype="bf16").save(tmp_path / "model.json")
+    compute, lines = profiled_source_for(path, spec, hardware(), "fp32", "sdpa")
+    assert compute is not None and compute.source == "profiled"
+    assert any(line.startswith("compute time: profiled: " + str(path)) for line in lines)
+    assert any(line.startswith("warning:") and "measured bf16, the plan uses fp32" in line for line in lines)
