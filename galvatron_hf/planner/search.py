@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 TOKENS_PER_STEP_CAP = 4 * 1024 * 1024  # default bound of a searched batch: 4M tokens (Llama 2's batch)
 RELAXED_UNITS = 256  # memory resolution of the bounding pass
-EXACT_UNITS = 1024  # memory resolution of the exact pass
+EXACT_UNITS = 512  # memory resolution of the exact pass (exact bytes are carried beside the units)
+CAP_RESOLUTION = 0.005  # workspace caps closer than 0.5% of the budget are merged (the larger one kept)
 TAU_CANDIDATES = 64  # bottleneck values the exact partition DP sweeps (all of them on small instances)
 SLOTS = tuple((dp_type, checkpoint) for dp_type in DP_TYPES for checkpoint in (False, True))
 
@@ -189,6 +190,7 @@ class _Run:
     _stacked: np.ndarray | None = None
     _stacked_memory: np.ndarray | None = None
     _prefix: np.ndarray | None = None
+    _within: dict = field(default_factory=dict)
 
     def at(self, avail: int, limit: int) -> np.ndarray:
         """(limit, T): least time of 1..limit blocks within ``avail`` units, per final tp."""
@@ -203,10 +205,15 @@ class _Run:
         below ``avail - limit`` fits for sure (a prefix minimum answers for them); only the top ``limit``
         cells need their exact bytes checked.
         """
+        key = (avail, budget_bytes)
+        cached = self._within.get(key)
+        if cached is not None:
+            return cached[:limit]
         if self._stacked is None:
             self._stacked = np.stack(self.tables)
             self._stacked_memory = np.stack(self.memory)
             self._prefix = np.minimum.accumulate(self._stacked, axis=1)
+        requested, limit = limit, len(self.tables)  # computed once for every count; callers slice
         low = avail - limit
         top = slice(max(low + 1, 0), avail + 1)
         times = self._stacked[:limit, top]
@@ -214,7 +221,8 @@ class _Run:
         best = np.where(fits, times, np.inf).min(axis=1)
         if low >= 0:
             best = np.minimum(best, self._prefix[:limit, low])
-        return best
+        self._within[key] = best
+        return best[:requested]
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,7 @@ class _ConfigSolver:
         self.feasible = bool(self.vocab_options)
         self._vocab_cache: dict[tuple, object] = {}
         self._rows_cache: dict[tuple, np.ndarray] = {}
+        self.vocab_bounds: dict[VocabStrategy, float] = {}  # relaxed step-time bound per vocab strategy
 
     # ----- pieces ----------------------------------------------------------------------------------------
     def stage_flags(self, stage: int) -> tuple[bool, bool]:
@@ -483,7 +492,9 @@ def relaxed_bound(solver: _ConfigSolver) -> float | None:
             tables.append(tables_cache[key])
         if tables is None:
             continue
-        best_step = min(best_step, _partition_lower_bound(tables, config.num_micro_batches, n))
+        bound = _partition_lower_bound(tables, config.num_micro_batches, n)
+        solver.vocab_bounds[vocab] = bound
+        best_step = min(best_step, bound)
     return best_step if math.isfinite(best_step) else None
 
 
@@ -535,11 +546,17 @@ def exact_solve(solver: _ConfigSolver, rounding: str = "floor") -> Plan | None:
     if not solver.feasible:
         return None
     unit = ctx.budget / EXACT_UNITS
-    caps = solver.workspace_caps(unit)
+    caps = solver.workspace_caps(max(unit, CAP_RESOLUTION * ctx.budget))
     best = None
     runs: dict[tuple, _Run] = {}
-    for vocab in solver.vocab_options:
-        found = _exact_for_vocab(solver, vocab, caps, unit, rounding, runs)
+    tables: dict[tuple, tuple] = {}
+    options = sorted(solver.vocab_options, key=lambda v: solver.vocab_bounds.get(v, 0.0))
+    for vocab in options:
+        if best is not None and solver.vocab_bounds.get(vocab, 0.0) >= best[0]:
+            continue  # even the relaxed bound of this vocab strategy is slower than the plan in hand
+        if vocab in solver.vocab_bounds and not math.isfinite(solver.vocab_bounds[vocab]):
+            continue
+        found = _exact_for_vocab(solver, vocab, caps, unit, rounding, runs, tables)
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], vocab, found[1])
     if best is None:
@@ -548,13 +565,17 @@ def exact_solve(solver: _ConfigSolver, rounding: str = "floor") -> Plan | None:
     return _build_plan(solver, vocab, choices, unit, rounding)
 
 
-def _exact_for_vocab(solver, vocab, caps, unit, rounding, runs):
+def _exact_for_vocab(solver, vocab, caps, unit, rounding, runs, cache):
     config = solver.config
     pp, n = config.pp, len(solver.ctx.blocks)
     vocab_t = solver.tps.index(vocab.tp)
     tables, cap_of = [], []
     for stage in range(pp):
-        table, which = _exact_table(solver, stage, vocab, caps, unit, rounding, runs)
+        first, last = solver.stage_flags(stage)
+        key = (stage, vocab if (first or last) else None)  # middle stages do not see the vocab strategy
+        if key not in cache:
+            cache[key] = _exact_table(solver, stage, vocab, caps, unit, rounding, runs)
+        table, which = cache[key]
         tables.append(table)
         cap_of.append(which)
     found = _best_partition(tables, config.num_micro_batches, n, vocab_t)
@@ -692,6 +713,21 @@ def _min_sum(tables, first, n, tau):
     return total, path
 
 
+def _grouped(layers: list[LayerStrategy], signatures: list[int]) -> list[LayerStrategy]:
+    """Sort strategies inside each run of equal blocks with equal tp, so identical strategies sit together.
+
+    Costs are unchanged: the blocks are copies, the TP sequence (hence every relayout) is the same, and
+    sums and maxima do not depend on order. The plan just reads (and runs) with fewer layout changes.
+    """
+    result = list(layers)
+    start = 0
+    for index in range(1, len(layers) + 1):
+        if index == len(layers) or signatures[index] != signatures[start] or layers[index].tp != layers[start].tp:
+            result[start:index] = sorted(layers[start:index], key=lambda x: (DP_TYPES.index(x.dp_type), x.checkpoint))
+            start = index
+    return result
+
+
 def _build_plan(solver: _ConfigSolver, vocab: VocabStrategy, choices: list[_StageChoice], unit, rounding) -> Plan:
     ctx, config = solver.ctx, solver.config
     layers: list[LayerStrategy] = []
@@ -719,9 +755,11 @@ def _build_plan(solver: _ConfigSolver, vocab: VocabStrategy, choices: list[_Stag
             m = int(rows[m, s]) // len(solver.tps)
             if step:
                 t = int(run.previous[step - 1][m, t])
+        stage_layers = []
         for s in reversed(picked):
             tp, dp, dp_type, checkpoint = solver.strategies[s]
-            layers.append(LayerStrategy(stage=stage, tp=tp, dp=dp, dp_type=dp_type, checkpoint=checkpoint))
+            stage_layers.append(LayerStrategy(stage=stage, tp=tp, dp=dp, dp_type=dp_type, checkpoint=checkpoint))
+        layers.extend(_grouped(stage_layers, ctx.sig[choice.start : choice.end]))
     return Plan(
         world_size=config.world_size,
         pp=config.pp,
