@@ -1,0 +1,479 @@
+"""``GalvatronTrainer``: the Hugging Face Trainer, trained by a galvatron plan.
+
+Swap one line::
+
+    trainer = GalvatronTrainer(model, args, train_dataset=ds, auto_parallel=True)
+
+The model is parallelised in the constructor (before the Trainer builds its optimizer, which must see the
+sharded parameters): describe it, choose a plan (plan file, search, uniform flags, or plain data parallel),
+print the plan with its prediction, and apply it with ``galvatron_hf.parallel.parallelize``. The Trainer's
+loop is kept; the hooks below route each step through ``ParallelModel`` and the checkpoints through
+``galvatron_hf.parallel.checkpoint``. See docs/trainer.md for what each TrainingArguments field means here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import seed_worker
+
+from galvatron_hf.planner.plan import Plan
+from galvatron_hf.training.batching import BatchGeometry, merge_micro_batches
+from galvatron_hf.training.data import sharded_loader
+from galvatron_hf.training.launch import ensure_process_group
+from galvatron_hf.training.plans import BatchRequest, PlanOptions, choose_plan, describe_plan
+from galvatron_hf.training.report import PlanReportCallback
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+@dataclass
+class GalvatronTrainingArguments(TrainingArguments):
+    """TrainingArguments plus the plan options; every inherited field keeps its Trainer meaning."""
+
+    auto_parallel: bool = field(
+        default=False,
+        metadata={"help": "Search the fastest plan that fits memory_gb (cost model, or model_profile when given)."},
+    )
+    galvatron_plan: str | None = field(
+        default=None, metadata={"help": "Path of a plan JSON (`galvatron-hf search --output`); wins over other flags."}
+    )
+    pp_deg: int | None = field(default=None, metadata={"help": "Uniform plan: pipeline-parallel degree."})
+    global_tp_deg: int | None = field(default=None, metadata={"help": "Uniform plan: tensor-parallel degree."})
+    dp_type: str | None = field(
+        default=None, metadata={"help": "Uniform plan: data parallelism of every layer: ddp, zero2 or zero3."}
+    )
+    global_checkpoint: bool = field(
+        default=False, metadata={"help": "Uniform plan: activation checkpointing on every layer."}
+    )
+    pipeline_type: str = field(default="gpipe", metadata={"help": "Uniform plan: pipeline schedule, gpipe or 1f1b."})
+    num_micro_batches: int | None = field(
+        default=None,
+        metadata={"help": "Uniform plan: micro-batches per step (default: accumulation steps, at least pp_deg)."},
+    )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per optimizer step over all data-parallel groups; overrides per_device_train_batch_size "
+            "x data-parallel size x gradient_accumulation_steps."
+        },
+    )
+    memory_gb: float | None = field(
+        default=None, metadata={"help": "Memory budget per device for the search (GB = 1e9 bytes; default: the device's)."}
+    )
+    hardware: str = field(
+        default="h100",
+        metadata={"help": "Hardware for predictions and search: a built-in name (a100, h100, h200) or a profile JSON."},
+    )
+    num_nodes: int | None = field(default=None, metadata={"help": "Nodes in the cluster (default: as many as needed)."})
+    model_profile: str | None = field(
+        default=None, metadata={"help": "Model profile JSON (`galvatron-hf profile model`) for measured layer costs."}
+    )
+    seq_length: int | None = field(
+        default=None, metadata={"help": "Sequence length to plan for (default: the first training sample's)."}
+    )
+
+
+def plan_options(args: TrainingArguments, **overrides: Any) -> PlanOptions:
+    """The plan options of ``args`` (defaults for a plain TrainingArguments), with constructor overrides."""
+    values = {f.name: getattr(args, f.name) for f in fields(PlanOptions) if hasattr(args, f.name)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PlanOptions(**values)
+
+
+def mixed_precision_of(args: TrainingArguments) -> str:
+    """``bf16`` / ``fp16`` flags -> the plan's mixed precision (FSDP2 MixedPrecisionPolicy; fp16 with loss scaling)."""
+    if args.bf16:
+        return "bf16"
+    if args.fp16:
+        return "fp16"
+    return "fp32"
+
+
+class ParallelModule(nn.Module):
+    """What the Trainer loop holds as its wrapped model.
+
+    A different object from ``trainer.model`` so that ``accelerator.prepare`` does not wrap the already
+    sharded model in DDP (it only prepares the optimizer); ``zero_grad`` / ``train`` / ``eval`` reach the
+    HF model through the child module.
+    """
+
+    def __init__(self, parallel_model) -> None:
+        super().__init__()
+        self.module = parallel_model.module
+        object.__setattr__(self, "parallel_model", parallel_model)  # not a submodule: it is not an nn.Module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
+class GalvatronTrainer(Trainer):
+    """``transformers.Trainer`` running a galvatron plan (TP, FSDP2 ZeRO, pipelines, checkpointing per layer).
+
+    ``auto_parallel`` and ``plan`` (a :class:`Plan` or a plan path) may also be given here; they override
+    ``args``. The model must be the plain HF model (on CPU, on the target device, or on the meta device);
+    ``model_init`` and pre-built optimizers are refused (they would not see the sharded parameters).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        *trainer_args: Any,
+        auto_parallel: bool | None = None,
+        plan: Plan | str | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        _refuse_unsupported(model, trainer_args, trainer_kwargs)
+        args = args if args is not None else GalvatronTrainingArguments(output_dir="trainer_output")
+        given_plan = plan if isinstance(plan, Plan) else None
+        options = plan_options(args, auto_parallel=auto_parallel, galvatron_plan=plan if isinstance(plan, str) else None)
+        device = args.device  # under torchrun / accelerate launch this creates the process group
+        ensure_process_group(device)
+        self.parallel_model, self.plan = _parallelize(model, args, options, given_plan, trainer_kwargs, device)
+        self.batch_geometry = BatchGeometry.from_arguments(
+            args.per_device_train_batch_size,
+            args.gradient_accumulation_steps,
+            self.parallel_model.data_size,
+            self.plan.global_batch_size,
+        )
+        super().__init__(self.parallel_model.module, args, *trainer_args, **trainer_kwargs)
+        self._train_batch_size = self.batch_geometry.per_rank_batch_size
+        self.accelerator.scaler = None  # the runtime scales fp16 losses itself (LossScaler)
+        self._wrapped = ParallelModule(self.parallel_model)
+        self._pending: list[dict[str, Any]] = []
+        self._resumed_rng: dict[str, Any] | None = None
+        self.plan_report = PlanReportCallback(self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0)
+        self.add_callback(self.plan_report)
+        if self.is_world_process_zero():
+            print(describe_plan(self.plan, options.source, options.hardware), flush=True)
+            print(self._batch_summary(), flush=True)
+
+    # ----- batches ---------------------------------------------------------------------------------------
+    def _batch_summary(self) -> str:
+        g = self.batch_geometry
+        return (
+            f"galvatron batch: global {g.global_batch_size} = {g.per_rank_batch_size} per loader batch x "
+            f"{g.data_size} data-parallel group(s) x {g.gradient_accumulation_steps} accumulation step(s)"
+        )
+
+    def get_total_train_batch_size(self, args: TrainingArguments) -> int:
+        return self.batch_geometry.global_batch_size
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError("GalvatronTrainer: training requires a train_dataset.")
+        dataset, collator = self._dataset_and_collator(self.train_dataset, "training")
+        strategy = getattr(self.args, "train_sampling_strategy", "random")
+        if strategy not in ("random", "sequential"):
+            logger.warning("train_sampling_strategy=%r is not supported by GalvatronTrainer; using 'random'", strategy)
+        return sharded_loader(
+            dataset,
+            batch_size=self.batch_geometry.per_rank_batch_size,
+            collate_fn=collator,
+            data_rank=self.parallel_model.data_rank,
+            data_size=self.parallel_model.data_size,
+            shuffle=strategy != "sequential",
+            data_seed=self.args.data_seed,
+            drop_last=self.args.dataloader_drop_last,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            worker_init_fn=partial(seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index),
+        )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if eval_dataset is None:
+            raise ValueError("GalvatronTrainer: evaluation requires an eval_dataset.")
+        dataset, collator = self._dataset_and_collator(eval_dataset, "evaluation")
+        return sharded_loader(
+            dataset,
+            batch_size=self.args.per_device_eval_batch_size,
+            collate_fn=collator,
+            data_rank=self.parallel_model.data_rank,
+            data_size=self.parallel_model.data_size,
+            shuffle=False,
+            data_seed=None,
+            drop_last=self.args.dataloader_drop_last,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    def _dataset_and_collator(self, dataset, description: str):
+        """Drop the columns the model's forward does not take, as the Trainer's own loaders do."""
+        import datasets
+
+        if isinstance(dataset, datasets.Dataset):
+            return self._remove_unused_columns(dataset, description=description), self.data_collator
+        return dataset, self._get_collator_with_removed_columns(self.data_collator, description=description)
+
+    # ----- the step --------------------------------------------------------------------------------------
+    def _wrap_model(self, model: nn.Module, training: bool = True, dataloader=None) -> nn.Module:
+        return self._wrapped
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        scaler = self.parallel_model.scaler
+        if scaler is not None and not getattr(optimizer, "_galvatron_scaled", False):
+            _skip_steps_on_overflow(_unwrap_optimizer(optimizer), scaler)
+        return optimizer
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        """Collect the step's loader batches; on the last one run the whole step through the runtime.
+
+        Returns 0 for the first accumulation batches and the step's true mean loss (over the global batch,
+        equal to a single process's) on the last, so the Trainer's summed, logged loss is that mean.
+        """
+        self._pending.append(inputs)
+        expected = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        if len(self._pending) < expected:
+            return torch.zeros((), device=self.args.device)
+        batch = merge_micro_batches(self._pending, _pad_token_id(self.model))
+        self._pending = []
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        loss = self.parallel_model.train_step(batch)
+        return loss.detach().to(self.args.device)
+
+    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+        return self.parallel_model.clip_grad_norm_(self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm=None):
+        if grad_norm is None:
+            grad_norm = self.parallel_model.clip_grad_norm_(float("inf"))
+        return grad_norm
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Forward-only loss under the runtime's contract (pipelines included); logits are not gathered."""
+        if not prediction_loss_only:
+            raise ValueError(
+                "GalvatronTrainer evaluates the loss only (logits stay sharded over TP/PP ranks): drop "
+                "compute_metrics / set prediction_loss_only=True, or evaluate an exported model"
+            )
+        if "labels" not in inputs:
+            raise ValueError("GalvatronTrainer evaluation needs 'labels' in the batch (the loss is the metric)")
+        loss = self.parallel_model.eval_step(inputs)
+        return loss.detach().to(self.args.device), None, None
+
+    # ----- checkpoints -----------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Training checkpoints (internal calls) go through DCP; a user call writes a from_pretrained directory."""
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call:
+            self._save_training_checkpoint(output_dir)
+        else:
+            self._export_pretrained(output_dir)
+
+    def _save_training_checkpoint(self, output_dir: str) -> None:
+        from galvatron_hf.parallel.checkpoint import save_checkpoint
+
+        keep_optimizer = not self.args.save_only_model and self.optimizer is not None
+        extra = {"loss_scale": self.parallel_model.scaler.scale} if self.parallel_model.scaler else {}
+        save_checkpoint(
+            output_dir,
+            model=self.model,
+            optimizer=_unwrap_optimizer(self.optimizer) if keep_optimizer else None,
+            lr_scheduler=self.lr_scheduler if keep_optimizer else None,
+            plan=self.plan,
+            step=self.state.global_step,
+            extra=extra,
+        )
+        self._save_side_files(output_dir)
+
+    def _export_pretrained(self, output_dir: str) -> None:
+        from galvatron_hf.parallel.checkpoint import export_to_hf, save_checkpoint
+
+        staging = Path(output_dir) / ".galvatron-export"
+        save_checkpoint(staging, model=self.model, optimizer=None, plan=self.plan, step=self.state.global_step)
+        error: list[str | None] = [None]
+        if self.is_world_process_zero():
+            try:
+                export_to_hf(staging, output_dir)
+            except Exception as err:  # re-raised on every rank below
+                error = [f"exporting {staging} to {output_dir} failed: {err!r}"]
+            shutil.rmtree(staging, ignore_errors=True)
+        dist.broadcast_object_list(error, src=0)
+        if error[0] is not None:
+            raise RuntimeError(error[0])
+        self._save_side_files(output_dir)
+
+    def _save_side_files(self, output_dir: str) -> None:
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        dist.barrier()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Saved with the model by ``save_checkpoint`` (sharded, loadable into any layout)."""
+
+    def _save_scaler(self, output_dir: str) -> None:
+        """The fp16 loss scale is stored in the checkpoint manifest's ``extra``."""
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """``save_checkpoint`` stores every rank's RNG states."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Runs before the optimizer exists: only check the checkpoint; the load is in the optimizer hook."""
+        from galvatron_hf.parallel.checkpoint import read_manifest, recover_interrupted_save
+
+        path = Path(resume_from_checkpoint)
+        if self.is_world_process_zero():
+            recover_interrupted_save(path.absolute())
+        dist.barrier()
+        read_manifest(path.absolute())
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Model, optimizer and scheduler from a checkpoint of any layout (DCP reshards on load)."""
+        if checkpoint is None:
+            return
+        from galvatron_hf.parallel.checkpoint import load_checkpoint
+
+        state = load_checkpoint(
+            checkpoint,
+            model=self.model,
+            optimizer=_unwrap_optimizer(self.optimizer),
+            lr_scheduler=self.lr_scheduler,
+            plan=self.plan,
+            restore_rng=True,
+        )
+        self._resumed_rng = _capture_rng()  # re-applied where the Trainer restores RNG (after skipping data)
+        if self.parallel_model.scaler is not None and "loss_scale" in state.extra:
+            self.parallel_model.scaler.scale = float(state.extra["loss_scale"])
+        if self.is_world_process_zero() and state.plan is not None and state.plan != self.plan:
+            print(f"galvatron: resumed step {state.step} saved by another layout ({state.plan.world_size} "
+                  f"processes, pp={state.plan.pp}); RNG restored as {state.rng!r}", flush=True)
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        """Restored in ``_load_optimizer_and_scheduler`` from the manifest."""
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and self._resumed_rng is not None:
+            _apply_rng(self._resumed_rng)
+
+    def _load_best_model(self) -> None:
+        from galvatron_hf.parallel.checkpoint import load_checkpoint
+
+        best = self.state.best_model_checkpoint
+        load_checkpoint(best, model=self.model, optimizer=None, plan=self.plan, restore_rng=False)
+
+
+# ----- construction helpers -----------------------------------------------------------------------------------
+
+
+def _refuse_unsupported(model: nn.Module | None, trainer_args: tuple, trainer_kwargs: dict[str, Any]) -> None:
+    if model is None:
+        raise ValueError("GalvatronTrainer needs the model itself (model_init is not supported: pass model=...)")
+    if trainer_kwargs.get("model_init") is not None:
+        raise ValueError("GalvatronTrainer does not support model_init: build the model and pass model=...")
+    optimizers = trainer_kwargs.get("optimizers", (None, None))
+    if optimizers and optimizers[0] is not None:
+        raise ValueError(
+            "GalvatronTrainer builds the optimizer after sharding the model; pass optimizer_cls_and_kwargs=(cls, "
+            "kwargs) or override create_optimizer instead of optimizers=(optimizer, scheduler)"
+        )
+    if trainer_args:
+        raise TypeError("GalvatronTrainer takes (model, args) positionally; pass the other Trainer arguments by name")
+
+
+def _parallelize(model, args, options: PlanOptions, given_plan: Plan | None, trainer_kwargs, device):
+    from galvatron_hf.adapters import describe_model
+    from galvatron_hf.parallel import parallelize
+
+    seq_len, decoder_seq_len = _sequence_lengths(options, trainer_kwargs.get("train_dataset"), model)
+    spec = describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
+    precision = mixed_precision_of(args)
+    if given_plan is not None:
+        plan = given_plan.validate(world_size=dist.get_world_size(), spec=spec)
+    else:
+        batch = BatchRequest(args.per_device_train_batch_size, args.gradient_accumulation_steps, options.global_batch_size)
+        plan = choose_plan(options, spec, dist.get_world_size(), batch, precision)
+    parallel_model = parallelize(model, plan, spec=spec, device=device, mixed_precision=precision)
+    return parallel_model, plan
+
+
+def _sequence_lengths(options: PlanOptions, dataset, model) -> tuple[int | None, int | None]:
+    """Plan for ``seq_length`` when given, else the first training sample's lengths (None: the adapter's default)."""
+    first = _first_sample(dataset)
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    seq_len = options.seq_length or _length(first.get("input_ids"))
+    decoder = (_length(first.get("decoder_input_ids")) or _length(first.get("labels"))) if encoder_decoder else None
+    return seq_len, decoder
+
+
+def _first_sample(dataset) -> dict[str, Any]:
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
+        return {}
+    try:
+        sample = dataset[0]
+    except (IndexError, KeyError, TypeError):
+        return {}
+    return sample if isinstance(sample, dict) else {}
+
+
+def _length(value: Any) -> int | None:
+    if value is None or isinstance(value, (int, float)):
+        return None
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return int(shape[-1]) if len(shape) else None
+    return len(value)
+
+
+def _pad_token_id(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) else 0
+
+
+# ----- optimizer and RNG helpers ------------------------------------------------------------------------------
+
+
+def _unwrap_optimizer(optimizer):
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (DCP needs the real one)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _skip_steps_on_overflow(optimizer: torch.optim.Optimizer, scaler) -> None:
+    """fp16: the Trainer calls ``optimizer.step()``; route it through the runtime's loss scaler."""
+    plain_step = optimizer.step
+
+    class _Plain:
+        step = staticmethod(plain_step)
+
+    def step(closure=None):
+        scaler.step(_Plain)
+
+    optimizer.step = step
+    optimizer._galvatron_scaled = True
+
+
+def _capture_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _apply_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,83 @@
+"""How TrainingArguments' batch sizes map onto a plan's global batch.
+
+One optimizer step consumes the **global batch** (``plan.global_batch_size`` samples). It is split over the
+``data_size`` data-parallel groups (``ParallelModel.data_size``: TP and PP peers share one part) and, inside
+a group, over ``gradient_accumulation_steps`` loader batches:
+
+    global_batch_size = per_rank_batch_size x data_size x gradient_accumulation_steps
+
+``per_rank_batch_size`` is ``per_device_train_batch_size`` unless ``global_batch_size`` is given, in which
+case it is derived. The trainer gathers the accumulation batches of one step and hands them to the runtime as
+one batch; how the runtime cuts that batch into micro-batches is the plan's ``num_micro_batches``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# value used to pad each key when loader batches of different lengths are joined into one step batch
+PAD_VALUES = {"labels": -100, "attention_mask": 0, "decoder_attention_mask": 0, "token_type_ids": 0}
+TOKEN_KEYS = ("input_ids", "decoder_input_ids")
+
+
+class BatchSizeError(ValueError):
+    """Batch sizes that cannot be split as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """The global batch and how each data-parallel group loads it."""
+
+    global_batch_size: int
+    data_size: int
+    gradient_accumulation_steps: int
+
+    @property
+    def per_rank_batch_size(self) -> int:
+        """Samples in one loader batch of one data-parallel group."""
+        return self.global_batch_size // (self.data_size * self.gradient_accumulation_steps)
+
+    @classmethod
+    def from_arguments(
+        cls, per_device_batch_size: int, gradient_accumulation_steps: int, data_size: int, global_batch_size: int | None
+    ) -> BatchGeometry:
+        accumulation = max(1, gradient_accumulation_steps)
+        if global_batch_size is None:
+            return cls(per_device_batch_size * data_size * accumulation, data_size, accumulation)
+        if global_batch_size % (data_size * accumulation):
+            raise BatchSizeError(
+                f"global_batch_size={global_batch_size} does not split into {data_size} data-parallel groups x "
+                f"{accumulation} accumulation steps; use a multiple of {data_size * accumulation}"
+            )
+        return cls(global_batch_size, data_size, accumulation)
+
+
+def merge_micro_batches(batches: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+    """Join loader batches into one step batch (dim 0), right-padding sequence dims that differ."""
+    if len(batches) == 1:
+        return dict(batches[0])
+    merged: dict[str, Any] = {}
+    for key in batches[0]:
+        values = [batch[key] for batch in batches]
+        if not isinstance(values[0], torch.Tensor):
+            merged[key] = values[0]
+            continue
+        pad = pad_token_id if key in TOKEN_KEYS else PAD_VALUES.get(key, 0)
+        merged[key] = torch.cat(_pad_to_common_shape(values, pad), dim=0)
+    return merged
+
+
+def _pad_to_common_shape(values: list[torch.Tensor], pad: int) -> list[torch.Tensor]:
+    if values[0].dim() < 2 or all(v.shape[1:] == values[0].shape[1:] for v in values):
+        return values
+    target = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    padded = []
+    for value in values:
+        widths: list[int] = []
+        for dim in reversed(range(1, value.dim())):
+            widths += [0, target[dim - 1] - value.shape[dim]]
+        padded.append(torch.nn.functional.pad(value, widths, value=pad))
+    return padded
