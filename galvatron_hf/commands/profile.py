@@ -123,7 +123,7 @@ def run_model(args: argparse.Namespace) -> int:
     )
     key = profile_key(config, spec, options, options.torch_device())
     cache_path = Path(args.cache_dir) / f"{key.digest()}.json"
-    profile = None if args.force else find_cached(key, options, [Path(args.output), cache_path])
+    profile = None if args.force else find_cached(key, spec, options, [Path(args.output), cache_path])
     if profile is None:
         profile = profile_model(config, spec, options)
         profile.save(cache_path)
@@ -157,9 +157,13 @@ def analytic_times(hardware: str | None, options):
     return times, source
 
 
-def find_cached(key, options, paths: list[Path]):
+def find_cached(key, spec, options, paths: list[Path]):
     """A stored profile with this exact key that measured at least the requested sweep, else None."""
+    from galvatron_hf.profiler.model_profiler import sweep_points
     from galvatron_hf.profiler.model_schema import ModelProfile, ModelProfileError
+
+    points = sweep_points(spec, options)
+    micro_batches, seq_lens = sorted({b for b, _ in points}), sorted({s for _, s in points})
 
     for path in paths:
         if not path.is_file():
@@ -168,8 +172,7 @@ def find_cached(key, options, paths: list[Path]):
             profile = ModelProfile.load(path)
         except ModelProfileError:
             continue
-        same_seq = profile.seq_len == options.seq_len
-        if profile.key == key and same_seq and profile.covers(list(options.micro_batch_sizes), list(options.sweep_seq_lens())):
+        if profile.key == key and profile.seq_len == spec.seq_len and profile.covers(micro_batches, seq_lens):
             print(f"reusing the cached profile {path} (same key; pass --force to measure again)", file=sys.stderr)
             return profile
     return None

@@ -90,7 +90,7 @@ def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) ->
         raise ModelProfilerError(f"dtype {options.dtype!r} is not one of {sorted(DTYPES)}")
     model = build_reduced_model(config, spec, options, device)
     layers = representative_layers(spec)
-    points = sweep_points(model, spec, options)
+    points = sweep_points(spec, options)
     progress = Progress("profile model", len(points), options.progress)
     measurements: dict[str, list[LayerMeasurement]] = {layer.kind: [] for layer in layers}
     warm_up(model, spec, layers, points[0], device)
@@ -224,11 +224,14 @@ def modules_of(model: torch.nn.Module, layer: LayerSpec) -> list[torch.nn.Module
 
 
 # ----- inputs and the sweep ------------------------------------------------------------------------------------
-def sweep_points(model: torch.nn.Module, spec: ModelSpec, options: ModelProfileOptions) -> list[tuple[int, int]]:
-    """(micro-batch, seq) pairs. Vision models have one length, fixed by the image size."""
-    seqs = options.sweep_seq_lens()
-    if model.main_input_name == "pixel_values":
-        seqs = (spec.seq_len,)
+def fixed_length(spec: ModelSpec) -> bool:
+    """Models without a token vocabulary (ViT) take images: their length is fixed by the image size."""
+    return spec.vocab_size == 0
+
+
+def sweep_points(spec: ModelSpec, options: ModelProfileOptions) -> list[tuple[int, int]]:
+    """(micro-batch, seq) pairs: every micro-batch size at every sweep length."""
+    seqs = (spec.seq_len,) if fixed_length(spec) else options.sweep_seq_lens()
     return [(b, s) for s in seqs for b in sorted(set(options.micro_batch_sizes))]
 
 

@@ -101,3 +101,19 @@ def test_cli_writes_reuses_and_forces(tmp_path, capsys):
     assert main([a if a != "fp32" else "bf16" for a in args]) == 0  # another dtype is another key
     assert "reusing" not in capsys.readouterr().err
     assert ModelProfile.load(tmp_path / "m.json").key.dtype == "bf16"
+
+
+def test_cli_reuses_a_vision_profile(tmp_path, capsys):
+    """ViT's length is fixed by the image size: the cache must still recognise its sweep."""
+    from galvatron_hf.cli import main
+
+    _spec("vit")
+    model_dir = _write_config(tmp_path / "tiny-vit", "vit")
+    args = ["profile", "model", "--model_name_or_path", model_dir, "--seq_len", "17", "--micro_batch_sizes", "1", "2",
+            "--dtype", "fp32", "--device", "cpu", "--output", str(tmp_path / "vit.json"),
+            "--cache_dir", str(tmp_path / "cache"), "--warmup", "0", "--repeats", "1"]
+    assert main(args) == 0
+    assert ModelProfile.load(tmp_path / "vit.json").seq_lens == [17]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "reusing" in capsys.readouterr().err
