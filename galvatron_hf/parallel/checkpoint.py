@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -119,8 +120,10 @@ def save_checkpoint(
 def _dcp_save(staging: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     dcp_dir = staging / DCP_DIR
     try:
-        dcp.save(_state_for(model, optimizer), storage_writer=dcp.FileSystemWriter(str(dcp_dir)))
-    except Exception as err:
+        dcp.save(
+            _state_for(model, optimizer), storage_writer=dcp.FileSystemWriter(str(dcp_dir)), no_dist=not _distributed()
+        )
+    except (Exception, CheckpointException) as err:  # DCP's collective error is a BaseException
         raise CheckpointError(
             f"writing model/optimizer shards into {dcp_dir} failed ({err}); the previous checkpoint, if any, "
             "is untouched"
@@ -343,16 +346,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     dcp_dir = path / DCP_DIR
     state = _state_for(model, optimizer)
-    stored = stored_keys(dcp_dir)
-    missing = [key for key in _flat_tensor_keys(state) if key not in stored]
+    wanted = {f"{group}.{key}": (group, key) for group, entries in state.items() for key in entries}
+    names = resolve_stored_names(wanted, stored_keys(dcp_dir), tied_weight_sources(model))
+    missing = [name for name, stored in names.items() if stored is None]
     if missing:
         raise CheckpointError(
             f"{dcp_dir} lacks {len(missing)} entries this model/optimizer needs, e.g. {missing[:6]}; was it "
             "saved from another model or optimizer?"
         )
     try:
-        dcp.load(state, storage_reader=dcp.FileSystemReader(str(dcp_dir)))
-    except Exception as err:
+        _load_by_stored_names(dcp_dir, state, wanted, names)
+    except (Exception, CheckpointException) as err:
         raise CheckpointError(f"reading model/optimizer shards from {dcp_dir} failed (corrupt or truncated?): {err}") from err
     if optimizer is None:
         set_model_state_dict(model, state[MODEL_KEY], options=STATE_DICT_OPTIONS)
@@ -366,6 +370,75 @@ def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         )
 
 
+def resolve_stored_names(wanted: Any, stored: set[str], ties: dict[str, str]) -> dict[str, str | None]:
+    """For each wanted entry name, the stored entry that holds it (None if none does).
+
+    A tied parameter is one tensor with two names; which name the saved layout used depends on who held it
+    (the full model files the optimizer state under the embedding's name, a last pipeline stage under
+    ``lm_head.weight``), so a missing name is looked up under the other names of its tie group.
+    """
+    equivalents = _tie_groups(ties)
+    names: dict[str, str | None] = {}
+    for name in wanted:
+        names[name] = name if name in stored else _tied_alternative(name, stored, equivalents)
+    return names
+
+
+def _tie_groups(ties: dict[str, str]) -> dict[str, set[str]]:
+    groups: dict[str, set[str]] = {}
+    for target, source in ties.items():
+        group = groups.get(source, {source}) | groups.get(target, {target})
+        for member in group:
+            groups[member] = group
+    return groups
+
+
+def _tied_alternative(name: str, stored: set[str], equivalents: dict[str, set[str]]) -> str | None:
+    padded = f"{name}."
+    for fqn, group in equivalents.items():
+        if f".{fqn}." not in padded:
+            continue
+        for other in sorted(group - {fqn}):
+            candidate = padded.replace(f".{fqn}.", f".{other}.", 1)[:-1]
+            if candidate in stored:
+                return candidate
+    return None
+
+
+def _load_by_stored_names(
+    dcp_dir: Path, state: dict[str, dict[str, Any]], wanted: dict[str, tuple[str, str]], names: dict[str, Any]
+) -> None:
+    """DCP-load every wanted entry from its stored name, in place, in as few collective passes as possible.
+
+    Two wanted entries may come from one stored entry (tied weights split over separate tensors); a load
+    names each stored entry once, so such entries take a second pass. Every rank runs the same number of
+    passes, since each is collective.
+    """
+    passes: list[dict[str, str]] = []  # per pass: stored name -> wanted name
+    for name, stored in names.items():
+        target = next((p for p in passes if stored not in p), None)
+        if target is None:
+            target = {}
+            passes.append(target)
+        target[stored] = name
+    for index in range(_max_over_ranks(len(passes))):
+        mapping = passes[index] if index < len(passes) else {}
+        batch = {stored: state[wanted[name][0]][wanted[name][1]] for stored, name in mapping.items()}
+        dcp.load(batch, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=not _distributed())
+        for stored, name in mapping.items():  # non-tensor entries are replaced, not filled in place
+            group, key = wanted[name]
+            state[group][key] = batch[stored]
+
+
+def _max_over_ranks(value: int) -> int:
+    if not _distributed():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else "cpu"
+    count = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count.item())
+
+
 def stored_keys(dcp_dir: Path) -> set[str]:
     """Names of everything in a DCP checkpoint (``model.<fqn>``, ``optim.state.<fqn>.<name>``, ...)."""
     try:
@@ -373,15 +446,6 @@ def stored_keys(dcp_dir: Path) -> set[str]:
     except Exception as err:
         raise CheckpointError(f"cannot read {dcp_dir / '.metadata'} (missing or corrupt): {err}") from err
     return set(metadata.state_dict_metadata)
-
-
-def _flat_tensor_keys(state: dict[str, dict[str, Any]]) -> list[str]:
-    return [
-        f"{group}.{key}"
-        for group, entries in state.items()
-        for key, value in entries.items()
-        if isinstance(value, torch.Tensor)
-    ]
 
 
 def _load_scheduler(path: Path, lr_scheduler: Any) -> bool:
@@ -570,12 +634,7 @@ def _checked_on_all_ranks(action: Callable[[], None], what: str, *, only_rank0: 
 
 
 def _any_rank_failed(failed: bool) -> bool:
-    if not _distributed():
-        return failed
-    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else "cpu"
-    flag = torch.tensor([1 if failed else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # doubles as the barrier between save phases
-    return bool(flag.item())
+    return _max_over_ranks(1 if failed else 0) > 0  # a collective: doubles as the barrier between phases
 
 
 def _require_json(value: Any, name: str) -> None:
