@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="memory budget per GPU in GB (1e9 bytes; default: the device's memory)")
     cluster.add_argument("--hardware", default="h100",
                          help="built-in node (h100, h200, a100) or a JSON profile from `galvatron-hf profile hardware`")
+    cluster.add_argument("--profile", "--model_profile", dest="profile", default=None,
+                         help="model profile JSON (`galvatron-hf profile model`): measured layer costs instead of FLOPs")
     training = parser.add_argument_group("training")
     training.add_argument("--global_batch_size", type=int, default=None,
                           help="samples per optimizer step (default: searched, up to 4M tokens)")
@@ -85,6 +87,19 @@ def _inputs(args):
     return spec, hardware, memory_gb
 
 
+def _compute(args, spec, hardware):
+    """The layer cost source (measured with --profile, else analytic) and lines saying where figures come from."""
+    from galvatron_hf.planner.profiled_costs import profiled_source_for
+
+    return profiled_source_for(args.profile, spec, hardware, args.mixed_precision, args.attn_impl)
+
+
+def _sources_to_stderr(lines: list[str]) -> None:
+    """With --json stdout carries JSON only; where figures come from (and profile warnings) go to stderr."""
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
 def _progress(args):
     """Progress goes to stderr (stdout stays the plan, or pure JSON with --json)."""
     return lambda message: print(message, file=sys.stderr, flush=True)
@@ -94,6 +109,7 @@ def _progress(args):
 def _search(args, spec, hardware, memory_gb) -> int:
     from galvatron_hf.planner.search import search_plan
 
+    compute, sources = _compute(args, spec, hardware)
     result = search_plan(
         spec, hardware, args.num_gpus, memory_gb,
         global_batch_size=args.global_batch_size,
@@ -101,14 +117,18 @@ def _search(args, spec, hardware, memory_gb) -> int:
         attn_impl=args.attn_impl,
         progress=_progress(args),
         max_global_batch_size=args.max_global_batch_size,
+        compute=compute,
     )
     plan = result.best.plan
     if args.output:
         plan.save(args.output)
     if args.json:
+        _sources_to_stderr(sources)
         print(json.dumps(_result_json(result, spec, hardware), indent=2))
         return 0
     print(_header(spec, hardware, args.num_gpus, memory_gb, args.mixed_precision))
+    for line in sources:
+        print(f"  {line}")
     stats = result.stats
     print(f"searched {stats.configs} step configs ({stats.relaxed_solves} bounded, {stats.exact_solves} solved "
           f"exactly) in {stats.seconds:.2f} s")
@@ -136,15 +156,19 @@ def _price_uniform(args, spec, hardware, memory_gb) -> int:
         checkpoint=bool(args.checkpoint), num_micro_batches=micro_batches, schedule=schedule,
         mixed_precision=args.mixed_precision,
     )
-    report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, attn_impl=args.attn_impl)
+    compute, sources = _compute(args, spec, hardware)
+    report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, attn_impl=args.attn_impl, compute=compute)
     plan = plan.with_predicted(report.predicted)
     fits = report.fits(memory_gb)
     if args.output and fits:
         plan.save(args.output)
     if args.json:
+        _sources_to_stderr(sources)
         print(json.dumps({"plan": plan.to_dict(), "fits": fits, "stages": _stages_json(report)}, indent=2))
     else:
         print(_header(spec, hardware, args.num_gpus, memory_gb, args.mixed_precision))
+        for line in sources:
+            print(f"  {line}")
         print()
         print(format_plan(plan, report))
         if args.output and fits:

@@ -231,7 +231,9 @@ class CostModel:
         params = self.local_params(layer, tp)
         per_step = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
         time_s = per_micro_batch + per_step / shape.num_micro_batches
-        activation = self.compute.activation_bytes(layer, samples, compute_tp, checkpoint)
+        # the LM head gathers its vocab-parallel logits (output_layouts=Replicate): every rank keeps them whole
+        activation_tp = 1 if layer.kind == "head" else compute_tp
+        activation = self.compute.activation_bytes(layer, samples, activation_tp, checkpoint)
         workspace = self._workspace_bytes(layer, params, compute_tp, samples, dp_type, checkpoint, activation, shape)
         return LayerCost(time_s, self._static_bytes(params, dp, dp_type, shape), activation, workspace)
 
