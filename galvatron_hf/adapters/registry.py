@@ -7,9 +7,10 @@ from .errors import UnsupportedArchitectureError
 from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
+from .t5 import T5Adapter
 from .vit import ViTAdapter
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (LlamaAdapter(), GPT2Adapter(), BertAdapter(), ViTAdapter())
+ADAPTERS: tuple[FamilyAdapter, ...] = (LlamaAdapter(), GPT2Adapter(), BertAdapter(), ViTAdapter(), T5Adapter())
 
 
 def supported_architectures() -> dict[str, tuple[str, ...]]:

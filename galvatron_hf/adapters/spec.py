@@ -77,7 +77,7 @@ class ActivationModel:
     # Added by the adapters (all default to 0, so older callers see the same numbers):
     eager_sharded: float = 0.0  # per token, elements only eager attention keeps (K/V repeated to every head)
     fp32_replicated: float = 0.0  # fp32 elements kept whole whatever the dtype (RMSNorm's upcast input)
-    cast_replicated: float = 0.0  # dtype copies of fp32 tensors, kept whole: free when the dtype is fp32
+    upcast_replicated: float = 0.0  # fp32 copies of dtype tensors, kept whole: free when the dtype is fp32 (T5 norm)
     eager_scores_fp32: float = 0.0  # per token and key: probabilities kept in fp32 (softmax in fp32), split by TP
     eager_scores_cast: float = 0.0  # per token and key: their dtype copy, split by TP; free when dtype is fp32
     eager_scores_bool: float = 0.0  # per token and key: 1-byte dropout masks on probabilities, split by TP
@@ -102,9 +102,10 @@ class ActivationModel:
             return self.checkpointed * seq_len * dtype_bytes
         kv_len = kv_seq_len if kv_seq_len is not None else seq_len
         cast_bytes = 0 if dtype_bytes == 4 else dtype_bytes  # casting fp32 to fp32 returns the same tensor
+        upcast_bytes = 0 if dtype_bytes == 4 else 4
         per_token = (self.replicated + self.sharded / tp) * dtype_bytes
         per_token += self.fp32_sharded / tp * 4
-        per_token += self.fp32_replicated * 4 + self.cast_replicated * cast_bytes
+        per_token += self.fp32_replicated * 4 + self.upcast_replicated * upcast_bytes
         per_token += (self.bool_replicated + self.bool_sharded / tp) * mask_bytes
         per_token += self.index_replicated * 8
         if attn_impl == "eager":

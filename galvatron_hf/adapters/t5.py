@@ -1,0 +1,270 @@
+"""T5: T5ForConditionalGeneration, including the T5 v1.1 gated-GELU variants (``wi_0`` / ``wi_1``).
+
+Layers in execution order: the shared embedding, the encoder blocks (``encoder_block``), the encoder final
+norm, the decoder blocks (``cross_decoder_block``: self-attention over ``decoder_seq_len`` tokens plus
+cross-attention whose keys are the ``seq_len`` encoder tokens), the decoder final norm and the LM head.
+The relative position bias (an ``nn.Embedding(num_buckets, num_heads)``) lives in block 0 of each stack and
+is split by heads (a column split of the embedding); the other blocks reuse the bias block 0 computes.
+``T5Attention`` stores ``n_heads`` and ``inner_dim``: both are TP attributes. ``encoder.embed_tokens`` and
+``decoder.embed_tokens`` alias ``shared``'s weight: the TP rule names ``shared`` and the runtime re-points the
+aliases (as it re-ties the LM head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._common import FamilyAdapter, attention_core_flops, linear_flops
+from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
+
+T5_NORM_STAT = 1  # fp32 1/rms per token
+# f-sized tensors an activation keeps besides its output ("gelu_new" is written out in Python).
+ACT_INTERNAL = {"relu": 0, "gelu_new": 4, "gelu": 1, "gelu_pytorch_tanh": 1, "silu": 1}
+
+
+@dataclass(frozen=True)
+class T5Dims:
+    hidden: int
+    heads: int
+    head_dim: int
+    ffn: int
+    buckets: int
+    gated: bool
+    activation: str
+    dropout: bool
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.head_dim
+
+
+def t5_dims(config: Any) -> T5Dims:
+    projection = str(getattr(config, "feed_forward_proj", "relu"))
+    return T5Dims(
+        hidden=int(config.d_model),
+        heads=int(config.num_heads),
+        head_dim=int(config.d_kv),
+        ffn=int(config.d_ff),
+        buckets=int(config.relative_attention_num_buckets),
+        gated=projection.startswith("gated-"),
+        activation=str(getattr(config, "dense_act_fn", projection.split("-")[-1])),
+        dropout=float(getattr(config, "dropout_rate", 0.0) or 0.0) > 0,
+    )
+
+
+def ffn_params(d: T5Dims) -> int:
+    return (3 if d.gated else 2) * d.hidden * d.ffn
+
+
+def ffn_rules(d: T5Dims, index: int) -> tuple[TPRule, ...]:
+    base = f"layer.{index}.DenseReluDense"
+    inputs = ("wi_0", "wi_1") if d.gated else ("wi",)
+    return tuple(TPRule(f"{base}.{name}", "colwise") for name in inputs) + (TPRule(f"{base}.wo", "rowwise"),)
+
+
+def attention_rules(sublayer: str, with_bias: bool) -> tuple[TPRule, ...]:
+    rules = tuple(TPRule(f"{sublayer}.{name}", "colwise") for name in ("q", "k", "v"))
+    rules += (TPRule(f"{sublayer}.o", "rowwise"),)
+    if with_bias:
+        rules += (TPRule(f"{sublayer}.relative_attention_bias", "colwise"),)  # split by heads
+    return rules
+
+
+def ffn_kept(d: T5Dims) -> int:
+    """f-sized tensors the feed-forward keeps: activation internals, its output, the gate, wo's input."""
+    internal = ACT_INTERNAL.get(d.activation, 1)
+    keeps_output = d.activation == "relu"  # ReLU's backward reads its output
+    if d.gated:  # act(wi_0 x) * wi_1 x keeps both factors; wo keeps the (dropped) product
+        return internal + 1 + 1 + 1
+    return internal + (1 if keeps_output else 0) + (0 if keeps_output and not d.dropout else 1)
+
+
+def norm_activation(d: T5Dims, count: int) -> dict[str, float]:
+    """``count`` T5LayerNorms: input, normalised value and output in dtype; an fp32 upcast of the input."""
+    return {
+        "replicated": 3 * d.hidden * count,
+        "upcast_replicated": d.hidden * count,
+        "fp32_replicated": T5_NORM_STAT * count,
+    }
+
+
+def encoder_block_activation(d: T5Dims) -> ActivationModel:
+    norms = norm_activation(d, 2)
+    return ActivationModel(
+        replicated=norms["replicated"],
+        upcast_replicated=norms["upcast_replicated"],
+        fp32_replicated=norms["fp32_replicated"],
+        sharded=4 * d.inner + ffn_kept(d) * d.ffn,  # q, k, v, attention output; feed-forward
+        bool_replicated=2 * d.hidden if d.dropout else 0,
+        bool_sharded=d.ffn if d.dropout else 0,
+        fused_attention=d.heads,
+        eager_scores=d.heads * (2 if d.dropout else 1),
+        eager_scores_bool=d.heads if d.dropout else 0,
+        checkpointed=d.hidden,
+    )
+
+
+def decoder_block_activation(d: T5Dims, seq_len: int, kv_seq_len: int) -> ActivationModel:
+    """Per decoder token; cross-attention K/V (per encoder token) and self-attention scores (per decoder key)
+    are rescaled to the layer's lengths, since per-key terms are multiplied by ``kv_seq_len``."""
+    norms = norm_activation(d, 3)
+    kv_per_token = kv_seq_len / seq_len
+    self_keys_per_cross_key = seq_len / kv_seq_len
+    probs = d.heads * (2 if d.dropout else 1)
+    return ActivationModel(
+        replicated=norms["replicated"],
+        upcast_replicated=norms["upcast_replicated"],
+        fp32_replicated=norms["fp32_replicated"],
+        # self q, k, v, output; cross q, output, and K, V over the encoder tokens; feed-forward
+        sharded=4 * d.inner + 2 * d.inner + 2 * d.inner * kv_per_token + ffn_kept(d) * d.ffn,
+        bool_replicated=3 * d.hidden if d.dropout else 0,
+        bool_sharded=d.ffn if d.dropout else 0,
+        fused_attention=2 * d.heads,
+        eager_scores=probs * (1 + self_keys_per_cross_key),
+        eager_scores_bool=d.heads * (1 + self_keys_per_cross_key) if d.dropout else 0,
+        checkpointed=d.hidden,  # the encoder output every block reads is kept once, by the encoder final norm
+    )
+
+
+class T5Adapter(FamilyAdapter):
+    family = "t5"
+    heads = {"t5": ("T5ForConditionalGeneration",)}
+
+    def default_seq_len(self, config: Any) -> int:
+        return 512  # T5 has relative positions only; 512 is its pre-training length
+
+    def decoder_length(self, seq_len: int, decoder_seq_len: int | None) -> int:
+        length = seq_len if decoder_seq_len is None else int(decoder_seq_len)
+        if length <= 0:
+            raise ValueError(f"decoder_seq_len must be positive, got {length}")
+        return length
+
+    def hidden_size(self, config: Any) -> int:
+        return int(config.d_model)
+
+    def layers(self, config: Any, architecture: str, seq_len: int, decoder_seq_len: int) -> list[LayerSpec]:
+        d = t5_dims(config)
+        decoder_layers = int(getattr(config, "num_decoder_layers", None) or config.num_layers)
+        layers = [self.embedding(config, d, seq_len, decoder_seq_len)]
+        layers += [self.encoder_block(d, seq_len, i) for i in range(int(config.num_layers))]
+        layers.append(self.final_norm("encoder", d, seq_len, feeds_decoder=True))
+        layers += [self.decoder_block(d, decoder_seq_len, seq_len, i) for i in range(decoder_layers)]
+        layers.append(self.final_norm("decoder", d, decoder_seq_len, feeds_decoder=False))
+        layers.append(self.lm_head(config, d, decoder_seq_len))
+        return layers
+
+    def embedding(self, config: Any, d: T5Dims, seq_len: int, decoder_seq_len: int) -> LayerSpec:
+        vocab = int(config.vocab_size)
+        both = 1 + decoder_seq_len / seq_len  # encoder and decoder tokens, per encoder token
+        return LayerSpec(
+            name="embedding",
+            kind="embedding",
+            root="",
+            modules=("shared", "encoder.embed_tokens", "decoder.embed_tokens"),
+            hidden_size=d.hidden,
+            seq_len=seq_len,
+            vocab_size=vocab,
+            params=vocab * d.hidden,
+            tp_params=vocab * d.hidden,
+            activation=ActivationModel(index_replicated=both, bool_replicated=d.hidden * both if d.dropout else 0),
+            tp_rules=(TPRule("shared", "rowwise"),),
+        )
+
+    def encoder_block(self, d: T5Dims, seq_len: int, index: int) -> LayerSpec:
+        bias = d.buckets * d.heads if index == 0 else 0
+        attention = 4 * d.hidden * d.inner
+        flops = linear_flops(seq_len, d.hidden, 4 * d.inner) + linear_flops(seq_len, d.hidden, d.ffn) * (3 if d.gated else 2)
+        return LayerSpec(
+            name=f"encoder_block.{index}",
+            kind="encoder_block",
+            root=f"encoder.block.{index}",
+            modules=("",),
+            hidden_size=d.hidden,
+            num_heads=d.heads,
+            num_kv_heads=d.heads,
+            head_dim=d.head_dim,
+            ffn_size=d.ffn,
+            seq_len=seq_len,
+            params=attention + bias + ffn_params(d) + 2 * d.hidden,
+            tp_params=attention + bias + ffn_params(d),
+            forward_flops=flops + attention_core_flops(seq_len, seq_len, d.heads, d.head_dim),
+            activation=encoder_block_activation(d),
+            tp_rules=attention_rules("layer.0.SelfAttention", index == 0) + ffn_rules(d, 1),
+            tp_attributes=(
+                TPAttribute("layer.0.SelfAttention", "n_heads"),
+                TPAttribute("layer.0.SelfAttention", "inner_dim"),
+            ),
+        )
+
+    def decoder_block(self, d: T5Dims, seq_len: int, kv_seq_len: int, index: int) -> LayerSpec:
+        bias = d.buckets * d.heads if index == 0 else 0
+        attention = 8 * d.hidden * d.inner
+        flops = linear_flops(seq_len, d.hidden, 4 * d.inner)  # self-attention projections
+        flops += linear_flops(seq_len, d.hidden, 2 * d.inner) + linear_flops(kv_seq_len, d.hidden, 2 * d.inner)
+        flops += linear_flops(seq_len, d.hidden, d.ffn) * (3 if d.gated else 2)
+        flops += attention_core_flops(seq_len, seq_len, d.heads, d.head_dim)
+        flops += attention_core_flops(seq_len, kv_seq_len, d.heads, d.head_dim)
+        return LayerSpec(
+            name=f"decoder_block.{index}",
+            kind="cross_decoder_block",
+            root=f"decoder.block.{index}",
+            modules=("",),
+            hidden_size=d.hidden,
+            num_heads=d.heads,
+            num_kv_heads=d.heads,
+            head_dim=d.head_dim,
+            ffn_size=d.ffn,
+            seq_len=seq_len,
+            kv_seq_len=kv_seq_len,
+            params=attention + bias + ffn_params(d) + 3 * d.hidden,
+            tp_params=attention + bias + ffn_params(d),
+            forward_flops=flops,
+            activation=decoder_block_activation(d, seq_len, kv_seq_len),
+            tp_rules=attention_rules("layer.0.SelfAttention", index == 0)
+            + attention_rules("layer.1.EncDecAttention", False)
+            + ffn_rules(d, 2),
+            tp_attributes=tuple(
+                TPAttribute(sublayer, attribute)
+                for sublayer in ("layer.0.SelfAttention", "layer.1.EncDecAttention")
+                for attribute in ("n_heads", "inner_dim")
+            ),
+        )
+
+    def final_norm(self, stack: str, d: T5Dims, seq_len: int, feeds_decoder: bool) -> LayerSpec:
+        """The encoder's output (after dropout) is kept once for all decoder blocks' K/V: counted here."""
+        norm = norm_activation(d, 1)
+        replicated = norm["replicated"] - (0 if feeds_decoder else d.hidden)  # decoder output: counted by the head
+        return LayerSpec(
+            name=f"{stack}_final_norm",
+            kind="final_norm",
+            root=stack,
+            modules=("final_layer_norm",),
+            hidden_size=d.hidden,
+            seq_len=seq_len,
+            params=d.hidden,
+            activation=ActivationModel(
+                replicated=replicated,
+                upcast_replicated=norm["upcast_replicated"],
+                fp32_replicated=norm["fp32_replicated"],
+                bool_replicated=d.hidden if d.dropout else 0,
+            ),
+        )
+
+    def lm_head(self, config: Any, d: T5Dims, seq_len: int) -> LayerSpec:
+        vocab = int(config.vocab_size)
+        params = 0 if self.ties_embeddings(config, "T5ForConditionalGeneration") else vocab * d.hidden
+        return LayerSpec(
+            name="head",
+            kind="head",
+            root="",
+            modules=("lm_head",),
+            hidden_size=d.hidden,
+            seq_len=seq_len,
+            vocab_size=vocab,
+            params=params,
+            tp_params=params,
+            forward_flops=linear_flops(seq_len, d.hidden, vocab),
+            activation=ActivationModel(replicated=d.hidden, fp32_sharded=vocab, index_replicated=1),
+            tp_rules=(TPRule("lm_head", "colwise"),),
+        )
