@@ -68,29 +68,55 @@ def logged_losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry]
 
 
-def reference_losses(family: str, output_dir: str, **overrides: Any) -> list[float]:
-    """The plain HF Trainer, one process, global batch in one loader batch."""
+def reference_run(family: str, output_dir: str, **overrides: Any) -> dict[str, Any]:
+    """The plain HF Trainer, one process, global batch in one loader batch: losses, eval loss, final logits."""
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(**common_arguments(output_dir, per_device_train_batch_size=GLOBAL_BATCH, **overrides))
-    trainer = Trainer(make_model(family), args, train_dataset=make_dataset(family), data_collator=collate)
+    args = TrainingArguments(
+        **common_arguments(
+            output_dir, per_device_train_batch_size=GLOBAL_BATCH, per_device_eval_batch_size=GLOBAL_BATCH, **overrides
+        )
+    )
+    trainer = Trainer(
+        make_model(family), args, train_dataset=make_dataset(family), eval_dataset=make_dataset(family, 16, seed=2),
+        data_collator=collate,
+    )
     trainer.train()
-    return logged_losses(trainer.state.log_history)
+    eval_loss = trainer.evaluate()["eval_loss"]
+    return {"losses": logged_losses(trainer.state.log_history), "eval_loss": eval_loss, "logits": logits(trainer.model)}
+
+
+@torch.no_grad()
+def logits(model) -> torch.Tensor:
+    """Logits of a fixed batch: the fingerprint of a model's weights."""
+    batch = collate([make_dataset("t5" if model.config.is_encoder_decoder else "llama", 4, seed=3)[i] for i in range(4)])
+    model.eval()
+    return model(**batch).logits.float()
 
 
 def galvatron_worker(rank: int, world_size: int, family: str, runs: list[dict[str, Any]], workdir: str) -> list[Any]:
-    """Each run: (plan flags, trainer options); returns the logged losses of each run, in order."""
+    """Train one GalvatronTrainer per run (``flags``: argument overrides) and report what each run logged.
+
+    A run may ``evaluate`` after training and ``export`` (``trainer.save_model``) to ``workdir/<export>``.
+    """
     from galvatron_hf.trainer import GalvatronTrainer, GalvatronTrainingArguments
 
     results = []
     for index, run in enumerate(runs):
         flags = dict(run.get("flags", {}))
         resume = flags.pop("resume_from_checkpoint", None)
-        args = GalvatronTrainingArguments(
-            **common_arguments(os.path.join(workdir, run.get("dir", f"run{index}")), global_batch_size=GLOBAL_BATCH,
-                               **flags)
+        output_dir = os.path.join(workdir, run.get("dir", f"run{index}"))
+        args = GalvatronTrainingArguments(**common_arguments(output_dir, global_batch_size=GLOBAL_BATCH, **flags))
+        trainer = GalvatronTrainer(
+            make_model(family), args, train_dataset=make_dataset(family),
+            eval_dataset=make_dataset(family, 16, seed=2), data_collator=collate,
         )
-        trainer = GalvatronTrainer(make_model(family), args, train_dataset=make_dataset(family), data_collator=collate)
-        trainer.train(resume_from_checkpoint=resume)
-        results.append({"losses": logged_losses(trainer.state.log_history), "plan": trainer.plan.to_dict()})
+        trainer.train(resume_from_checkpoint=os.path.join(workdir, resume) if resume else None)
+        result = {"losses": logged_losses(trainer.state.log_history), "plan": trainer.plan}
+        if run.get("evaluate"):
+            result["eval_loss"] = trainer.evaluate()["eval_loss"]
+        if run.get("export"):
+            trainer.save_model(os.path.join(workdir, run["export"]))
+        result["report"] = trainer.plan_report.summary
+        results.append(result)
     return results
