@@ -68,5 +68,32 @@ def describe_model(
     """
     config, name, model_class = _resolve(source)
     adapter = adapter_for(config.model_type)
+    if architecture and model_class and architecture != model_class:
+        raise ValueError(
+            f"architecture={architecture!r} but the model passed is a {model_class}; leave architecture unset "
+            "(the model's class is used) or pass its config instead of the model."
+        )
     head = architecture or model_class
-    return adapter.describe(config, name, head, seq_len, decoder_seq_len, supported_architectures())
+    spec = adapter.describe(config, name, head, seq_len, decoder_seq_len, supported_architectures())
+    if model_class:
+        _check_module_paths(source, spec)
+    return spec
+
+
+def _check_module_paths(model: Any, spec: ModelSpec) -> None:
+    """Every module the spec names must exist in the model: a mismatch means another transformers layout."""
+    present = {name for name, _ in model.named_modules()}
+    join = lambda root, path: ".".join(part for part in (root, path) if part)  # noqa: E731
+    missing = []
+    for layer in spec.layers:
+        paths = [*layer.modules, *(rule.module for rule in layer.tp_rules)]
+        paths += [attribute.module for attribute in layer.tp_attributes]
+        missing += [join(layer.root, path) for path in paths if join(layer.root, path) not in present]
+    if missing:
+        import transformers
+
+        raise UnsupportedArchitectureError(
+            f"{spec.architecture} as built by transformers {transformers.__version__} (modules "
+            f"{', '.join(missing[:5])} not found: the {spec.family} adapter expects another module layout)",
+            supported_architectures(),
+        )

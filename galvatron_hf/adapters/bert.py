@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
+from .gpt2 import gelu_kept
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
 
 LAYERNORM_STATS = 2  # fp32 mean and 1/std per token
@@ -28,7 +29,9 @@ BLOCK_ATTRIBUTES = (
 )
 
 
-def encoder_block_activation(hidden: int, heads: int, ffn: int, attn_dropout: bool, hidden_dropout: bool) -> ActivationModel:
+def encoder_block_activation(
+    hidden: int, heads: int, ffn: int, attn_dropout: bool, hidden_dropout: bool, activation: str = "gelu"
+) -> ActivationModel:
     """Per-token elements of a BERT/ViT-style block with two LayerNorms, q/k/v, GELU MLP and dropouts.
 
     ``replicated``: the block input kept by q/k/v (pre-LN: the first norm's input and output), each norm's
@@ -37,7 +40,7 @@ def encoder_block_activation(hidden: int, heads: int, ffn: int, attn_dropout: bo
     return ActivationModel(
         replicated=4 * hidden,
         fp32_replicated=2 * LAYERNORM_STATS,
-        sharded=3 * hidden + hidden + 2 * ffn,
+        sharded=3 * hidden + hidden + ffn * (1 + gelu_kept(activation)),
         bool_replicated=2 * hidden if hidden_dropout else 0,
         fused_attention=heads,  # logsumexp (q, k, v and the output are counted in sharded)
         eager_scores=heads * (2 if attn_dropout else 1),
@@ -118,7 +121,9 @@ class BertAdapter(FamilyAdapter):
             params=split + replicated,
             tp_params=split,
             forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
-            activation=encoder_block_activation(hidden, heads, ffn, attn_dropout, hidden_dropout),
+            activation=encoder_block_activation(
+                hidden, heads, ffn, attn_dropout, hidden_dropout, str(config.hidden_act)
+            ),
             tp_rules=BLOCK_RULES,
             tp_attributes=BLOCK_ATTRIBUTES,
         )
@@ -141,10 +146,13 @@ class BertAdapter(FamilyAdapter):
             params=linear_params(hidden, hidden, True) + 2 * hidden + decoder_weight + output_biases,
             tp_params=decoder_weight + vocab,
             forward_flops=linear_flops(seq_len, hidden, hidden) + linear_flops(seq_len, hidden, vocab),
-            # last block output (dense input), dense output (GELU input), GELU output (norm input), norm
-            # output (decoder input); the loss keeps fp32 log-probabilities and the labels
+            # last block output (dense input), what the activation keeps, its output (norm input), the norm
+            # output (decoder input); nn.CrossEntropyLoss keeps log-probabilities in the logits' dtype
             activation=ActivationModel(
-                replicated=4 * hidden, fp32_replicated=LAYERNORM_STATS, fp32_sharded=vocab, index_replicated=1
+                replicated=(3 + gelu_kept(str(config.hidden_act))) * hidden,
+                fp32_replicated=LAYERNORM_STATS,
+                sharded=vocab,
+                index_replicated=1,
             ),
             tp_rules=(TPRule("predictions.decoder", "colwise"),),
         )

@@ -265,6 +265,7 @@ class T5Adapter(FamilyAdapter):
             params=params,
             tp_params=params,
             forward_flops=linear_flops(seq_len, d.hidden, vocab),
-            activation=ActivationModel(replicated=d.hidden, fp32_sharded=vocab, index_replicated=1),
+            # its input; nn.CrossEntropyLoss keeps log-probabilities in the logits' dtype; the labels
+            activation=ActivationModel(replicated=d.hidden, sharded=vocab, index_replicated=1),
             tp_rules=(TPRule("lm_head", "colwise"),),
         )

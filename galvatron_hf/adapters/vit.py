@@ -19,6 +19,7 @@ from typing import Any
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
 from .bert import LAYERNORM_STATS
+from .gpt2 import gelu_kept
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
 
 
@@ -80,12 +81,14 @@ def num_patches(config: Any) -> int:
     return (image_h // patch_h) * (image_w // patch_w)
 
 
-def vit_block_activation(hidden: int, heads: int, ffn: int, attn_dropout: bool, hidden_dropout: bool) -> ActivationModel:
+def vit_block_activation(
+    hidden: int, heads: int, ffn: int, attn_dropout: bool, hidden_dropout: bool, activation: str = "gelu"
+) -> ActivationModel:
     """Like BERT's block, but the eager softmax runs in fp32 and is cast back (as LLaMA's)."""
     return ActivationModel(
         replicated=4 * hidden,  # first norm's input and output, second norm's input and output
         fp32_replicated=2 * LAYERNORM_STATS,
-        sharded=3 * hidden + hidden + 2 * ffn,  # q, k, v, attention output, fc1 output, GELU output
+        sharded=3 * hidden + hidden + ffn * (1 + gelu_kept(activation)),  # q, k, v, attention out, FFN
         bool_replicated=2 * hidden if hidden_dropout else 0,
         fused_attention=heads,
         eager_scores_fp32=heads,
@@ -172,7 +175,9 @@ class ViTAdapter(FamilyAdapter):
             params=split + replicated,
             tp_params=split,
             forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
-            activation=vit_block_activation(hidden, heads, ffn, attn_dropout, hidden_dropout),
+            activation=vit_block_activation(
+                hidden, heads, ffn, attn_dropout, hidden_dropout, str(config.hidden_act)
+            ),
             tp_rules=layout.rules,
             tp_attributes=layout.attributes,
         )

@@ -205,3 +205,20 @@ def test_t5_checkpointing():
     )
     hidden_states = 8 * 32 * 64 * 4
     assert measured.per_layer["encoder_block.0"] == hidden_states  # a checkpointed block keeps its input
+
+
+# ----- bf16 (CPU supports it): the fp32 upcasts, casts and loss dtypes the adapters price ------------------
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "t5"])
+def test_bf16_eager(family):
+    if family == "gpt2":
+        compare(gpt2_config(), "GPT2LMHeadModel", token_batch, 32, "eager", dtype=torch.bfloat16)
+    elif family == "bert":
+        compare(bert_config(), "BertForMaskedLM", token_batch, 32, "eager", dtype=torch.bfloat16)
+    else:
+        compare(t5_config(dropout_rate=0.0), "T5ForConditionalGeneration", seq2seq_batch, 32, "eager", dtype=torch.bfloat16)
+
+
+def test_bert_gelu_new_activation_internals():
+    compare(bert_config(hidden_act="gelu_new"), "BertForMaskedLM", token_batch, 32, "eager")
