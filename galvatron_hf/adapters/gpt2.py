@@ -96,8 +96,9 @@ class GPT2Adapter(FamilyAdapter):
     def block(self, config: Any, hidden: int, seq_len: int, index: int) -> LayerSpec:
         heads = int(config.n_head)
         ffn = int(config.n_inner or 4 * hidden)
-        split = linear_params(hidden, 3 * hidden, True) + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
-        replicated = 2 * hidden + 2 * 2 * hidden  # rowwise biases, two LayerNorms
+        split = 3 * hidden * hidden + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
+        # c_attn's bias (fused: kept whole by the runtime), rowwise biases, two LayerNorms
+        replicated = 3 * hidden + 2 * hidden + 2 * 2 * hidden
         flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
         return LayerSpec(
             name=f"decoder_block.{index}",

@@ -40,14 +40,20 @@ def layer_param_counts(model: torch.nn.Module, spec: ModelSpec) -> dict[str, int
 
 
 def layer_tp_param_counts(model: torch.nn.Module, spec: ModelSpec) -> dict[str, int]:
-    """Parameters the TP rules split: every rule's weight, plus the bias of column-split modules."""
+    """Parameters the TP rules split: every rule's weight, plus the bias of column-split modules.
+
+    A fused column split (GPT-2's ``c_attn``) keeps its small bias replicated: the runtime does so because
+    FSDP cannot gather a bias sharded on top of a strided TP split.
+    """
     seen: set[int] = set()
     counts: dict[str, int] = {}
     for layer in spec.layers:
         total = 0
         for rule in layer.tp_rules:
             module = model.get_submodule(module_path(layer.root, rule.module))
-            split = [module.weight] + ([module.bias] if rule.style == "colwise" and getattr(module, "bias", None) is not None else [])
+            bias = getattr(module, "bias", None)
+            splits_bias = rule.style == "colwise" and rule.fused == 1 and bias is not None
+            split = [module.weight] + ([bias] if splits_bias else [])
             for param in split:
                 if id(param) not in seen:
                     seen.add(id(param))
