@@ -66,11 +66,14 @@ galvatron-hf profile model --model_name_or_path "$CONFIG_DIR" --seq_len "$SEQ_LE
   > "$OUT_DIR/truth-report.txt" 2> >(tee "$OUT_DIR/model.log" >&2)
 cat "$OUT_DIR/truth-report.txt"
 
-# The planner's view: the analytic default next to the measured profile, for one GPU.
-if galvatron-hf search --help 2>/dev/null | grep -q -- "--profile"; then
-  echo "== search with the measured files ==" >&2
+# The planner's view on one GPU: measured layer costs, then the analytic default, same hardware file.
+MODEL_JSON="$OUT_DIR/llama-1b-seq${SEQ_LEN}-${DTYPE}-${ATTN}.json"
+for costs in profiled analytic; do
+  extra=()
+  [[ $costs == profiled ]] && extra=(--profile "$MODEL_JSON")
   galvatron-hf search --model_name_or_path "$CONFIG_DIR" --seq_len "$SEQ_LEN" --num_gpus 1 \
-    --hardware "$OUT_DIR/hardware-1gpu.json" --profile "$OUT_DIR/llama-1b-seq${SEQ_LEN}-${DTYPE}-${ATTN}.json" \
-    --mixed_precision "$DTYPE" --output "$OUT_DIR/plan-1gpu.json" > "$OUT_DIR/search.txt" 2>&1 || echo "search failed: see search.txt" >&2
-fi
+    --hardware "$OUT_DIR/hardware-1gpu.json" --mixed_precision "$DTYPE" --attn_impl "$ATTN" "${extra[@]}" \
+    --output "$OUT_DIR/plan-1gpu-$costs.json" > "$OUT_DIR/search-$costs.txt" 2>&1 \
+    || echo "search ($costs) failed: see search-$costs.txt" >&2
+done
 echo "wrote $(ls "$OUT_DIR" | tr '\n' ' ')" >&2
