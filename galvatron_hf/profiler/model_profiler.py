@@ -374,6 +374,9 @@ def measure_layer(
     forward_s, backward_s = _median_pass(layer, calls, device, False, repeats)
     ckpt_forward_s, ckpt_backward_s = _median_pass(layer, calls, device, True, repeats)
     saved, held, peak = measure_memory(layer, calls, device)
+    ckpt_held = ckpt_peak = None
+    if device.type == "cuda":  # CPU has no allocator statistics: nothing more to learn
+        _, ckpt_held, ckpt_peak = measure_memory(layer, calls, device, checkpointed=True)
     return LayerMeasurement(
         micro_batch_size=micro_batch,
         seq_len=layer_seq,
@@ -386,11 +389,19 @@ def measure_layer(
         checkpointed_saved_bytes=0 if layer.kind == "embedding" else checkpointed_input_bytes(calls),
         forward_held_bytes=held,
         backward_peak_bytes=peak,
+        checkpointed_forward_held_bytes=ckpt_held,
+        checkpointed_backward_peak_bytes=ckpt_peak,
     )
 
 
-def measure_memory(layer: LayerSpec, calls: list[CapturedCall], device: torch.device) -> tuple[int, int | None, int | None]:
-    """(bytes autograd saves, CUDA bytes held after forward, CUDA backward peak above its start)."""
+def measure_memory(
+    layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool = False
+) -> tuple[int, int | None, int | None]:
+    """(bytes autograd saves, CUDA bytes held after forward, CUDA backward peak above its start).
+
+    Under checkpointing the saved bytes are what the checkpoint keeps outside its region (its own hooks
+    take the tensors saved inside), and the backward peak includes the recomputed activations.
+    """
     parameters = {p.untyped_storage().data_ptr() for call in calls for p in call.module.parameters()}
     storages: dict[int, int] = {}
 
@@ -404,7 +415,7 @@ def measure_memory(layer: LayerSpec, calls: list[CapturedCall], device: torch.de
     synchronize(device)
     before = torch.cuda.memory_allocated(device) if cuda else 0
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        outputs = _forward(layer, calls, checkpointed=False)
+        outputs = _forward(layer, calls, checkpointed=checkpointed)
     held = peak = None
     if cuda:
         synchronize(device)
@@ -448,6 +459,7 @@ def summarise_layer(
     layer_seq, kv_seq = scaled_lengths(layer, spec, spec.seq_len)
     at_seq = [p for p in points if p.seq_len == layer_seq] or points
     peaks = [p.backward_peak_bytes for p in at_seq]
+    ckpt_peaks = [p.checkpointed_backward_peak_bytes for p in at_seq]
     return LayerProfile(
         kind=layer.kind,
         name=layer.name,
@@ -463,6 +475,9 @@ def summarise_layer(
         checkpointed_bytes_per_sample=per_sample([p.micro_batch_size for p in at_seq], [p.checkpointed_saved_bytes for p in at_seq]),
         backward_peak_bytes_per_sample=(
             per_sample([p.micro_batch_size for p in at_seq], peaks) if all(v is not None for v in peaks) else None
+        ),
+        checkpointed_backward_peak_bytes_per_sample=(
+            per_sample([p.micro_batch_size for p in at_seq], ckpt_peaks) if all(v is not None for v in ckpt_peaks) else None
         ),
         measurements=points,
     )

@@ -118,6 +118,8 @@ class LayerMeasurement:
     checkpointed_saved_bytes: int  # inputs held when checkpointed
     forward_held_bytes: int | None = None  # CUDA: allocated after forward minus before (outputs included)
     backward_peak_bytes: int | None = None  # CUDA: peak during backward above the level it started at
+    checkpointed_forward_held_bytes: int | None = None  # CUDA, checkpointed: held after forward (inputs, outputs)
+    checkpointed_backward_peak_bytes: int | None = None  # CUDA, checkpointed: backward peak (recomputation included)
 
     @property
     def recompute_s(self) -> float:
@@ -141,6 +143,7 @@ class LayerProfile:
     activation_bytes_per_sample: float  # at ``seq_len``, no checkpointing
     checkpointed_bytes_per_sample: float  # at ``seq_len``, checkpointed
     backward_peak_bytes_per_sample: float | None = None  # CUDA only
+    checkpointed_backward_peak_bytes_per_sample: float | None = None  # CUDA only
     measurements: list[LayerMeasurement] = field(default_factory=list)
 
     def forward_time_s(self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None) -> float:

@@ -68,6 +68,11 @@ def truth_rows(profile: ModelProfile, spec: ModelSpec, analytic_times: AnalyticT
         rows.append(TruthRow(kind, "parameters", "MiB", measured.param_bytes / mib, layer.params * dtype_bytes / mib))
         if measured.backward_peak_bytes_per_sample is not None:
             rows.append(TruthRow(kind, "backward peak/sample", "MiB", measured.backward_peak_bytes_per_sample / 2**20, None))
+        if layer.is_block and measured.checkpointed_backward_peak_bytes_per_sample is not None:
+            rows.append(TruthRow(
+                kind, "checkpointed bwd peak/sample", "MiB", measured.checkpointed_backward_peak_bytes_per_sample / 2**20,
+                None,
+            ))
     return rows
 
 

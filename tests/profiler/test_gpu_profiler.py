@@ -26,6 +26,9 @@ def test_model_profile_on_gpu_measures_allocator_memory():
     block = profile.layers["decoder_block"]
     assert block.backward_peak_bytes_per_sample is not None and block.backward_peak_bytes_per_sample > 0
     assert all(m.forward_held_bytes and m.forward_held_bytes > 0 for m in block.measurements)
+    # checkpointing holds less after forward and recomputes during backward
+    assert all(m.checkpointed_forward_held_bytes < m.forward_held_bytes for m in block.measurements)
+    assert block.checkpointed_backward_peak_bytes_per_sample is not None
     assert block.activation_bytes_per_sample == pytest.approx(spec.blocks[0].activation_bytes(1, 2, False, "sdpa"), rel=0.15)
 
 
