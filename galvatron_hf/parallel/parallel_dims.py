@@ -9,6 +9,7 @@ mesh is a collective call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch.distributed as dist
@@ -57,6 +58,27 @@ class ParallelDims:
         rank = dist.get_rank() if dist.is_initialized() else 0
         return cls(world_size=world, pp=plan.pp, rank=rank, device_type=device_type)
 
+    def prepare(self, plan: Plan) -> None:
+        """Create every mesh and group the plan can need, in plan order on every rank.
+
+        Creating a group is a collective over the world; with pipeline stages holding different blocks,
+        lazily created groups would be requested in different orders on different ranks and hang.
+        """
+        layouts = [Layout.of(s) for s in plan.layers] + [Layout.of(plan.vocab)]
+        for layout in layouts:
+            self.layout_mesh(layout)
+            self.dp_group(layout)
+        tps = sorted({layout.tp for layout in layouts})
+        for a in tps:
+            for b in tps:
+                if a < b:
+                    common = math.gcd(a, b)
+                    for tp in (a, b):
+                        if tp > common:
+                            self.relayout_group(common, tp // common)
+        self.stage_group()
+        _ = self.pp_mesh
+
     # ----- positions ---------------------------------------------------------------------------------
     @property
     def stage_size(self) -> int:
@@ -101,6 +123,10 @@ class ParallelDims:
     def dp_group(self, layout: Layout) -> dist.ProcessGroup:
         """Ranks holding different batch parts under ``layout`` (the same TP index)."""
         return self.mesh((self.pp, layout.dp, layout.tp), ("pp", "dp", "tp"))["dp"].get_group()
+
+    def stage_group(self) -> dist.ProcessGroup:
+        """All ranks of this rank's pipeline stage."""
+        return self.mesh((self.pp, self.stage_size), ("pp", "stage"))["stage"].get_group()
 
     @property
     def pp_mesh(self) -> DeviceMesh:

@@ -19,8 +19,10 @@ inputs and so is in the data-loading (vocabulary) layout.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +32,26 @@ from torch import nn
 from galvatron_hf.parallel.parallel_dims import ParallelDims
 
 BatchLayout = tuple[int, int]  # (dp, tp)
+
+
+@dataclass(frozen=True)
+class HeadTensors:
+    """Block inputs/outputs with a dimension of attention heads, shared between blocks (T5's position biases).
+
+    Between blocks they travel with all heads; a block with TP gets its own heads (forward slice, backward
+    all-gather) and its outputs are gathered back to all heads (forward all-gather, backward slice).
+    """
+
+    inputs: tuple[str, ...]  # forward() argument names
+    outputs: tuple[int, ...]  # indices in the block's output tuple
+    dim: int = 1
+
+
+# Families whose blocks pass head-split tensors to one another. The adapters' spec has no field for this
+# yet; T5 is the only family among ours that shares a per-head tensor across blocks.
+HEAD_TENSORS: dict[str, HeadTensors] = {
+    "t5": HeadTensors(inputs=("position_bias", "encoder_decoder_position_bias"), outputs=(1, 2)),
+}
 
 
 class _GatherParts(torch.autograd.Function):
@@ -58,6 +80,21 @@ class _SliceParts(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return _all_gather(grad.contiguous(), ctx.group, ctx.dim), None, None
+
+
+class _StageSumGrad(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over ``group`` and multiplies it by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup, scale: float) -> torch.Tensor:
+        ctx.group, ctx.scale = group, scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, group=ctx.group)
+        return total * ctx.scale, None, None
 
 
 def _all_gather(tensor: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
@@ -161,15 +198,53 @@ class RelayoutTracker:
         if convert_outputs:
             root.register_forward_hook(to_input_layout)
 
-    def install_block(self, block: nn.Module, layout: BatchLayout) -> None:
+    def install_block(
+        self,
+        block: nn.Module,
+        layout: BatchLayout,
+        heads: HeadTensors | None = None,
+        tp_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        """Re-lay the block's batch inputs to ``layout``; with ``heads`` also split/gather head tensors."""
+        names = list(inspect.signature(block.forward).parameters)
+        split_heads = heads is not None and tp_group is not None and dist.get_world_size(tp_group) > 1
+
+        def convert(name: str | None, value: Any) -> Any:
+            if heads is not None and name in heads.inputs and isinstance(value, torch.Tensor):
+                value = self._shared_from(value, layout)
+                if split_heads:
+                    value = slice_parts(value, tp_group, heads.dim)  # full heads -> this rank's heads
+                return value
+            return self.to_layout(value, layout)
+
         def to_block_layout(module, args, kwargs):
-            return self.to_layout(args, layout), self.to_layout(kwargs, layout)
+            args = tuple(convert(names[i] if i < len(names) else None, a) for i, a in enumerate(args))
+            return args, {k: convert(k, v) for k, v in kwargs.items()}
 
         def record_output(module, args, kwargs, output):
+            if split_heads and isinstance(output, tuple):
+                output = tuple(
+                    gather_parts(v, tp_group, heads.dim) if i in heads.outputs and isinstance(v, torch.Tensor) else v
+                    for i, v in enumerate(output)
+                )
             self.record(output, layout)
+            return output
 
         block.register_forward_pre_hook(to_block_layout, with_kwargs=True, prepend=True)
         block.register_forward_hook(record_output, with_kwargs=True)
+
+    def _shared_from(self, tensor: torch.Tensor, dst: BatchLayout) -> torch.Tensor:
+        """A batch-independent tensor (T5's position bias) made in one layout and used in another.
+
+        Its gradient from ``dst`` is a sum over ``dst``'s batch parts, replicated on ``dst``'s TP groups; the
+        producer's DP reduction sums one rank per TP index. Backward therefore sums the gradient over the
+        stage and rescales it to the producer's layout: ``src_tp / (stage_size * dst_tp)``.
+        """
+        src = self.layout_of(tensor)
+        if src[1] == dst[1] or not tensor.requires_grad:
+            return tensor
+        scale = src[1] / (self.dims.stage_size * dst[1])
+        return _StageSumGrad.apply(tensor, self.dims.stage_group(), scale)
 
     def install_input_layout(self, module: nn.Module) -> None:
         """Layers after the blocks (final norm, pooler, head) run in the data-loading layout."""

@@ -23,7 +23,7 @@ from galvatron_hf.parallel.data_parallel import apply_data_parallel, mixed_preci
 from galvatron_hf.parallel.grad_norm import clip_grad_norm_
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
-from galvatron_hf.parallel.relayout import RelayoutTracker
+from galvatron_hf.parallel.relayout import HEAD_TENSORS, RelayoutTracker
 from galvatron_hf.parallel.tensor_parallel import apply_tensor_parallel, tie_output_embeddings
 from galvatron_hf.planner.plan import Plan, PlanError
 
@@ -71,7 +71,8 @@ def parallelize_blocks(
         if strategy.checkpoint:
             apply_activation_checkpointing(block)
         apply_data_parallel(block, dims.fsdp_mesh(layout), strategy.dp_type, policy)
-        tracker.install_block(block, layout.batch_layout)
+        heads = HEAD_TENSORS.get(spec.family)
+        tracker.install_block(block, layout.batch_layout, heads, dims.tp_mesh(layout).get_group() if heads else None)
 
 
 def parallelize_vocab(
@@ -88,22 +89,43 @@ def parallelize_vocab(
     tp_mesh = dims.tp_mesh(layout)
     tied = _tied_embeddings(module)
     aliases = _alias_groups(module)
-    for layer in (*spec.pre_layers, *spec.post_layers):
+    others = [layer for layer in spec.layers if not layer.is_block]
+    for layer in others:
         root = _find(module, layer.root)
         if root is None:
             continue
         rules = [rule for rule in layer.tp_rules if _find(root, rule.module) is not None]
+        rules += _sharing_siblings(root, rules)
         attributes = [a for a in layer.tp_attributes if _find(root, a.module) is not None]
         apply_tensor_parallel(root, rules, attributes, tp_mesh, vocab=True, where=f"{layer.name} (vocab)")
     tie_output_embeddings(module, tied)
     _restore_aliases(module, aliases)
-    for layer in spec.post_layers:
+    for layer in others:  # everything after a block (final norms, pooler, head) runs in the vocab layout
+        if layer in spec.pre_layers:
+            continue
         for path in layer.modules:
             target = _find(module, _join(layer.root, path))
             if target is not None:
                 tracker.install_input_layout(target)
     apply_data_parallel(module, dims.fsdp_mesh(layout), plan.vocab.dp_type, mixed_precision_policy(mixed_precision))
     tracker.install_root(module, plan.vocab.dp, convert_outputs=is_stage)
+
+
+def _sharing_siblings(root: nn.Module, rules: list) -> list:
+    """Rules for modules of the same type that share a split module's weight (T5's ``encoder.embed_tokens``
+    and ``decoder.embed_tokens`` share ``shared.weight``): they must be split the same way to run."""
+    from dataclasses import replace
+
+    extra = []
+    named = [rule.module for rule in rules]
+    for rule in rules:
+        module = root.get_submodule(rule.module)
+        weight = getattr(module, "weight", None)
+        for path, other in root.named_modules():
+            if path not in named and type(other) is type(module) and getattr(other, "weight", None) is weight:
+                extra.append(replace(rule, module=path))
+                named.append(path)
+    return extra
 
 
 def _alias_groups(module: nn.Module) -> list[list[str]]:
@@ -121,8 +143,8 @@ def _restore_aliases(module: nn.Module, groups: list[list[str]]) -> None:
         distinct = {id(params[n]): params[n] for n in names}
         if len(distinct) == 1:
             continue
-        split = [p for p in distinct.values() if p.__class__.__name__ != "Parameter" or hasattr(p, "to_local")]
-        if len(split) != 1:
+        split = [p for p in distinct.values() if hasattr(p, "to_local")]
+        if not split or any(p.placements != split[0].placements for p in split):
             raise ValueError(f"parameters {names} are one tensor in the model but TP split them differently")
         for name in names:
             owner, _, attr = name.rpartition(".")
@@ -362,6 +384,7 @@ def parallelize(
     if not on_meta:
         model.to(device)
     dims = ParallelDims.from_plan(plan, device_type=device.type)
+    dims.prepare(plan)
     pipeline, layout = None, None
     if plan.pp > 1:
         from galvatron_hf.parallel import pipeline_parallel
@@ -389,8 +412,10 @@ def _default_device() -> torch.device:
 
 
 def _disable_cache(model: nn.Module) -> None:
-    """Training never uses the KV cache; building one would also hold activations in the wrong layout."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "use_cache"):
-        with contextlib.suppress(AttributeError):
-            config.use_cache = False
+    """Training never uses the KV cache: a cache would also make checkpoint recomputation differ (T5's
+    cross-attention reuses cached keys). Sub-models (T5's decoder stack) hold their own config copies."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            with contextlib.suppress(AttributeError):
+                config.use_cache = False

@@ -47,6 +47,7 @@ def make_config(family: str):
         return tf.T5Config(
             vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
             dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
         )
     raise ValueError(family)
 
@@ -180,7 +181,7 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case]) -> dict:
             grads.append({n: _full(p.grad) for n, p in pm.module.named_parameters()})
             pm.step(optimizer)
             optimizer.zero_grad()
-        sizes = {n: (_local_numel(p), p.numel()) for n, p in pm.module.named_parameters()}
+        sizes = {n: (_local_numel(p), tuple(p.shape)) for n, p in pm.module.named_parameters()}
         results[case.name] = {
             "losses": losses,
             "norms": norms,
@@ -196,24 +197,37 @@ def _local_numel(param: torch.Tensor) -> int:
 
 
 # ----- expected shard sizes -------------------------------------------------------------------------------
-def expected_local_numel(spec, plan: Plan, name: str, numel: int) -> int:
-    """The share of parameter ``name`` one rank must hold under ``plan`` (TP split x ZeRO shard)."""
+def share_divisors(spec, plan: Plan, name: str) -> tuple[int, int]:
+    """(TP split, ZeRO shard count) that parameter ``name`` must be divided by under ``plan``."""
     tp, dp, dp_type, rules = plan.vocab.tp, plan.vocab.dp, plan.vocab.dp_type, []
-    owner_root = ""
     for layer in (*spec.pre_layers, *spec.post_layers):
         rules += [(layer.root, r) for r in layer.tp_rules]
     for index, layer in enumerate(spec.blocks):
         if name.startswith(layer.root + "."):
             strategy = plan.layers[index]
-            tp, dp, dp_type, owner_root = strategy.tp, strategy.dp, strategy.dp_type, layer.root
+            tp, dp, dp_type = strategy.tp, strategy.dp, strategy.dp_type
             rules = [(layer.root, r) for r in layer.tp_rules]
-    divisor = 1
+    tp_div = 1
     for root, rule in rules:
         module = f"{root}.{rule.module}" if root else rule.module
         if name in (f"{module}.weight", f"{module}.bias"):
             split = name.endswith("weight") or (rule.style == "colwise" and rule.fused == 1)
-            divisor *= tp if split else 1
-    del owner_root
-    if dp_type != "ddp":
-        divisor *= dp
-    return numel // divisor
+            tp_div = tp if split else 1
+    return tp_div, (dp if dp_type != "ddp" else 1)
+
+
+def check_shares(spec, plan: Plan, world: int, sizes_by_rank: list[dict]) -> None:
+    """Every rank holds at most its share of each parameter, and the shares add up to the whole.
+
+    FSDP2 splits dim 0 in ceil-sized chunks (the last ranks may hold less, or nothing).
+    """
+    import math
+
+    for name, (_, shape) in sizes_by_rank[0].items():
+        numel = math.prod(shape)
+        tp_div, dp_div = share_divisors(spec, plan, name)
+        copies = world // (tp_div * dp_div)
+        held = [sizes[name][0] for sizes in sizes_by_rank]
+        assert sum(held) == numel * copies, f"{name}: ranks hold {held}, expected {numel} x {copies} copies in all"
+        bound = math.ceil(shape[0] / dp_div) * (numel // shape[0]) // tp_div
+        assert max(held) <= bound, f"{name}: a rank holds {max(held)} elements, its share is at most {bound}"

@@ -46,11 +46,7 @@ def _check_family(family: str) -> None:
                 # rtol 1e-5, plus atol 1e-9 for gradients that are mathematically zero (BERT's key bias)
                 error = (grad - ref).norm().item()
                 assert error <= RTOL * ref.norm().item() + ATOL, f"{case.name}: step {step} gradient of {name} off by {error:.2e}"
-        plan = case.plan(WORLD)
-        for rank_result in results:
-            for name, (local, numel) in rank_result[case.name]["sizes"].items():
-                expected = rc.expected_local_numel(spec, plan, name, numel)
-                assert local == expected, f"{case.name}: {name} holds {local} elements, its share is {expected}"
+        rc.check_shares(spec, case.plan(WORLD), WORLD, [r[case.name]["sizes"] for r in results])
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "vit", "t5"])
