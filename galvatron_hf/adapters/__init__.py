@@ -89,11 +89,22 @@ def _check_module_paths(model: Any, spec: ModelSpec) -> None:
         paths = [*layer.modules, *(rule.module for rule in layer.tp_rules)]
         paths += [attribute.module for attribute in layer.tp_attributes]
         missing += [join(layer.root, path) for path in paths if join(layer.root, path) not in present]
-    if missing:
-        import transformers
+    import transformers
 
+    if missing:
         raise UnsupportedArchitectureError(
             f"{spec.architecture} as built by transformers {transformers.__version__} (modules "
             f"{', '.join(missing[:5])} not found: the {spec.family} adapter expects another module layout)",
             supported_architectures(),
+        )
+    from .validate import layer_param_counts  # torch is loaded: the caller holds a model
+
+    counted = layer_param_counts(model, spec)
+    wrong = [f"{layer.name}: spec {layer.params}, model {counted[layer.name]}" for layer in spec.layers
+             if counted[layer.name] != layer.params]
+    if wrong:
+        raise ValueError(
+            f"The {spec.family} adapter's parameter counts disagree with this {spec.architecture} "
+            f"(transformers {transformers.__version__}): {'; '.join(wrong[:4])}. The spec would misprice the "
+            "model; report it with the config, or pass the config instead of the model to skip this check."
         )

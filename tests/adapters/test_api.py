@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import transformers
 
 from galvatron_hf.adapters import (
@@ -102,3 +103,11 @@ def test_spec_is_json_serialisable():
     spec = describe_model("t5-small", seq_len=128, decoder_seq_len=32)
     data = json.loads(json.dumps(spec.to_dict()))
     assert data["decoder_seq_len"] == 32 and data["layers"][0]["tp_rules"][0]["module"] == "shared"
+
+
+def test_a_model_that_disagrees_with_its_spec_is_refused():
+    config = transformers.AutoConfig.for_model(**TINY_LLAMA)
+    model = build_model(config, "LlamaForCausalLM")
+    model.model.norm.register_parameter("extra", torch.nn.Parameter(torch.zeros(3)))
+    with pytest.raises(ValueError, match="final_norm: spec 32, model 35"):
+        describe_model(model)
