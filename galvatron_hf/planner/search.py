@@ -10,10 +10,12 @@ memory level and every final TP degree, the fastest assignment. A small second D
 (with the TP degree at each boundary) then minimises the pipeline step ``sum(C_i) + (M - 1) max(C_i)`` by
 sweeping the bottleneck ``max(C_i)`` over the candidate values. See docs/search.md.
 
-Exactness: the search first solves every step config *relaxed* (memory rounded down, the smallest possible
-transient workspace, layout changes at stage entries free), which can only over-estimate throughput; it
-then solves configs exactly in order of that bound (workspace caps enumerated, every layout change priced,
-the plan re-priced by :func:`estimate_plan`) and stops once no remaining bound beats the best exact plan.
+Bounding: the search first solves every step config *relaxed* (the smallest possible transient workspace,
+layout changes at stage entries free, a coarser memory grid), which over-estimates throughput; it then
+solves configs exactly in order of that bound (workspace caps enumerated, every layout change priced, the
+plan re-priced by :func:`estimate_plan`) and stops once no remaining bound beats the best exact plan.
+Both passes round memory down to grid units and carry each kept path's exact bytes, so only paths that
+truly fit are used (docs/search.md says where this is exact and where it is a close approximation).
 """
 
 from __future__ import annotations
@@ -479,35 +481,43 @@ def relaxed_bound(solver: _ConfigSolver) -> float | None:
     runs: dict[tuple, _Run] = {}
     tables_cache: dict[tuple, np.ndarray | None] = {}
     best_step = math.inf
-    for vocab in solver.vocab_options:
+    groups: dict[int, list[VocabStrategy]] = {}
+    for vocab in solver.vocab_options:  # one relaxed pass per vocab tp: the dp_type only moves fixed terms
+        groups.setdefault(vocab.tp, []).append(vocab)
+    for tp, group in groups.items():
         tables = []
         for stage in range(pp):
             first, last = solver.stage_flags(stage)
-            key = (stage, vocab if (first or last) else None)
+            key = (stage, tp if (first or last) else None)
             if key not in tables_cache:
-                tables_cache[key] = _relaxed_table(solver, stage, vocab, unit, floor_work, runs)
+                tables_cache[key] = _relaxed_table(solver, stage, group, unit, floor_work, runs)
             if tables_cache[key] is None:
                 tables = None
                 break
             tables.append(tables_cache[key])
-        if tables is None:
-            continue
-        bound = _partition_lower_bound(tables, config.num_micro_batches, n)
-        solver.vocab_bounds[vocab] = bound
+        bound = math.inf if tables is None else _partition_lower_bound(tables, config.num_micro_batches, n)
+        for vocab in group:
+            solver.vocab_bounds[vocab] = bound
         best_step = min(best_step, bound)
     return best_step if math.isfinite(best_step) else None
 
 
-def _relaxed_table(solver, stage, vocab, unit, floor_work, runs) -> np.ndarray | None:
-    """table[start, end] = least time of blocks start..end-1 on this stage (relaxed)."""
+def _relaxed_table(solver, stage, group, unit, floor_work, runs) -> np.ndarray | None:
+    """table[start, end] = least time of blocks start..end-1 on this stage (relaxed).
+
+    ``group`` holds the vocab strategies of one TP degree; the least of their fixed time, bytes and
+    workspace is used (a relaxation: no single strategy needs less).
+    """
     ctx, pp, n = solver.ctx, solver.config.pp, len(solver.ctx.blocks)
     k = solver.shape.in_flight(stage)
-    work = max(floor_work, solver.vocab_cost(vocab, stage).workspace_bytes)
-    avail = int(math.floor((ctx.budget - solver.fixed_bytes(vocab, stage) - work) / unit + 1e-9))
-    if avail < 0:
+    vocab = group[0]
+    vocab_work = min(solver.vocab_cost(v, stage).workspace_bytes for v in group)
+    work = max(floor_work, vocab_work)
+    budget_bytes = ctx.budget - min(solver.fixed_bytes(v, stage) for v in group) - work
+    if budget_bytes < 0:
         return None
-    avail = min(avail, RELAXED_UNITS)
-    fixed_time = solver.vocab_cost(vocab, stage).time_s
+    avail = min(int(math.floor(budget_bytes / unit + 1e-9)), RELAXED_UNITS)
+    fixed_time = min(solver.vocab_cost(v, stage).time_s for v in group)
     ends = solver.end_costs(stage, vocab)
     table = np.full((n + 1, n + 1), np.inf)
     for start in solver.starts(stage):
@@ -515,10 +525,11 @@ def _relaxed_table(solver, stage, vocab, unit, floor_work, runs) -> np.ndarray |
         key = (k, source)
         if key not in runs:
             runs[key] = solver.run(source, k, None, unit, RELAXED_UNITS, "floor", math.inf,
-                                   solver.max_blocks(stage, source))
+                                   solver.max_blocks(stage, source), exact_memory=True)
         run = runs[key]
-        limit = min(len(run.cumulative), solver.max_blocks(stage, start))
-        values = (run.at(avail, limit) + ends[start + 1 : start + limit + 1]).min(axis=1) + fixed_time
+        limit = min(len(run.tables), solver.max_blocks(stage, start))
+        values = (run.within(avail, limit, budget_bytes) + ends[start + 1 : start + limit + 1]).min(axis=1)
+        values = values + fixed_time
         if stage == pp - 1:
             if start + limit == n:
                 table[start, n] = values[-1]
@@ -799,7 +810,9 @@ def search_plan(
     model = CostModel(spec, hardware, mixed_precision=mixed_precision, attn_impl=attn_impl, compute=compute)
     reporter = _Reporter(progress, started)
     configs = step_configs(spec, num_gpus, global_batch_size, max_global_batch_size)
-    found, stats = _best_first(spec, hardware, model, memory_gb, configs, reporter)
+    ctx = _Context(spec, hardware, model, memory_gb)
+    solvers = [_ConfigSolver(ctx, c) for c in configs]
+    found, stats = _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers)
     if found is None:
         minimum = minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter)
         hint = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else "no budget found"
@@ -809,7 +822,7 @@ def search_plan(
             minimum,
         )
     reporter("comparing with uniform plans and plain DDP / ZeRO-3")
-    uniform = best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs)
+    uniform = best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solvers)
     from_uniform = uniform is not None and uniform.samples_per_s > found.samples_per_s * (1 + 1e-9)
     best = uniform if from_uniform else found
     batch = best.plan.global_batch_size
@@ -867,10 +880,11 @@ def _upper_bound(solver: _ConfigSolver) -> float:
     return config.global_batch_size / step if step > 0 else math.inf
 
 
-def _best_first(spec, hardware, model, memory_gb, configs, reporter):
+def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=None):
     """Bound every config, then solve exactly in order of bound until no bound beats the best plan."""
-    ctx = _Context(spec, hardware, model, memory_gb)
-    solvers = [_ConfigSolver(ctx, c) for c in configs]
+    if solvers is None:
+        ctx = _Context(spec, hardware, model, memory_gb)
+        solvers = [_ConfigSolver(ctx, c) for c in configs]
     bounds = {id(s): _upper_bound(s) for s in solvers if s.feasible}
     order = sorted((s for s in solvers if s.feasible), key=lambda s: bounds[id(s)], reverse=True)
     heap: list[tuple[float, int, _ConfigSolver]] = []
@@ -974,27 +988,19 @@ def uniform_plan(
     return plan.validate(spec=spec)
 
 
-def best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs) -> Evaluated | None:
+def best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solvers=None) -> Evaluated | None:
     """The fastest fitting uniform plan over the same step configs (Galvatron's "global" strategies).
 
     Each candidate is priced from the per-config arrays first (cheap); the most promising are then priced
     by :func:`estimate_plan`, which has the last word.
     """
-    ctx = _Context(spec, hardware, model, memory_gb)
+    if solvers is None:
+        ctx = _Context(spec, hardware, model, memory_gb)
+        solvers = [_ConfigSolver(ctx, c) for c in configs]
     candidates = []
-    for solver in (_ConfigSolver(ctx, c) for c in configs):
-        if not solver.feasible:
-            continue
-        for index, (tp, dp, dp_type, checkpoint) in enumerate(solver.strategies):
-            if not all(block.supports_tp(tp) for block in spec.blocks):
-                continue
-            vocab_tp = tp if vocab_supports(spec, tp) else 1
-            if solver.config.micro_batch_size % (solver.config.devices_per_stage // vocab_tp):
-                continue
-            vocab = VocabStrategy(vocab_tp, solver.config.devices_per_stage // vocab_tp, dp_type)
-            step, peak = _uniform_quick(solver, index, vocab)
-            if peak <= ctx.budget * (1 + 1e-6):
-                candidates.append((solver.config.global_batch_size / step, solver.config, tp, dp_type, checkpoint))
+    for solver in solvers:
+        if solver.feasible:
+            candidates.extend(_uniform_candidates(solver))
     best: Evaluated | None = None
     for quick, config, tp, dp_type, checkpoint in sorted(candidates, key=lambda c: -c[0]):
         if best is not None and quick <= best.samples_per_s * (1 - 1e-6):
@@ -1010,27 +1016,44 @@ def best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs) -> Ev
     return best
 
 
-def _uniform_quick(solver: _ConfigSolver, index: int, vocab: VocabStrategy) -> tuple[float, float]:
-    """(step time, largest stage peak bytes) of a uniform plan, from the solver's per-strategy arrays."""
+def _uniform_candidates(solver: _ConfigSolver) -> list[tuple]:
+    """(samples/s, config, tp, dp_type, checkpoint) of every uniform plan of a config that fits."""
     config, ctx = solver.config, solver.ctx
-    n, pp = len(ctx.blocks), config.pp
+    n, pp, devices = len(ctx.blocks), config.pp, config.devices_per_stage
     sizes = [n // pp + (1 if i < n % pp else 0) for i in range(pp)]
-    t = solver.tps.index(solver.strategies[index][0])
-    times, peaks, start = [], [], 0
-    for stage, size in enumerate(sizes):
-        sigs = ctx.sig[start : start + size]
+    stages, start = [], 0
+    for stage, size in enumerate(sizes):  # per-strategy sums over the stage's blocks, all strategies at once
         k = solver.shape.in_flight(stage)
-        stage_time = sum(float(solver.arrays[g][0][index]) for g in sigs) + solver.vocab_cost(vocab, stage).time_s
-        stage_time += solver.end_costs(stage, vocab)[start + size, t]
-        if stage == 0:
-            stage_time += solver.init_vector(0, vocab.tp)[t]
-        memory = solver.fixed_bytes(vocab, stage)
-        memory += sum(float(solver.arrays[g][1][index] + k * solver.arrays[g][2][index]) for g in sigs)
-        memory += max([solver.vocab_cost(vocab, stage).workspace_bytes] + [float(solver.arrays[g][3][index]) for g in sigs])
-        times.append(stage_time)
-        peaks.append(memory)
+        counts: dict[int, int] = {}
+        for g in ctx.sig[start : start + size]:
+            counts[g] = counts.get(g, 0) + 1
+        time_s = sum(c * solver.arrays[g][0] for g, c in counts.items())
+        memory = sum(c * (solver.arrays[g][1] + k * solver.arrays[g][2]) for g, c in counts.items())
+        work = np.max([solver.arrays[g][3] for g in counts], axis=0)
+        stages.append((stage, start + size, time_s, memory, work))
         start += size
-    return pipeline_step_s(times, config.num_micro_batches), max(peaks)
+    found = []
+    for index, (tp, dp, dp_type, checkpoint) in enumerate(solver.strategies):
+        if not all(block.supports_tp(tp) for block in ctx.blocks):
+            continue
+        vocab_tp = tp if vocab_supports(ctx.spec, tp) else 1
+        if config.micro_batch_size % (devices // vocab_tp):
+            continue
+        vocab = VocabStrategy(vocab_tp, devices // vocab_tp, dp_type)
+        t = solver.tps.index(tp)
+        times, peak = [], 0.0
+        for stage, end, time_s, memory, work in stages:
+            cost = solver.vocab_cost(vocab, stage)
+            stage_time = float(time_s[index]) + cost.time_s + solver.end_costs(stage, vocab)[end, t]
+            if stage == 0:
+                stage_time += solver.init_vector(0, vocab.tp)[t]
+            times.append(stage_time)
+            stage_peak = solver.fixed_bytes(vocab, stage) + float(memory[index])
+            peak = max(peak, stage_peak + max(cost.workspace_bytes, float(work[index])))
+        if peak <= ctx.budget * (1 + 1e-6):
+            step = pipeline_step_s(times, config.num_micro_batches)
+            found.append((config.global_batch_size / step, config, tp, dp_type, checkpoint))
+    return found
 
 
 def plain_data_parallel(spec, hardware, model, num_gpus, memory_gb, global_batch_size, dp_type) -> Evaluated | None:
@@ -1053,24 +1076,51 @@ def plain_data_parallel(spec, hardware, model, num_gpus, memory_gb, global_batch
 
 
 def minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter) -> float | None:
-    """The smallest per-GPU budget the search finds a plan for: doubling, then bisection to 1%."""
+    """The smallest per-GPU budget the search finds a plan for.
+
+    The relaxed pass (memory rounded down, least workspace) brackets and bisects the budget cheaply, since
+    one relaxed-feasible config is enough; it can only be optimistic, so the full search then confirms,
+    raising the budget 1% at a time until it finds a plan. The result (rounded up to 0.1 GB) fits.
+    """
     low, high = memory_gb, memory_gb
-    found = None
-    for _ in range(12):
+    for _ in range(16):
         high *= 2
         reporter(f"looking for the smallest budget that fits: trying {high:.1f} GB")
-        found, _ = _best_first(spec, hardware, model, high, configs, reporter)
-        if found is not None:
+        if _relaxed_feasible(spec, hardware, model, high, configs):
             break
         low = high
-    if found is None:
+    else:
         return None
-    while high - low > max(0.01 * high, 0.05):
+    while high - low > 0.005 * high:
         middle = (low + high) / 2
         reporter(f"looking for the smallest budget that fits: trying {middle:.1f} GB")
-        found, _ = _best_first(spec, hardware, model, middle, configs, reporter)
-        if found is not None:
+        if _relaxed_feasible(spec, hardware, model, middle, configs):
             high = middle
         else:
             low = middle
-    return math.ceil(high * 10) / 10
+    failed, budget = low, math.ceil(high * 10) / 10
+    for _ in range(40):  # the full search confirms: 2.5% steps up, then bisection back down
+        reporter(f"confirming the smallest budget that fits: {budget:.1f} GB")
+        if _best_first(spec, hardware, model, budget, configs, reporter)[0] is not None:
+            break
+        failed, budget = budget, math.ceil(budget * 1.025 * 10) / 10
+    else:
+        return None
+    while budget - failed > max(0.005 * budget, 0.1):
+        middle = math.ceil((failed + budget) / 2 * 10) / 10
+        if middle >= budget:
+            break
+        if _best_first(spec, hardware, model, middle, configs, reporter)[0] is not None:
+            budget = middle
+        else:
+            failed = middle
+    return budget
+
+
+def _relaxed_feasible(spec, hardware, model, memory_gb, configs) -> bool:
+    ctx = _Context(spec, hardware, model, memory_gb)
+    for config in configs:
+        solver = _ConfigSolver(ctx, config)
+        if solver.feasible and relaxed_bound(solver) is not None:
+            return True
+    return False
