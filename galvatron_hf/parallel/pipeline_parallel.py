@@ -17,7 +17,7 @@ with a message instead of a hang.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -203,10 +203,6 @@ class StageLayout:
     @property
     def is_last(self) -> bool:
         return self.stage == self.num_stages - 1
-
-    def holds(self, kind: str) -> bool:
-        """Whether a block of ``kind`` sits on this stage."""
-        return kind in self.block_kinds
 
 
 def _tied_across_stages(
@@ -532,8 +528,3 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (FSDP2 / TP), or the tensor itself."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
-
-def iter_stage_blocks(model: nn.Module, layout: StageLayout) -> Iterator[tuple[str, nn.Module]]:
-    """(root, module) of each block this stage holds, in execution order."""
-    for root in layout.block_roots:
-        yield root, model.get_submodule(root)

@@ -100,21 +100,50 @@ def llama_stage(model, layout, *activations, attention_mask=None, position_ids=N
     """Llama / Mistral / Qwen2: embed (first), decoder layers with per-stage rotary embeddings, norm + head (last).
 
     Rotary embeddings hold no parameters, so every stage computes them from the positions; with no padding
-    mask ``attention_mask`` stays None and SDPA runs causal, as in ``LlamaModel.forward``.
+    mask the causal mask stays None and SDPA runs causal, as in ``LlamaModel.forward``. Sliding-window layers
+    (Mistral with ``sliding_window``, Qwen2's ``layer_types``) get HF's sliding-window mask.
     """
     base = model.model
     (first,) = activations
     hidden = base.embed_tokens(first) if layout.is_first else first
     position_ids = _positions(hidden, position_ids)
-    mask = causal_mask(base.config, hidden, attention_mask, position_ids)
+    masks = _DecoderMasks(base.config, hidden, attention_mask, position_ids)
     position_embeddings = base.rotary_emb(hidden, position_ids=position_ids)
-    for block in _blocks(model, layout):
+    for index, block in zip(layout.block_indices, _blocks(model, layout)):
+        mask = masks.for_layer(index)
         hidden = _hidden(
             block(hidden, attention_mask=mask, position_embeddings=position_embeddings, position_ids=position_ids)
         )
     if not layout.is_last:
         return hidden
     return model.lm_head(base.norm(hidden))
+
+
+class _DecoderMasks:
+    """The causal or sliding-window mask of each decoder layer, built once per stage call, as HF picks them."""
+
+    def __init__(self, config, hidden: torch.Tensor, attention_mask, position_ids) -> None:
+        self.config, self.hidden, self.attention_mask, self.position_ids = config, hidden, attention_mask, position_ids
+        self._built: dict[str, Any] = {}
+
+    def layer_type(self, index: int) -> str:
+        layer_types = getattr(self.config, "layer_types", None)
+        if layer_types:  # Qwen2 (and newer configs) name each layer's attention
+            return layer_types[index]
+        sliding = getattr(self.config, "sliding_window", None) is not None
+        return "sliding_attention" if sliding else "full_attention"  # Mistral: one window for all layers
+
+    def for_layer(self, index: int):
+        kind = self.layer_type(index)
+        if kind not in self._built:
+            from transformers import masking_utils
+
+            helper = masking_utils.create_sliding_window_causal_mask if kind == "sliding_attention" else None
+            helper = helper or masking_utils.create_causal_mask
+            self._built[kind] = _call_mask_helper(
+                helper, self.config, self.hidden, self.attention_mask, position_ids=self.position_ids
+            )
+        return self._built[kind]
 
 
 def gpt2_stage(model, layout, *activations, attention_mask=None, position_ids=None):

@@ -43,6 +43,19 @@ def build_model(family: str, tied: bool = True):
             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied,
         )  # fmt: skip
         return tf.LlamaForCausalLM(config)
+    if family == "mistral":  # one sliding window (4 tokens) for every layer, shorter than the sequence
+        config = tf.MistralConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, sliding_window=4, tie_word_embeddings=tied,
+        )  # fmt: skip
+        return tf.MistralForCausalLM(config)
+    if family == "qwen2":  # full attention on layers 0-1, a 4-token sliding window on layers 2-3
+        config = tf.Qwen2Config(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, use_sliding_window=True, sliding_window=4,
+            max_window_layers=2, tie_word_embeddings=tied,
+        )  # fmt: skip
+        return tf.Qwen2ForCausalLM(config)
     if family == "gpt2":
         config = tf.GPT2Config(
             vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=4, n_head=4,
@@ -81,7 +94,7 @@ def make_batch(family: str, step: int) -> dict[str, torch.Tensor]:
     ids = torch.randint(1, VOCAB, (GLOBAL_BATCH, SEQ), generator=gen)
     lengths = torch.randint(SEQ // 2, SEQ + 1, (GLOBAL_BATCH,), generator=gen)
     mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
-    if family in ("llama", "gpt2"):
+    if family in ("llama", "mistral", "qwen2", "gpt2"):
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
     if family == "bert":
         chosen = (torch.rand(GLOBAL_BATCH, SEQ, generator=gen) < 0.4) & (mask == 1)
@@ -194,12 +207,15 @@ def assert_stages_partition_the_model(name: str, results: list[dict], reference:
 
 
 FAMILIES = ("llama", "gpt2", "bert", "vit", "t5")
-TIED = {"llama": False, "gpt2": True, "bert": True, "vit": False, "t5": True}
+TIED = {"llama": False, "mistral": False, "qwen2": False, "gpt2": True, "bert": True, "vit": False, "t5": True}
 
 
 @pytest.mark.distributed
 def test_two_stage_pipelines_match_single_process():
-    """PP2 GPipe (even cut), PP2 1F1B with 4 micro-batches, and an uneven cut, for all five families."""
+    """PP2 GPipe (even cut), PP2 1F1B with 4 micro-batches, and an uneven cut, for all five families.
+
+    Plus tied Llama, and Mistral / Qwen2 with sliding windows shorter than the sequence (their masks differ).
+    """
     cases = []
     for family in FAMILIES:
         tied = family != "llama"  # Llama untied here, tied in its own case below
@@ -207,6 +223,8 @@ def test_two_stage_pipelines_match_single_process():
         cases.append((f"{family}/1f1b", family, make_plan(2, [0, 0, 1, 1], "1f1b", 4), tied))
         cases.append((f"{family}/uneven", family, make_plan(2, [0, 0, 0, 1], "1f1b", 2), tied))
     cases.append(("llama-tied/gpipe", "llama", make_plan(2, [0, 1, 1, 1], "gpipe", 4), True))
+    cases.append(("mistral-sliding/1f1b", "mistral", make_plan(2, [0, 0, 1, 1], "1f1b", 2), False))
+    cases.append(("qwen2-mixed-window/uneven", "qwen2", make_plan(2, [0, 0, 0, 1], "gpipe", 2), False))
     results = run_distributed(_run_cases, 2, cases, timeout_s=600)
     references = {}
     for name, family, _plan, tied in cases:
@@ -256,12 +274,12 @@ def _run_four_rank_cases(rank: int, world_size: int, composed: list, pipelined: 
     return results
 
 
-def composed_plan(kind: str, schedule: str, micro_batches: int) -> Plan:
+def composed_plan(kind: str, schedule: str, micro_batches: int, stages: tuple[int, ...] = (0, 0, 1, 1)) -> Plan:
     if kind == "tp":  # PP2 x TP2: every block and the vocabulary split over 2 ranks
-        layers = [LayerStrategy(stage=s, tp=2, dp=1) for s in (0, 0, 1, 1)]
+        layers = [LayerStrategy(stage=s, tp=2, dp=1) for s in stages]
         vocab = VocabStrategy(tp=2, dp=1)
     else:  # PP2 x ZeRO-3 over 2 ranks, every block checkpointed
-        layers = [LayerStrategy(stage=s, tp=1, dp=2, dp_type="zero3", checkpoint=True) for s in (0, 0, 1, 1)]
+        layers = [LayerStrategy(stage=s, tp=1, dp=2, dp_type="zero3", checkpoint=True) for s in stages]
         vocab = VocabStrategy(tp=1, dp=2, dp_type="zero3")
     return Plan(
         world_size=4, pp=2, schedule=schedule, global_batch_size=GLOBAL_BATCH, num_micro_batches=micro_batches,
@@ -272,10 +290,12 @@ def composed_plan(kind: str, schedule: str, micro_batches: int) -> Plan:
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_pipelines_with_tp_zero3_and_four_stages_match_single_process():
-    """4 ranks: PP2 x TP2 and PP2 x ZeRO-3 with checkpointing through ``parallelize``; PP4 for T5 and GPT-2."""
+    """4 ranks: PP2 x TP2 (Llama, T5) and PP2 x ZeRO-3 with checkpointing through ``parallelize``; PP4."""
     composed = [
         ("llama/pp2xtp2/1f1b", "llama", composed_plan("tp", "1f1b", 2), False),
         ("llama-tied/pp2xzero3+ckpt/gpipe", "llama", composed_plan("zero3", "gpipe", 2), True),
+        # T5's encoder position bias crosses the stage boundary and each TP block takes its heads of it
+        ("t5/pp2xtp2/uneven", "t5", composed_plan("tp", "1f1b", 2, (0, 1, 1, 1)), True),
     ]
     pipelined = [
         ("t5/pp4/1f1b", "t5", make_plan(4, [0, 1, 2, 3], "1f1b", 4), True),
