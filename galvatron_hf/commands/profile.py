@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--force", action="store_true", help="measure again even if a cached profile matches")
     model.add_argument("--warmup", type=int, default=2)
     model.add_argument("--repeats", type=int, default=5)
-    model.add_argument("--hardware", default=None, help="hardware JSON or built-in name for the truth report's analytic side")
+    model.add_argument(
+        "--hardware", default=None, help="hardware JSON or built-in name for the truth report's analytic side"
+    )
     model.set_defaults(run_target=run_model)
 
 
@@ -75,8 +77,11 @@ def run_hardware(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         path = profile.save(args.output)
-        print(f"wrote {path}: {profile.name}, {profile.num_nodes} node(s) x {profile.gpus_per_node}, "
-              f"{len(profile.collectives)} collective fits, {len(profile.p2p)} p2p fits", file=sys.stderr)
+        print(
+            f"wrote {path}: {profile.name}, {profile.num_nodes} node(s) x {profile.gpus_per_node}, "
+            f"{len(profile.collectives)} collective fits, {len(profile.p2p)} p2p fits",
+            file=sys.stderr,
+        )
     if launched:
         # gloo processes sometimes abort in interpreter teardown after all work is done; leave cleanly
         dist.barrier()

@@ -120,7 +120,9 @@ def profile_warnings(
     if hardware is not None and not _same_device(key.device, hardware.device.name):
         problems.append(f"it was measured on {key.device!r}, the hardware profile is {hardware.device.name!r}")
     if spec.seq_len > max(profile.seq_lens, default=0):
-        problems.append(f"it measured up to seq_len {max(profile.seq_lens)}, the model uses {spec.seq_len} (extrapolated)")
+        problems.append(
+            f"it measured up to seq_len {max(profile.seq_lens)}, the model uses {spec.seq_len} (extrapolated)"
+        )
     missing = sorted({layer.kind for layer in spec.layers} - set(profile.layers))
     if missing:
         problems.append(f"it has no {', '.join(missing)} layer (analytic costs used for those)")
@@ -150,7 +152,9 @@ def profiled_compute(
         profile = ModelProfile.load(profile)
     if warn:
         for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware):
-            warnings.warn(f"model profile {path or profile.model_name}: {problem}", ProfileMismatchWarning, stacklevel=2)
+            warnings.warn(
+                f"model profile {path or profile.model_name}: {problem}", ProfileMismatchWarning, stacklevel=2
+            )
     return ProfiledCompute(
         profile=profile,
         fallback=AnalyticCompute(hardware, mixed_precision, attn_impl),
@@ -178,12 +182,16 @@ def profiled_source_for(
     if "collectives" in hardware.sources:
         lines[0] += f" (collectives: {hardware.sources['collectives']})"
     if profile_path is None:
-        lines.append("compute time, activation memory: analytic (FLOPs / matmul rate; pass --profile to use measurements)")
+        lines.append(
+            "compute time, activation memory: analytic (FLOPs / matmul rate; pass --profile to use measurements)"
+        )
         return None, lines
     profile = ModelProfile.load(profile_path)
     compute = profiled_compute(profile, spec, hardware, mixed_precision, attn_impl, warn=False)
     compute = replace(compute, profile_path=str(profile_path))
     lines += [f"{figure}: {where}" for figure, where in compute.figure_sources().items()]
-    lines += [f"warning: model profile {profile_path}: {problem}"
-              for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware)]
+    lines += [
+        f"warning: model profile {profile_path}: {problem}"
+        for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware)
+    ]
     return compute, lines

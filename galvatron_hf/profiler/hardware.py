@@ -187,7 +187,11 @@ def world_layout() -> WorldLayout:
 def library_versions() -> dict[str, str]:
     import galvatron_hf
 
-    versions = {"torch": torch.__version__, "galvatron_hf": galvatron_hf.__version__, "python": platform.python_version()}
+    versions = {
+        "torch": torch.__version__,
+        "galvatron_hf": galvatron_hf.__version__,
+        "python": platform.python_version(),
+    }
     if torch.cuda.is_available():
         versions["cuda"] = str(torch.version.cuda)
         try:
@@ -413,9 +417,13 @@ def measure_device(
         sources["device.peak_tflops"] = f"no datasheet figure known for {name!r}: the measured matmul rate"
     memory_gb, reserved_gb = device_memory_gb(device)
     bandwidth = memory_bandwidth_GBps(device, options.quick, repeats)
-    sources["device.memory_gb"] = "torch.cuda.get_device_properties" if device.type == "cuda" else "host RAM / local ranks"
+    sources["device.memory_gb"] = (
+        "torch.cuda.get_device_properties" if device.type == "cuda" else "host RAM / local ranks"
+    )
     sources["device.memory_bandwidth_GBps"] = "measured: device-to-device copy"
-    progress.step(f"memory {memory_gb:.1f} GB ({reserved_gb:.2f} outside the allocator), copy bandwidth {bandwidth:.1f} GB/s")
+    progress.step(
+        f"memory {memory_gb:.1f} GB ({reserved_gb:.2f} outside the allocator), copy bandwidth {bandwidth:.1f} GB/s"
+    )
     return DeviceSpec(
         name=name,
         memory_gb=memory_gb,
@@ -472,7 +480,9 @@ def memory_bandwidth_GBps(device: torch.device, quick: bool, repeats: Repeats) -
 
 
 # ----- overlap -------------------------------------------------------------------------------------------------
-def measure_overlap(layout: WorldLayout, device: torch.device, options: HardwareOptions, progress: Progress) -> OverlapSpec:
+def measure_overlap(
+    layout: WorldLayout, device: torch.device, options: HardwareOptions, progress: Progress
+) -> OverlapSpec:
     """Run a matmul loop and an all-reduce loop alone, then together; the ratios are the slowdowns."""
     side = options.matmul_side(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

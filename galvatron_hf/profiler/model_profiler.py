@@ -91,23 +91,8 @@ def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) ->
     model = build_reduced_model(config, spec, options, device)
     layers = representative_layers(spec)
     points = sweep_points(spec, options)
-    progress = Progress("profile model", len(points), options.progress)
-    measurements: dict[str, list[LayerMeasurement]] = {layer.kind: [] for layer in layers}
-    warm_up(model, spec, layers, points[0], device)
-    for micro_batch, seq in points:
-        calls = capture_calls(model, spec, layers, micro_batch, seq, device)
-        for layer in layers:
-            layer_seq, kv_seq = scaled_lengths(layer, spec, seq)
-            point = measure_layer(layer, calls[layer.name], micro_batch, layer_seq, kv_seq, device, options.repeats)
-            measurements[layer.kind].append(point)
-        progress.step(f"micro-batch {micro_batch}, seq {seq}: " + _summary(measurements, micro_batch, seq, spec))
-        del calls
-    profiles, counted = {}, set()  # a tied weight is counted once, by the first layer that owns it (as the spec)
-    for layer in layers:
-        params = [p for m in modules_of(model, layer) for p in m.parameters() if id(p) not in counted]
-        unique = list({id(p): p for p in params}.values())
-        counted.update(id(p) for p in unique)
-        profiles[layer.kind] = summarise_layer(layer, unique, measurements[layer.kind], spec)
+    measurements = measure_sweep(model, spec, layers, points, options, device)
+    profiles = summarise_layers(model, spec, layers, measurements)
     return ModelProfile(
         key=profile_key(config, spec, options, device),
         model_name=spec.name,
@@ -124,6 +109,42 @@ def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) ->
             "backward_peak_bytes": "measured: CUDA allocator peak" if device.type == "cuda" else "not measured on CPU",
         },
     )
+
+
+def measure_sweep(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    layers: list[LayerSpec],
+    points: list[tuple[int, int]],
+    options: ModelProfileOptions,
+    device: torch.device,
+) -> dict[str, list[LayerMeasurement]]:
+    """Every layer kind at every (micro-batch, seq) point; one progress line per point."""
+    progress = Progress("profile model", len(points), options.progress)
+    measurements: dict[str, list[LayerMeasurement]] = {layer.kind: [] for layer in layers}
+    warm_up(model, spec, layers, points[0], device)
+    for micro_batch, seq in points:
+        calls = capture_calls(model, spec, layers, micro_batch, seq, device)
+        for layer in layers:
+            layer_seq, kv_seq = scaled_lengths(layer, spec, seq)
+            point = measure_layer(layer, calls[layer.name], micro_batch, layer_seq, kv_seq, device, options.repeats)
+            measurements[layer.kind].append(point)
+        progress.step(f"micro-batch {micro_batch}, seq {seq}: " + _summary(measurements))
+        del calls  # frees the captured activations before the next, larger point
+    return measurements
+
+
+def summarise_layers(
+    model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], measurements: dict[str, list[LayerMeasurement]]
+) -> dict[str, LayerProfile]:
+    """Fits and per-sample figures per kind; a tied weight counts once, for the first layer owning it (as the spec)."""
+    profiles, counted = {}, set()
+    for layer in layers:
+        params = [p for m in modules_of(model, layer) for p in m.parameters() if id(p) not in counted]
+        unique = list({id(p): p for p in params}.values())
+        counted.update(id(p) for p in unique)
+        profiles[layer.kind] = summarise_layer(layer, unique, measurements[layer.kind], spec)
+    return profiles
 
 
 def profile_key(config: Any, spec: ModelSpec, options: ModelProfileOptions, device: torch.device) -> ProfileKey:
@@ -148,7 +169,11 @@ def library_versions() -> dict[str, str]:
 
     import galvatron_hf
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "galvatron_hf": galvatron_hf.__version__}
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "galvatron_hf": galvatron_hf.__version__,
+    }
     if torch.cuda.is_available():
         versions["cuda"] = str(torch.version.cuda)
     return versions
@@ -171,7 +196,9 @@ def reduced_config(config: Any, attn_implementation: str) -> Any:
     return small
 
 
-def build_reduced_model(config: Any, spec: ModelSpec, options: ModelProfileOptions, device: torch.device) -> torch.nn.Module:
+def build_reduced_model(
+    config: Any, spec: ModelSpec, options: ModelProfileOptions, device: torch.device
+) -> torch.nn.Module:
     import transformers
 
     model_class = getattr(transformers, spec.architecture, None)
@@ -292,7 +319,9 @@ def _detach(value: Any) -> Any:
     return value
 
 
-def warm_up(model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], point: tuple[int, int], device: torch.device) -> None:
+def warm_up(
+    model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], point: tuple[int, int], device: torch.device
+) -> None:
     """One untimed pass of everything: first calls pay for kernel selection and lazy initialisation."""
     calls = capture_calls(model, spec, layers, point[0], point[1], device)
     for layer in layers:
@@ -346,7 +375,9 @@ def _timed(device: torch.device, work: Callable[[], Any]) -> tuple[float, Any]:
     return timer.stop(), result
 
 
-def _time_pass(layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool) -> tuple[float, float]:
+def _time_pass(
+    layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool
+) -> tuple[float, float]:
     """(forward seconds, backward seconds) of one run."""
     forward_s, outputs = _timed(device, lambda: _forward(layer, calls, checkpointed))
     backward_s, _ = _timed(device, lambda: _backward(outputs))
@@ -471,13 +502,19 @@ def summarise_layer(
         forward=fit([p.forward_s for p in points]),
         backward=fit([p.backward_s for p in points]),
         recompute=fit([p.recompute_s for p in points]),
-        activation_bytes_per_sample=per_sample([p.micro_batch_size for p in at_seq], [p.saved_activation_bytes for p in at_seq]),
-        checkpointed_bytes_per_sample=per_sample([p.micro_batch_size for p in at_seq], [p.checkpointed_saved_bytes for p in at_seq]),
+        activation_bytes_per_sample=per_sample(
+            [p.micro_batch_size for p in at_seq], [p.saved_activation_bytes for p in at_seq]
+        ),
+        checkpointed_bytes_per_sample=per_sample(
+            [p.micro_batch_size for p in at_seq], [p.checkpointed_saved_bytes for p in at_seq]
+        ),
         backward_peak_bytes_per_sample=(
             per_sample([p.micro_batch_size for p in at_seq], peaks) if all(v is not None for v in peaks) else None
         ),
         checkpointed_backward_peak_bytes_per_sample=(
-            per_sample([p.micro_batch_size for p in at_seq], ckpt_peaks) if all(v is not None for v in ckpt_peaks) else None
+            per_sample([p.micro_batch_size for p in at_seq], ckpt_peaks)
+            if all(v is not None for v in ckpt_peaks)
+            else None
         ),
         measurements=points,
     )
@@ -491,7 +528,8 @@ def per_sample(micro_batches: list[int], values: list[float]) -> float:
     return max(float(slope), 0.0)
 
 
-def _summary(measurements: dict[str, list[LayerMeasurement]], micro_batch: int, seq: int, spec: ModelSpec) -> str:
+def _summary(measurements: dict[str, list[LayerMeasurement]]) -> str:
+    """The latest point of every kind, for the progress line."""
     parts = []
     for kind, points in measurements.items():
         last = points[-1]

@@ -146,15 +146,21 @@ class LayerProfile:
     checkpointed_backward_peak_bytes_per_sample: float | None = None  # CUDA only
     measurements: list[LayerMeasurement] = field(default_factory=list)
 
-    def forward_time_s(self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None) -> float:
+    def forward_time_s(
+        self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None
+    ) -> float:
         seq = seq_len or self.seq_len
         return self.forward.time_s(micro_batch_size, seq, kv_seq_len or (self.kv_seq_len if seq_len is None else seq))
 
-    def backward_time_s(self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None) -> float:
+    def backward_time_s(
+        self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None
+    ) -> float:
         seq = seq_len or self.seq_len
         return self.backward.time_s(micro_batch_size, seq, kv_seq_len or (self.kv_seq_len if seq_len is None else seq))
 
-    def recompute_time_s(self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None) -> float:
+    def recompute_time_s(
+        self, micro_batch_size: float, seq_len: int | None = None, kv_seq_len: int | None = None
+    ) -> float:
         seq = seq_len or self.seq_len
         return self.recompute.time_s(micro_batch_size, seq, kv_seq_len or (self.kv_seq_len if seq_len is None else seq))
 

@@ -52,27 +52,64 @@ def truth_rows(profile: ModelProfile, spec: ModelSpec, analytic_times: AnalyticT
         attn = profile.key.attn_implementation
         attn = attn if attn in ("eager", "sdpa", "flash_attention_2") else "sdpa"
         mib = 2**20
-        rows.append(TruthRow(kind, f"forward time (mbs {micro_batch})", "ms", measured.forward_time_s(micro_batch) * 1e3, _scaled(forward, 1e3)))
-        rows.append(TruthRow(kind, f"backward time (mbs {micro_batch})", "ms", measured.backward_time_s(micro_batch) * 1e3, _scaled(backward, 1e3)))
+        rows.append(
+            TruthRow(
+                kind,
+                f"forward time (mbs {micro_batch})",
+                "ms",
+                measured.forward_time_s(micro_batch) * 1e3,
+                _scaled(forward, 1e3),
+            )
+        )
+        rows.append(
+            TruthRow(
+                kind,
+                f"backward time (mbs {micro_batch})",
+                "ms",
+                measured.backward_time_s(micro_batch) * 1e3,
+                _scaled(backward, 1e3),
+            )
+        )
         if layer.is_block:  # the planner checkpoints blocks only; recomputing is one more forward
-            rows.append(TruthRow(kind, "recompute time", "ms", measured.recompute_time_s(micro_batch) * 1e3, _scaled(forward, 1e3)))
-        rows.append(TruthRow(
-            kind, "activation/sample", "MiB", measured.activation_bytes_per_sample / mib,
-            layer.activation_bytes(1, dtype_bytes, False, attn) / mib,  # type: ignore[arg-type]
-        ))
+            rows.append(
+                TruthRow(
+                    kind, "recompute time", "ms", measured.recompute_time_s(micro_batch) * 1e3, _scaled(forward, 1e3)
+                )
+            )
+        rows.append(
+            TruthRow(
+                kind,
+                "activation/sample",
+                "MiB",
+                measured.activation_bytes_per_sample / mib,
+                layer.activation_bytes(1, dtype_bytes, False, attn) / mib,  # type: ignore[arg-type]
+            )
+        )
         if layer.is_block:
-            rows.append(TruthRow(
-                kind, "checkpointed/sample", "MiB", measured.checkpointed_bytes_per_sample / mib,
-                layer.activation_bytes(1, dtype_bytes, True, attn) / mib,  # type: ignore[arg-type]
-            ))
+            rows.append(
+                TruthRow(
+                    kind,
+                    "checkpointed/sample",
+                    "MiB",
+                    measured.checkpointed_bytes_per_sample / mib,
+                    layer.activation_bytes(1, dtype_bytes, True, attn) / mib,  # type: ignore[arg-type]
+                )
+            )
         rows.append(TruthRow(kind, "parameters", "MiB", measured.param_bytes / mib, layer.params * dtype_bytes / mib))
         if measured.backward_peak_bytes_per_sample is not None:
-            rows.append(TruthRow(kind, "backward peak/sample", "MiB", measured.backward_peak_bytes_per_sample / 2**20, None))
+            rows.append(
+                TruthRow(kind, "backward peak/sample", "MiB", measured.backward_peak_bytes_per_sample / 2**20, None)
+            )
         if layer.is_block and measured.checkpointed_backward_peak_bytes_per_sample is not None:
-            rows.append(TruthRow(
-                kind, "checkpointed bwd peak/sample", "MiB", measured.checkpointed_backward_peak_bytes_per_sample / 2**20,
-                None,
-            ))
+            rows.append(
+                TruthRow(
+                    kind,
+                    "checkpointed bwd peak/sample",
+                    "MiB",
+                    measured.checkpointed_backward_peak_bytes_per_sample / 2**20,
+                    None,
+                )
+            )
     return rows
 
 

@@ -30,8 +30,13 @@ def test_fit_needs_two_positive_points():
 def test_token_fit_separates_the_attention_term():
     points = [(b, s) for b in (1, 2, 4) for s in (256, 512, 1024)]
     truth = lambda b, s: 1e-4 + 2e-7 * b * s + 3e-11 * b * s * s  # noqa: E731
-    fit = fit_tokens([b for b, _ in points], [s for _, s in points], [s for _, s in points],
-                     [truth(b, s) for b, s in points], attention=True)
+    fit = fit_tokens(
+        [b for b, _ in points],
+        [s for _, s in points],
+        [s for _, s in points],
+        [truth(b, s) for b, s in points],
+        attention=True,
+    )
     assert (fit.intercept_s, fit.per_token_s, fit.per_attention_s) == pytest.approx((1e-4, 2e-7, 3e-11), rel=1e-4)
     assert fit.time_s(8, 2048) == pytest.approx(truth(8, 2048), rel=1e-4)
 

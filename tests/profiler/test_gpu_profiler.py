@@ -11,8 +11,16 @@ from galvatron_hf.testing.distributed import run_distributed
 
 pytestmark = pytest.mark.gpu
 
-LLAMA = dict(model_type="llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+LLAMA = dict(
+    model_type="llama",
+    vocab_size=1024,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 
 
 def test_model_profile_on_gpu_measures_allocator_memory():
@@ -20,7 +28,9 @@ def test_model_profile_on_gpu_measures_allocator_memory():
 
     config = config_from_dict(dict(LLAMA))
     spec = describe_model(config, seq_len=256)
-    options = ModelProfileOptions(seq_len=256, micro_batch_sizes=(1, 2), dtype="bf16", repeats=Repeats(1, 3), progress=False)
+    options = ModelProfileOptions(
+        seq_len=256, micro_batch_sizes=(1, 2), dtype="bf16", repeats=Repeats(1, 3), progress=False
+    )
     profile = profile_model(config, spec, options)
     assert profile.timer == "cuda events" and profile.key.device == torch.cuda.get_device_name()
     block = profile.layers["decoder_block"]
@@ -29,7 +39,9 @@ def test_model_profile_on_gpu_measures_allocator_memory():
     # checkpointing holds less after forward and recomputes during backward
     assert all(m.checkpointed_forward_held_bytes < m.forward_held_bytes for m in block.measurements)
     assert block.checkpointed_backward_peak_bytes_per_sample is not None
-    assert block.activation_bytes_per_sample == pytest.approx(spec.blocks[0].activation_bytes(1, 2, False, "sdpa"), rel=0.15)
+    assert block.activation_bytes_per_sample == pytest.approx(
+        spec.blocks[0].activation_bytes(1, 2, False, "sdpa"), rel=0.15
+    )
 
 
 def test_single_gpu_hardware_profile():

@@ -70,14 +70,23 @@ def _tiny_llama_profile():
     from galvatron_hf.profiler.model_profiler import ModelProfileOptions, profile_model
     from galvatron_hf.profiler.timing import Repeats
 
-    config = config_from_dict(dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                                   max_position_embeddings=64))
+    config = config_from_dict(
+        dict(
+            model_type="llama",
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+        )
+    )
     spec = describe_model(config, seq_len=32)
-    options = ModelProfileOptions(seq_len=32, micro_batch_sizes=(1, 2), dtype="fp32", repeats=Repeats(0, 2),
-                                  device="cpu", progress=False)
+    options = ModelProfileOptions(
+        seq_len=32, micro_batch_sizes=(1, 2), dtype="fp32", repeats=Repeats(0, 2), device="cpu", progress=False
+    )
     return spec, profile_model(config, spec, options)
-
 
 
 def _assert_planner_plans_from(hardware: HardwareProfile, gpus: int) -> None:
@@ -87,8 +96,9 @@ def _assert_planner_plans_from(hardware: HardwareProfile, gpus: int) -> None:
 
     spec, model_profile = _tiny_llama_profile()
     compute = profiled_compute(model_profile, spec, hardware, "fp32", "sdpa")
-    result = search_plan(spec, hardware, gpus, hardware.device.memory_gb, global_batch_size=8,
-                         mixed_precision="fp32", compute=compute)
+    result = search_plan(
+        spec, hardware, gpus, hardware.device.memory_gb, global_batch_size=8, mixed_precision="fp32", compute=compute
+    )
     plan = result.best.plan
     plan.validate(world_size=gpus, spec=spec)
     assert plan.predicted is not None and plan.predicted.source == "profiled"

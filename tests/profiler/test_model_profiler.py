@@ -13,15 +13,39 @@ from galvatron_hf.profiler.model_schema import ModelProfile
 from galvatron_hf.profiler.timing import Repeats
 
 FAMILY_CONFIGS = {
-    "llama": dict(model_type="llama", vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "llama": dict(
+        model_type="llama",
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    ),
     "gpt2": dict(model_type="gpt2", vocab_size=300, n_embd=64, n_layer=3, n_head=4, n_positions=128),
-    "bert": dict(model_type="bert", vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                 intermediate_size=128, max_position_embeddings=128),
-    "vit": dict(model_type="vit", image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=3,
-                num_attention_heads=4, intermediate_size=128),
-    "t5": dict(model_type="t5", vocab_size=300, d_model=64, d_kv=16, d_ff=128, num_layers=3, num_decoder_layers=3,
-               num_heads=4),
+    "bert": dict(
+        model_type="bert",
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    ),
+    "vit": dict(
+        model_type="vit",
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+    ),
+    "t5": dict(
+        model_type="t5", vocab_size=300, d_model=64, d_kv=16, d_ff=128, num_layers=3, num_decoder_layers=3, num_heads=4
+    ),
 }
 SEQ_LEN = 32
 QUICK = Repeats(warmup=0, repeats=2)
@@ -46,8 +70,9 @@ def _spec(family: str):
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
 def test_profile_of_each_family_is_valid(family, tmp_path):
     config, spec = _spec(family)
-    options = ModelProfileOptions(seq_len=spec.seq_len, micro_batch_sizes=(1, 2), dtype="fp32", repeats=QUICK,
-                                  device="cpu", progress=False)
+    options = ModelProfileOptions(
+        seq_len=spec.seq_len, micro_batch_sizes=(1, 2), dtype="fp32", repeats=QUICK, device="cpu", progress=False
+    )
     profile = profile_model(config, spec, options)
     reloaded = ModelProfile.load(profile.save(tmp_path / "model.json"))
     assert reloaded == profile
@@ -65,8 +90,12 @@ def test_profile_of_each_family_is_valid(family, tmp_path):
     if family == "llama":  # no dropout: saved tensors are fully determined, the adapter's model is exact
         block = spec.blocks[0]
         measured = profile.layers[block.kind]
-        assert measured.activation_bytes_per_sample == pytest.approx(block.activation_bytes(1, 4, False, "sdpa"), rel=0.02)
-        assert measured.checkpointed_bytes_per_sample == pytest.approx(block.activation_bytes(1, 4, True, "sdpa"), rel=0.02)
+        assert measured.activation_bytes_per_sample == pytest.approx(
+            block.activation_bytes(1, 4, False, "sdpa"), rel=0.02
+        )
+        assert measured.checkpointed_bytes_per_sample == pytest.approx(
+            block.activation_bytes(1, 4, True, "sdpa"), rel=0.02
+        )
 
 
 def _write_config(directory, family: str):
@@ -79,9 +108,29 @@ def test_cli_writes_reuses_and_forces(tmp_path, capsys):
     from galvatron_hf.cli import main
 
     model_dir = _write_config(tmp_path / "tiny-llama", "llama")
-    args = ["profile", "model", "--model_name_or_path", model_dir, "--seq_len", "32", "--micro_batch_sizes", "1", "2",
-            "--dtype", "fp32", "--device", "cpu", "--output", str(tmp_path / "m.json"),
-            "--cache_dir", str(tmp_path / "cache"), "--warmup", "0", "--repeats", "2"]
+    args = [
+        "profile",
+        "model",
+        "--model_name_or_path",
+        model_dir,
+        "--seq_len",
+        "32",
+        "--micro_batch_sizes",
+        "1",
+        "2",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "m.json"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--warmup",
+        "0",
+        "--repeats",
+        "2",
+    ]
     assert main(args) == 0
     first = capsys.readouterr()
     assert "measured vs analytic" in first.out and "decoder_block" in first.out
@@ -109,9 +158,29 @@ def test_cli_reuses_a_vision_profile(tmp_path, capsys):
 
     _spec("vit")
     model_dir = _write_config(tmp_path / "tiny-vit", "vit")
-    args = ["profile", "model", "--model_name_or_path", model_dir, "--seq_len", "17", "--micro_batch_sizes", "1", "2",
-            "--dtype", "fp32", "--device", "cpu", "--output", str(tmp_path / "vit.json"),
-            "--cache_dir", str(tmp_path / "cache"), "--warmup", "0", "--repeats", "1"]
+    args = [
+        "profile",
+        "model",
+        "--model_name_or_path",
+        model_dir,
+        "--seq_len",
+        "17",
+        "--micro_batch_sizes",
+        "1",
+        "2",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "vit.json"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+    ]
     assert main(args) == 0
     assert ModelProfile.load(tmp_path / "vit.json").seq_lens == [17]
     capsys.readouterr()

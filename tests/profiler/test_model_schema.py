@@ -14,14 +14,30 @@ from galvatron_hf.profiler.model_schema import (
 def make_profile(dtype: str = "bf16") -> ModelProfile:
     point = LayerMeasurement(2, 128, 128, 1e-3, 2e-3, 1.1e-3, 3.1e-3, 4096, 512, None, None)
     layer = LayerProfile(
-        kind="decoder_block", name="decoder_block.0", modules=["model.layers.0"], param_bytes=1000, params=500,
-        seq_len=128, kv_seq_len=128, forward=TokenFit(1e-5, 2e-6, 1e-10), backward=TokenFit(2e-5, 4e-6, 2e-10),
-        recompute=TokenFit(1e-5, 2e-6, 1e-10), activation_bytes_per_sample=2048.0,
-        checkpointed_bytes_per_sample=256.0, measurements=[point],
+        kind="decoder_block",
+        name="decoder_block.0",
+        modules=["model.layers.0"],
+        param_bytes=1000,
+        params=500,
+        seq_len=128,
+        kv_seq_len=128,
+        forward=TokenFit(1e-5, 2e-6, 1e-10),
+        backward=TokenFit(2e-5, 4e-6, 2e-10),
+        recompute=TokenFit(1e-5, 2e-6, 1e-10),
+        activation_bytes_per_sample=2048.0,
+        checkpointed_bytes_per_sample=256.0,
+        measurements=[point],
     )
     key = ProfileKey("abc", "llama", dtype, "cpu", "sdpa", {"torch": "2.11.0", "transformers": "5.17.0"})
-    return ModelProfile(key=key, model_name="tiny", architecture="LlamaForCausalLM", seq_len=128,
-                        micro_batch_sizes=[1, 2], seq_lens=[64, 128], layers={"decoder_block": layer})
+    return ModelProfile(
+        key=key,
+        model_name="tiny",
+        architecture="LlamaForCausalLM",
+        seq_len=128,
+        micro_batch_sizes=[1, 2],
+        seq_lens=[64, 128],
+        layers={"decoder_block": layer},
+    )
 
 
 def test_round_trip(tmp_path):

@@ -13,8 +13,16 @@ from galvatron_hf.planner.profiled_costs import ProfileMismatchWarning, profile_
 from galvatron_hf.profiler.hardware_schema import CollectiveFit, DeviceSpec, HardwareProfile, P2PFit
 from galvatron_hf.profiler.model_schema import LayerProfile, ModelProfile, ProfileKey, TokenFit, config_hash
 
-LLAMA = dict(model_type="llama", vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+LLAMA = dict(
+    model_type="llama",
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 
 
 def llama_spec(seq_len: int = 32):
@@ -23,11 +31,20 @@ def llama_spec(seq_len: int = 32):
 
 
 def hardware(world: int = 1) -> HardwareProfile:
-    fits = [CollectiveFit(op, n, "intra_node", 1e-5, 10.0) for op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
-            for n in (2, 4) if n <= world]
-    return HardwareProfile(name="cpu", num_nodes=1, gpus_per_node=world,
-                           device=DeviceSpec("cpu", 16.0, {"fp32": 0.1, "bf16": 0.1}, {"fp32": 0.1, "bf16": 0.1}),
-                           collectives=fits, p2p=[P2PFit("intra_node", 1e-5, 5.0)] if world > 1 else [])
+    fits = [
+        CollectiveFit(op, n, "intra_node", 1e-5, 10.0)
+        for op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+        for n in (2, 4)
+        if n <= world
+    ]
+    return HardwareProfile(
+        name="cpu",
+        num_nodes=1,
+        gpus_per_node=world,
+        device=DeviceSpec("cpu", 16.0, {"fp32": 0.1, "bf16": 0.1}, {"fp32": 0.1, "bf16": 0.1}),
+        collectives=fits,
+        p2p=[P2PFit("intra_node", 1e-5, 5.0)] if world > 1 else [],
+    )
 
 
 def hand_profile(spec, dtype: str = "fp32", device: str = "cpu") -> ModelProfile:
@@ -35,9 +52,18 @@ def hand_profile(spec, dtype: str = "fp32", device: str = "cpu") -> ModelProfile
     layers = {}
     for kind in ("embedding", "decoder_block", "final_norm", "head"):
         layers[kind] = LayerProfile(
-            kind=kind, name=kind, modules=[], param_bytes=0, params=0, seq_len=32, kv_seq_len=32,
-            forward=TokenFit(1e-4, 1e-6, 1e-9), backward=TokenFit(2e-4, 2e-6, 2e-9), recompute=TokenFit(1e-4, 1e-6, 1e-9),
-            activation_bytes_per_sample=1000.0, checkpointed_bytes_per_sample=100.0,
+            kind=kind,
+            name=kind,
+            modules=[],
+            param_bytes=0,
+            params=0,
+            seq_len=32,
+            kv_seq_len=32,
+            forward=TokenFit(1e-4, 1e-6, 1e-9),
+            backward=TokenFit(2e-4, 2e-6, 2e-9),
+            recompute=TokenFit(1e-4, 1e-6, 1e-9),
+            activation_bytes_per_sample=1000.0,
+            checkpointed_bytes_per_sample=100.0,
         )
     key = ProfileKey(config_hash(spec.config), spec.model_type, dtype, device, "sdpa")
     return ModelProfile(key, spec.name, spec.architecture, 32, [1, 2], [16, 32], layers)
@@ -90,8 +116,16 @@ def test_mismatches_are_named():
 
 def test_plan_estimate_uses_the_profile():
     _, spec = llama_spec()
-    plan = Plan(world_size=1, pp=1, schedule="1f1b", global_batch_size=4, num_micro_batches=2,
-                layers=[LayerStrategy(0, 1, 1)] * spec.num_blocks, seq_len=32, mixed_precision="fp32")
+    plan = Plan(
+        world_size=1,
+        pp=1,
+        schedule="1f1b",
+        global_batch_size=4,
+        num_micro_batches=2,
+        layers=[LayerStrategy(0, 1, 1)] * spec.num_blocks,
+        seq_len=32,
+        mixed_precision="fp32",
+    )
     compute = profiled_compute(hand_profile(spec), spec, hardware(), "fp32", "sdpa")
     profiled = estimate_plan(plan, spec, hardware(), compute=compute)
     analytic = estimate_plan(plan, spec, hardware())

@@ -9,8 +9,16 @@ import torch
 from galvatron_hf.cli import main
 from galvatron_hf.planner.plan import Plan
 
-LLAMA = dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+LLAMA = dict(
+    model_type="llama",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=64,
+)
 
 
 def test_search_command_plans_from_measured_files(tmp_path, capsys):
@@ -22,12 +30,50 @@ def test_search_command_plans_from_measured_files(tmp_path, capsys):
         (model_dir / "config.json").write_text(json.dumps(LLAMA))
         hw, model = str(tmp_path / "hw.json"), str(tmp_path / "model.json")
         assert main(["profile", "hardware", "--quick", "--output", hw]) == 0
-        assert main(["profile", "model", "--model_name_or_path", str(model_dir), "--seq_len", "32", "--micro_batch_sizes",
-                     "1", "2", "--dtype", "fp32", "--device", "cpu", "--output", model, "--cache_dir",
-                     str(tmp_path / "cache"), "--warmup", "0", "--repeats", "1"]) == 0
+        assert (
+            main(
+                [
+                    "profile",
+                    "model",
+                    "--model_name_or_path",
+                    str(model_dir),
+                    "--seq_len",
+                    "32",
+                    "--micro_batch_sizes",
+                    "1",
+                    "2",
+                    "--dtype",
+                    "fp32",
+                    "--device",
+                    "cpu",
+                    "--output",
+                    model,
+                    "--cache_dir",
+                    str(tmp_path / "cache"),
+                    "--warmup",
+                    "0",
+                    "--repeats",
+                    "1",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
-        search = ["search", "--model_name_or_path", str(model_dir), "--seq_len", "32", "--num_gpus", "1",
-                  "--hardware", hw, "--mixed_precision", "fp32", "--global_batch_size", "4"]
+        search = [
+            "search",
+            "--model_name_or_path",
+            str(model_dir),
+            "--seq_len",
+            "32",
+            "--num_gpus",
+            "1",
+            "--hardware",
+            hw,
+            "--mixed_precision",
+            "fp32",
+            "--global_batch_size",
+            "4",
+        ]
         assert main(search + ["--profile", model, "--output", str(tmp_path / "plan.json")]) == 0
         out = capsys.readouterr()
         shown = out.out + out.err  # where figures come from: stdout in the human report, stderr with --json
