@@ -35,6 +35,7 @@ from galvatron_hf.training.data import sharded_loader
 from galvatron_hf.training.launch import ensure_process_group
 from galvatron_hf.training.plans import BatchRequest, PlanOptions, choose_plan, describe_plan
 from galvatron_hf.training.report import PlanReportCallback
+from galvatron_hf.training.scheduler_state import load_scheduler_state
 
 logger = logging.getLogger(__name__)
 
@@ -343,16 +344,17 @@ class GalvatronTrainer(Trainer):
         """Model, optimizer and scheduler from a checkpoint of any layout (DCP reshards on load)."""
         if checkpoint is None:
             return
-        from galvatron_hf.parallel.checkpoint import load_checkpoint
+        from galvatron_hf.parallel.checkpoint import SCHEDULER_NAME, load_checkpoint
 
         state = load_checkpoint(
             checkpoint,
             model=self.model,
             optimizer=_unwrap_optimizer(self.optimizer),
-            lr_scheduler=self.lr_scheduler,
+            lr_scheduler=None,  # per-group lists differ between layouts: restored below
             plan=self.plan,
             restore_rng=True,
         )
+        load_scheduler_state(self.lr_scheduler, Path(checkpoint) / SCHEDULER_NAME)
         self._resumed_rng = _capture_rng()  # re-applied where the Trainer restores RNG (after skipping data)
         if self.parallel_model.scaler is not None and "loss_scale" in state.extra:
             self.parallel_model.scaler.scale = float(state.extra["loss_scale"])
