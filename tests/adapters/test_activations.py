@@ -33,18 +33,19 @@ def token_batch(config, seq_len: int, batch: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
-def compare(config, architecture, batch_fn, seq_len, attn_impl, dtype=torch.float32, checkpoint=False, batch=BATCH, check_blocks=True):
+def compare(config, architecture, batch_fn, seq_len, attn_impl, dtype=torch.float32, checkpoint=False, batch=BATCH,
+            check_blocks=True, device="cpu"):
     """Predicted and measured bytes per layer; asserts each block and the total are within tolerance."""
     config._attn_implementation = attn_impl
-    model = build_model(config, architecture).to(dtype).train()
+    model = build_model(config, architecture).to(device=device, dtype=dtype).train()
     spec = describe_model(model, seq_len=seq_len)
-    inputs = batch_fn(config, seq_len, batch)
+    inputs = {key: value.to(device) for key, value in batch_fn(config, seq_len, batch).items()}
     measured = measure_saved_bytes(model, spec, lambda: model(**inputs).loss, checkpoint_blocks=checkpoint)
     dtype_bytes = torch.finfo(dtype).bits // 8
     predicted = {
         layer.name: batch * layer.activation_bytes(
             dtype_bytes=dtype_bytes, checkpoint=checkpoint and layer.is_block, attn_impl=attn_impl,
-            mask_bytes=dtype_bytes,
+            mask_bytes=dtype_bytes if device == "cpu" else 1,  # CUDA dropout keeps bool masks
         )
         for layer in spec.layers
     }
@@ -222,3 +223,28 @@ def test_bf16_eager(family):
 
 def test_bert_gelu_new_activation_internals():
     compare(bert_config(hidden_act="gelu_new"), "BertForMaskedLM", token_batch, 32, "eager")
+
+
+# ----- CUDA (run by the lead on the GPU machine): fused SDPA kernels, bool dropout masks, bf16 --------------
+
+GPU_CASES = {
+    "llama": (lambda: llama_config(attention_dropout=0.1), "LlamaForCausalLM", token_batch, 32),
+    "gpt2": (gpt2_config, "GPT2LMHeadModel", token_batch, 32),
+    "bert": (bert_config, "BertForMaskedLM", token_batch, 32),
+    "vit": (lambda: vit_config(attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1),
+            "ViTForImageClassification", image_batch, 17),
+    "t5": (t5_config, "T5ForConditionalGeneration", seq2seq_batch, 32),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", sorted(GPU_CASES))
+def test_cuda_bf16_with_dropout(family, attn_impl, checkpoint):
+    make_config, architecture, batch_fn, seq_len = GPU_CASES[family]
+    # T5 keeps one relative position bias per micro-batch (and SDPA a masked copy per decoder block):
+    # a batch of 8 keeps that small next to what the samples keep
+    batch = 8 if family == "t5" else BATCH
+    compare(make_config(), architecture, batch_fn, seq_len, attn_impl, dtype=torch.bfloat16, checkpoint=checkpoint,
+            batch=batch, check_blocks=not (family == "t5" and checkpoint), device="cuda")
