@@ -103,3 +103,23 @@ def _assert_planner_plans_from(hardware: HardwareProfile, gpus: int) -> None:
     plan.validate(world_size=gpus, spec=spec)
     assert plan.predicted is not None and plan.predicted.source == "profiled"
     assert plan.predicted.step_time_s > 0
+
+
+@pytest.mark.distributed
+def test_cli_under_torchrun_writes_one_file(tmp_path):
+    """The launcher path: torchrun starts the ranks, the command builds the process group, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    output = tmp_path / "hw2.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "galvatron_hf.cli", "profile", "hardware", "--quick", "--no_overlap",
+               "--message_sizes", "4096", "65536", "--output", str(output)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    profile = HardwareProfile.load(output)
+    assert (profile.world_size, profile.backend) == (2, "gloo")
+    assert {c.op for c in profile.collectives} == set(COLLECTIVES)
+    assert "wrote" in done.stderr and "[profile hardware" in done.stderr
