@@ -380,7 +380,10 @@ class PipelineRunner:
         from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
 
         cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[self.plan.schedule]
-        return cls(self._stage, self.plan.num_micro_batches, loss_fn=self._loss, scale_grads=False)
+        # our micro-batch losses already sum to the batch loss: the schedule must not divide gradients by the
+        # number of micro-batches (older torch releases never did and have no ``scale_grads``)
+        extras = {"scale_grads": False} if "scale_grads" in inspect.signature(cls.__init__).parameters else {}
+        return cls(self._stage, self.plan.num_micro_batches, loss_fn=self._loss, **extras)
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Micro-batch loss: sum of its item losses over the label items of the whole global batch."""

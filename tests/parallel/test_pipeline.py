@@ -121,23 +121,38 @@ def make_plan(pp: int, stages: list[int], schedule: str = "gpipe", micro_batches
     )  # fmt: skip
 
 
+# GPT-2 (tied embeddings) accumulates two train_steps per optimizer step: the tied-gradient exchange must add
+# only what each step computed. Every other family takes one.
+ACCUMULATION = {"gpt2": 2}
+
+
+def step_batches(family: str, step: int) -> list[dict[str, torch.Tensor]]:
+    return [make_batch(family, 10 * step + k) for k in range(ACCUMULATION.get(family, 1))]
+
+
 def reference_run(family: str, tied: bool = True) -> dict:
-    """Single process: loss per step, gradients of the last step and weights after the last step, by HF name."""
+    """Single process: loss per step, gradients of the last step and weights after the last step, by HF name.
+
+    Evaluates before and after training (the pipeline must evaluate correctly before its first train step).
+    """
     model = build_model(family, tied)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    with torch.no_grad():
+        eval_losses = [model(**make_batch(family, 99)).loss.item()]
     losses, grads = [], {}
     for step in range(STEPS):
         optimizer.zero_grad()
-        loss = model(**make_batch(family, step)).loss
-        loss.backward()
-        losses.append(loss.item())
+        for batch in step_batches(family, step):
+            loss = model(**batch).loss
+            loss.backward()
+            losses.append(loss.item())
         if step == STEPS - 1:
             grads = {n: p.grad.clone() for n, p in model.named_parameters(remove_duplicate=False)}
         optimizer.step()
     with torch.no_grad():
-        eval_loss = model(**make_batch(family, STEPS)).loss.item()
+        eval_losses.append(model(**make_batch(family, STEPS)).loss.item())
     weights = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
-    return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_loss}
+    return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_losses}
 
 
 # ----- what every rank runs ------------------------------------------------------------------------------
@@ -152,21 +167,23 @@ def pipeline_run(family: str, plan: Plan, tied: bool = True) -> dict:
     layout = prune_to_stage(model, spec, plan, stage)
     runner = PipelineRunner(model, spec, layout, plan, pp_group, device="cpu")
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    eval_losses = [runner.eval_step(make_batch(family, 99)).item()]
     losses, grads = [], {}
     for step in range(STEPS):
         optimizer.zero_grad()
-        losses.append(runner.train_step(make_batch(family, step)).item())
+        for batch in step_batches(family, step):
+            losses.append(runner.train_step(batch).item())
         if step == STEPS - 1:
             grads = {n: p.grad.clone() for n, p in model.named_parameters(remove_duplicate=False)}
         optimizer.step()
-    eval_loss = runner.eval_step(make_batch(family, STEPS)).item()
+    eval_losses.append(runner.eval_step(make_batch(family, STEPS)).item())
     weights = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
     assert stage_layout(model) is layout
     return {
         "losses": losses,
         "grads": grads,
         "weights": weights,
-        "eval_loss": eval_loss,
+        "eval_loss": eval_losses,
         "names": stage_parameter_names(model),
         "tied": layout.tied,
         "blocks": layout.block_roots,
@@ -256,16 +273,18 @@ def parallelized_run(family: str, plan: Plan, tied: bool) -> dict:
     def my_part(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.chunk(pm.data_size)[pm.data_rank] for k, v in batch.items()}
 
+    eval_losses = [pm.eval_step(my_part(make_batch(family, 99))).item()]
     losses, grads = [], {}
     for step in range(STEPS):
         optimizer.zero_grad()
-        losses.append(pm.train_step(my_part(make_batch(family, step))).item())
+        for batch in step_batches(family, step):
+            losses.append(pm.train_step(my_part(batch)).item())
         if step == STEPS - 1:
             grads = {n: _full(p.grad).clone() for n, p in pm.module.named_parameters(remove_duplicate=False)}
         pm.step(optimizer)
-    eval_loss = pm.eval_step(my_part(make_batch(family, STEPS))).item()
+    eval_losses.append(pm.eval_step(my_part(make_batch(family, STEPS))).item())
     weights = {n: _full(p.detach()).clone() for n, p in pm.module.named_parameters(remove_duplicate=False)}
-    return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_loss}
+    return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_losses}
 
 
 def _run_four_rank_cases(rank: int, world_size: int, composed: list, pipelined: list) -> dict:
