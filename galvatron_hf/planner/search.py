@@ -182,23 +182,20 @@ def vocab_supports(spec: ModelSpec, tp: int) -> bool:
 # ----- the per-config solver ----------------------------------------------------------------------------
 @dataclass
 class _Run:
-    """DP tables of one pass over blocks start, start+1, ...: ``tables[n]`` is (units+1, T) for n+1 blocks."""
+    """DP tables of one pass over blocks start, start+1, ...: ``tables[n]`` is (T, units+1) for n+1 blocks.
+
+    ``memory[n]`` holds the exact bytes of the path kept in each cell; ``choices`` / ``previous`` (when
+    tracked) the slot chosen per cell and the TP degree the path came from, for backtracking.
+    """
 
     tables: list[np.ndarray]
     choices: list[np.ndarray] = field(default_factory=list)
     previous: list[np.ndarray] = field(default_factory=list)
-    cumulative: list[np.ndarray] = field(default_factory=list)
     memory: list[np.ndarray] = field(default_factory=list)
     _stacked: np.ndarray | None = None
     _stacked_memory: np.ndarray | None = None
     _prefix: np.ndarray | None = None
     _within: dict = field(default_factory=dict)
-
-    def at(self, avail: int, limit: int) -> np.ndarray:
-        """(limit, T): least time of 1..limit blocks within ``avail`` units, per final tp."""
-        if self._stacked is None:
-            self._stacked = np.stack(self.cumulative)
-        return self._stacked[:limit, avail, :]
 
     def within(self, avail: int, limit: int, budget_bytes: float) -> np.ndarray:
         """(limit, T): least time over cells of at most ``avail`` units whose exact bytes fit the budget.
@@ -212,17 +209,17 @@ class _Run:
         if cached is not None:
             return cached[:limit]
         if self._stacked is None:
-            self._stacked = np.stack(self.tables)
+            self._stacked = np.stack(self.tables)  # (n, T, units + 1)
             self._stacked_memory = np.stack(self.memory)
-            self._prefix = np.minimum.accumulate(self._stacked, axis=1)
+            self._prefix = np.minimum.accumulate(self._stacked, axis=2)
         requested, limit = limit, len(self.tables)  # computed once for every count; callers slice
         low = avail - limit
         top = slice(max(low + 1, 0), avail + 1)
-        times = self._stacked[:limit, top]
-        fits = self._stacked_memory[:limit, top] <= budget_bytes
-        best = np.where(fits, times, np.inf).min(axis=1)
+        times = self._stacked[:, :, top]
+        fits = self._stacked_memory[:, :, top] <= budget_bytes
+        best = np.where(fits, times, np.inf).min(axis=2)
         if low >= 0:
-            best = np.minimum(best, self._prefix[:limit, low])
+            best = np.minimum(best, self._prefix[:, :, low])
         self._within[key] = best
         return best[:requested]
 
@@ -347,7 +344,7 @@ class _ConfigSolver:
         return caps
 
     def _rows(self, sig: int, k: int, unit: float, units: int, rounding: str, cap: float) -> np.ndarray:
-        """Flat indices into ``pre`` (units + 2, T): where each (memory level, strategy) comes from."""
+        """(S, units + 1) flat indices into ``pre`` (T, units + 2): where each (strategy, level) comes from."""
         key = (sig, k, unit, units, rounding, cap)
         rows = self._rows_cache.get(key)
         if rows is None:
@@ -360,9 +357,9 @@ class _ConfigSolver:
             else:
                 need = np.round(mem)
             need = np.where(np.isfinite(times) & (work <= cap + 1e-6), need, units + 1).astype(np.int64)
-            rows = np.arange(units + 1)[:, None] - np.minimum(need, units + 1)[None, :]
-            rows = np.where(rows < 0, units + 1, rows)  # the padding row is all inf
-            rows = rows * len(self.tps) + self.tp_of[None, :]
+            rows = np.arange(units + 1)[None, :] - np.minimum(need, units + 1)[:, None]
+            rows = np.where(rows < 0, units + 1, rows)  # the padding column is all inf
+            rows = rows + self.tp_of[:, None] * (units + 2)
             self._rows_cache[key] = rows
         return rows
 
@@ -377,50 +374,48 @@ class _ConfigSolver:
         cap: float,
         max_blocks: int,
         track: bool = False,
-        exact_memory: bool = False,
+        exact_memory: bool = True,
     ) -> _Run:
-        """DP over blocks start.. : tables[n][m, t] = least time of n+1 blocks using exactly m units, last tp t.
+        """DP over blocks start.. : tables[n][t, m] = least time of n+1 blocks using exactly m units, last tp t.
 
-        With ``exact_memory`` it also carries the exact bytes of the path kept in each cell (``memory``), so
-        a caller can discard cells whose rounded-down units hide an overflow.
+        Arrays are (T, units) with the memory levels last, so every reduction (over the previous tp, over the
+        slots of one tp) runs over a leading axis: element-wise minima of contiguous rows, which numpy does
+        fast. With ``exact_memory`` the exact bytes of the path kept in each cell are carried along.
         """
         n_t, n_slots = len(self.tps), len(SLOTS)
         sig = self.ctx.sig
         result = _Run([])
         best = best_mem = None
-        pad = np.full((1, n_t), np.inf)
+        pad = np.full((n_t, 1), np.inf)
         for n in range(max_blocks):
             index = start + n
             if n == 0:
-                pre = np.full((units + 2, n_t), np.inf)
-                pre[0] = 0.0 if init is None else init
-                pre_mem = np.zeros((units + 2, n_t))
+                pre = np.full((n_t, units + 2), np.inf)
+                pre[:, 0] = 0.0 if init is None else init
+                pre_mem = np.zeros((n_t, units + 2))
             else:
-                through = best[:, :, None] + self.switch[sig[index - 1]][None, :, :]
-                pre = np.vstack([through.min(axis=1), pad])
+                through = best[:, None, :] + self.switch[sig[index - 1]][:, :, None]  # (from, to, m)
+                pre = np.hstack([through.min(axis=0), pad])
                 if track or exact_memory:
-                    came_from = through.argmin(axis=1)
+                    came_from = through.argmin(axis=0)  # (to, m)
                 if track:
                     result.previous.append(came_from)
                 if exact_memory:
-                    pre_mem = np.vstack([np.take_along_axis(best_mem, came_from, axis=1), pad])
+                    pre_mem = np.hstack([np.take_along_axis(best_mem, came_from, axis=0), pad])
             times, static, act, _ = self.arrays[sig[index]]
             rows = self._rows(sig[index], k, unit, units, rounding, cap)
-            candidates = (pre.ravel().take(rows) + times[None, :]).reshape(units + 1, n_t, n_slots)
-            best = candidates.min(axis=2)
+            candidates = (pre.ravel().take(rows) + times[:, None]).reshape(n_t, n_slots, units + 1)
+            best = candidates.min(axis=1)
             if track or exact_memory:
-                slot = candidates.argmin(axis=2)
+                slot = candidates.argmin(axis=1)  # (T, m)
             if track:
                 result.choices.append(slot)
             if exact_memory:
-                mem = static + k * act
-                chosen = np.arange(n_t)[None, :] * n_slots + slot  # (units + 1, T) strategy index
-                origin = np.take_along_axis(rows, chosen, axis=1)
-                best_mem = pre_mem.ravel().take(origin) + mem[chosen]
+                origin = np.take_along_axis(rows.reshape(n_t, n_slots, units + 1), slot[:, None, :], axis=1)[:, 0]
+                mem = (static + k * act).reshape(n_t, n_slots)
+                best_mem = pre_mem.ravel().take(origin) + np.take_along_axis(mem, slot, axis=1)
                 result.memory.append(best_mem)
             result.tables.append(best)
-            if not exact_memory:
-                result.cumulative.append(np.minimum.accumulate(best, axis=0))
             if not np.isfinite(best).any():
                 break
         return result
@@ -751,21 +746,20 @@ def _build_plan(solver: _ConfigSolver, vocab: VocabStrategy, choices: list[_Stag
         avail = min(int(math.floor(budget_bytes / unit + 1e-9)), EXACT_UNITS)
         count = choice.end - choice.start
         init = solver.init_vector(choice.start, tp_in)
-        run = solver.run(choice.start, k, init, unit, EXACT_UNITS, rounding, choice.cap, count, track=True,
-                         exact_memory=True)
-        times = run.tables[count - 1][: avail + 1, choice.tp_out]
-        fits = run.memory[count - 1][: avail + 1, choice.tp_out] <= budget_bytes
+        run = solver.run(choice.start, k, init, unit, EXACT_UNITS, rounding, choice.cap, count, track=True)
+        times = run.tables[count - 1][choice.tp_out, : avail + 1]
+        fits = run.memory[count - 1][choice.tp_out, : avail + 1] <= budget_bytes
         m = int(np.argmin(np.where(fits, times, np.inf)))
         t = choice.tp_out
         picked = []
         for step in range(count - 1, -1, -1):
-            slot = int(run.choices[step][m, t])
+            slot = int(run.choices[step][t, m])
             s = t * len(SLOTS) + slot
             picked.append(s)
             rows = solver._rows(ctx.sig[choice.start + step], k, unit, EXACT_UNITS, rounding, choice.cap)
-            m = int(rows[m, s]) // len(solver.tps)
+            m = int(rows[s, m]) - t * (EXACT_UNITS + 2)
             if step:
-                t = int(run.previous[step - 1][m, t])
+                t = int(run.previous[step - 1][t, m])
         stage_layers = []
         for s in reversed(picked):
             tp, dp, dp_type, checkpoint = solver.strategies[s]
