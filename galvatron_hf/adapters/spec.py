@@ -82,6 +82,11 @@ class ActivationModel:
     eager_scores_cast: float = 0.0  # per token and key: their dtype copy, split by TP; free when dtype is fp32
     eager_scores_bool: float = 0.0  # per token and key: 1-byte dropout masks on probabilities, split by TP
     index_replicated: float = 0.0  # int64 elements kept whole (token ids an embedding saves, loss labels)
+    # Kept once per micro-batch whatever its size (T5's relative position bias, shared by the samples); TOTAL
+    # elements, not per token; only ``bytes_per_micro_batch`` adds them:
+    batch_index: float = 0.0  # int64 elements, not split, without checkpointing (position buckets)
+    batch_fused: float = 0.0  # dtype elements split by TP, SDPA without checkpointing (bias handed to the kernel)
+    batch_checkpointed: float = 0.0  # dtype elements split by TP, when checkpointed (bias passed between blocks)
 
     def bytes_per_sample(
         self,
@@ -116,6 +121,26 @@ class ActivationModel:
         else:
             per_token += self.fused_attention / tp * dtype_bytes
         return per_token * seq_len
+
+    def bytes_per_micro_batch(
+        self,
+        samples: float,
+        seq_len: int,
+        tp: int = 1,
+        dtype_bytes: int = 2,
+        checkpoint: bool = False,
+        attn_impl: AttentionImpl = "sdpa",
+        kv_seq_len: int | None = None,
+        mask_bytes: int = 1,
+    ) -> float:
+        """Bytes one micro-batch of ``samples`` keeps on one TP rank: the per-sample bytes times ``samples``
+        plus what the samples share (T5's position bias), which ``bytes_per_sample`` leaves out."""
+        per_sample = self.bytes_per_sample(seq_len, tp, dtype_bytes, checkpoint, attn_impl, kv_seq_len, mask_bytes)
+        if checkpoint:
+            shared = self.batch_checkpointed / tp * dtype_bytes
+        else:
+            shared = self.batch_index * 8 + (self.batch_fused / tp * dtype_bytes if attn_impl != "eager" else 0)
+        return samples * per_sample + shared
 
 
 @dataclass(frozen=True)
@@ -156,6 +181,20 @@ class LayerSpec:
         """Activation bytes saved for backward per sample on one TP rank (see ``ActivationModel``)."""
         return self.activation.bytes_per_sample(
             self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes
+        )
+
+    def activation_bytes_per_micro_batch(
+        self,
+        samples: float,
+        tp: int = 1,
+        dtype_bytes: int = 2,
+        checkpoint: bool = False,
+        attn_impl: AttentionImpl = "sdpa",
+        mask_bytes: int = 1,
+    ) -> float:
+        """Activation bytes of a micro-batch of ``samples`` on one TP rank, shared per-batch tensors included."""
+        return self.activation.bytes_per_micro_batch(
+            samples, self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes
         )
 
     def max_tp(self) -> int:

@@ -89,9 +89,15 @@ def norm_activation(d: T5Dims, count: int) -> dict[str, float]:
     }
 
 
-def encoder_block_activation(d: T5Dims) -> ActivationModel:
+def encoder_block_activation(d: T5Dims, seq_len: int, index: int) -> ActivationModel:
+    """Block 0 computes the relative position bias all encoder blocks share (one per micro-batch): it keeps
+    the int64 buckets; SDPA keeps the bias it is handed and checkpointed blocks keep it as an input."""
     norms = norm_activation(d, 2)
+    bias = d.heads * seq_len * seq_len if index == 0 else 0
     return ActivationModel(
+        batch_index=seq_len * seq_len if index == 0 else 0,
+        batch_fused=bias,
+        batch_checkpointed=bias,
         replicated=norms["replicated"],
         upcast_replicated=norms["upcast_replicated"],
         fp32_replicated=norms["fp32_replicated"],
@@ -105,14 +111,24 @@ def encoder_block_activation(d: T5Dims) -> ActivationModel:
     )
 
 
-def decoder_block_activation(d: T5Dims, seq_len: int, kv_seq_len: int) -> ActivationModel:
+def decoder_block_activation(d: T5Dims, seq_len: int, kv_seq_len: int, index: int) -> ActivationModel:
     """Per decoder token; cross-attention K/V (per encoder token) and self-attention scores (per decoder key)
-    are rescaled to the layer's lengths, since per-key terms are multiplied by ``kv_seq_len``."""
+    are rescaled to the layer's lengths, since per-key terms are multiplied by ``kv_seq_len``.
+
+    Per micro-batch: block 0 keeps the buckets; the self-attention bias and the (zero) cross-attention bias
+    are shared by the blocks (SDPA, checkpointing), and under SDPA every block keeps its own causal-masked
+    copy of the self-attention bias.
+    """
     norms = norm_activation(d, 3)
+    self_bias = d.heads * seq_len * seq_len
+    shared = self_bias + d.heads * seq_len * kv_seq_len if index == 0 else 0
     kv_per_token = kv_seq_len / seq_len
     self_keys_per_cross_key = seq_len / kv_seq_len
     probs = d.heads * (2 if d.dropout else 1)
     return ActivationModel(
+        batch_index=seq_len * seq_len if index == 0 else 0,
+        batch_fused=shared + self_bias,
+        batch_checkpointed=shared,
         replicated=norms["replicated"],
         upcast_replicated=norms["upcast_replicated"],
         fp32_replicated=norms["fp32_replicated"],
@@ -189,7 +205,7 @@ class T5Adapter(FamilyAdapter):
             params=attention + bias + ffn_params(d) + 2 * d.hidden,
             tp_params=attention + bias + ffn_params(d),
             forward_flops=flops + attention_core_flops(seq_len, seq_len, d.heads, d.head_dim),
-            activation=encoder_block_activation(d),
+            activation=encoder_block_activation(d, seq_len, index),
             tp_rules=attention_rules("layer.0.SelfAttention", index == 0) + ffn_rules(d, 1),
             tp_attributes=(
                 TPAttribute("layer.0.SelfAttention", "n_heads"),
@@ -220,7 +236,7 @@ class T5Adapter(FamilyAdapter):
             params=attention + bias + ffn_params(d) + 3 * d.hidden,
             tp_params=attention + bias + ffn_params(d),
             forward_flops=flops,
-            activation=decoder_block_activation(d, seq_len, kv_seq_len),
+            activation=decoder_block_activation(d, seq_len, kv_seq_len, index),
             tp_rules=attention_rules("layer.0.SelfAttention", index == 0)
             + attention_rules("layer.1.EncDecAttention", False)
             + ffn_rules(d, 2),

@@ -43,8 +43,8 @@ def compare(config, architecture, batch_fn, seq_len, attn_impl, dtype=torch.floa
     measured = measure_saved_bytes(model, spec, lambda: model(**inputs).loss, checkpoint_blocks=checkpoint)
     dtype_bytes = torch.finfo(dtype).bits // 8
     predicted = {
-        layer.name: batch * layer.activation_bytes(
-            dtype_bytes=dtype_bytes, checkpoint=checkpoint and layer.is_block, attn_impl=attn_impl,
+        layer.name: layer.activation_bytes_per_micro_batch(
+            batch, dtype_bytes=dtype_bytes, checkpoint=checkpoint and layer.is_block, attn_impl=attn_impl,
             mask_bytes=dtype_bytes if device == "cpu" else 1,  # CUDA dropout keeps bool masks
         )
         for layer in spec.layers
@@ -197,15 +197,19 @@ def test_t5_eager(proj, dropout):
 
 
 def test_t5_checkpointing():
-    # the relative position bias handed from block to block is one tensor per micro-batch (not per sample):
-    # a batch of 8 keeps it small next to what the samples keep. It is saved by the first block that receives
-    # it as an input, so only the total is compared.
+    # checkpointed blocks keep their input; the relative position bias handed from block to block is one
+    # tensor per micro-batch, saved by the first block that receives it: only the total is compared per layer
     predicted, measured = compare(
-        t5_config(), "T5ForConditionalGeneration", seq2seq_batch, 32, "eager", checkpoint=True, batch=8,
-        check_blocks=False,
+        t5_config(), "T5ForConditionalGeneration", seq2seq_batch, 32, "eager", checkpoint=True, check_blocks=False,
     )
-    hidden_states = 8 * 32 * 64 * 4
-    assert measured.per_layer["encoder_block.0"] == hidden_states  # a checkpointed block keeps its input
+    assert measured.per_layer["encoder_block.0"] == BATCH * 32 * 64 * 4  # a checkpointed block keeps its input
+
+
+def test_t5_per_micro_batch_terms_are_what_block_0_adds():
+    """Without them, block 0 of each stack is off by the position buckets (int64, one set per micro-batch)."""
+    predicted, measured = compare(t5_config(dropout_rate=0.0), "T5ForConditionalGeneration", seq2seq_batch, 32, "eager")
+    assert measured.per_layer["encoder_block.0"] - measured.per_layer["encoder_block.1"] == 32 * 32 * 8
+    assert predicted["encoder_block.0"] == measured.per_layer["encoder_block.0"]
 
 
 # ----- bf16 (CPU supports it): the fp32 upcasts, casts and loss dtypes the adapters price ------------------
@@ -243,8 +247,5 @@ GPU_CASES = {
 @pytest.mark.parametrize("family", sorted(GPU_CASES))
 def test_cuda_bf16_with_dropout(family, attn_impl, checkpoint):
     make_config, architecture, batch_fn, seq_len = GPU_CASES[family]
-    # T5 keeps one relative position bias per micro-batch (and SDPA a masked copy per decoder block):
-    # a batch of 8 keeps that small next to what the samples keep
-    batch = 8 if family == "t5" else BATCH
     compare(make_config(), architecture, batch_fn, seq_len, attn_impl, dtype=torch.bfloat16, checkpoint=checkpoint,
-            batch=batch, check_blocks=not (family == "t5" and checkpoint), device="cuda")
+            check_blocks=not (family == "t5" and checkpoint), device="cuda")
