@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from galvatron_hf.parallel.hf_weights import tied_weight_sources
+from galvatron_hf.parallel.hf_weights import single_process_dcp_is_intended, tied_weight_sources
 from galvatron_hf.planner.plan import Plan
 
 CHECKPOINT_FORMAT = "galvatron_hf.checkpoint"
@@ -120,9 +120,9 @@ def save_checkpoint(
 def _dcp_save(staging: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     dcp_dir = staging / DCP_DIR
     try:
-        dcp.save(
-            _state_for(model, optimizer), storage_writer=dcp.FileSystemWriter(str(dcp_dir)), no_dist=not _distributed()
-        )
+        with single_process_dcp_is_intended():
+            writer = dcp.FileSystemWriter(str(dcp_dir))
+            dcp.save(_state_for(model, optimizer), storage_writer=writer, no_dist=not _distributed())
     except (Exception, CheckpointException) as err:  # DCP's collective error is a BaseException
         raise CheckpointError(
             f"writing model/optimizer shards into {dcp_dir} failed ({err}); the previous checkpoint, if any, "
@@ -190,6 +190,8 @@ def _write_model_config(staging: Path, model: nn.Module) -> None:
         return
     config = copy.deepcopy(config)
     config.architectures = [hf_class_name(model)]
+    if getattr(config, "use_cache", None) is False:
+        config.use_cache = True  # parallelize turns the KV cache off for training; the exported model generates
     config.to_json_file(str(staging / CONFIG_NAME))
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and hasattr(generation_config, "to_json_file"):
@@ -339,7 +341,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"galvatron_hf reads {CHECKPOINT_FORMAT!r} version {CHECKPOINT_VERSION}"
         )
     if not (path / DCP_DIR / ".metadata").is_file():
-        raise CheckpointError(f"{path} is incomplete: the model/optimizer index {path / DCP_DIR / '.metadata'} is missing")
+        index = path / DCP_DIR / ".metadata"
+        raise CheckpointError(f"{path} is incomplete: the model/optimizer index {index} is missing")
     return manifest
 
 
@@ -357,7 +360,9 @@ def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     try:
         _load_by_stored_names(dcp_dir, state, wanted, names)
     except (Exception, CheckpointException) as err:
-        raise CheckpointError(f"reading model/optimizer shards from {dcp_dir} failed (corrupt or truncated?): {err}") from err
+        raise CheckpointError(
+            f"reading model/optimizer shards from {dcp_dir} failed (corrupt or truncated?): {err}"
+        ) from err
     if optimizer is None:
         set_model_state_dict(model, state[MODEL_KEY], options=STATE_DICT_OPTIONS)
     else:
@@ -424,7 +429,8 @@ def _load_by_stored_names(
     for index in range(_max_over_ranks(len(passes))):
         mapping = passes[index] if index < len(passes) else {}
         batch = {stored: state[wanted[name][0]][wanted[name][1]] for stored, name in mapping.items()}
-        dcp.load(batch, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=not _distributed())
+        with single_process_dcp_is_intended():
+            dcp.load(batch, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=not _distributed())
         for stored, name in mapping.items():  # non-tensor entries are replaced, not filled in place
             group, key = wanted[name]
             state[group][key] = batch[stored]
@@ -576,7 +582,8 @@ def load_full_weights(path: Path, model: nn.Module) -> None:
             "is the config the one the model was trained with?"
         )
     to_load = {key: value for key, value in state.items() if key in stored}
-    dcp.load({MODEL_KEY: to_load}, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=True)
+    with single_process_dcp_is_intended():
+        dcp.load({MODEL_KEY: to_load}, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=True)
     model.load_state_dict(to_load, strict=False)
     _fill_tie_targets(model, stored, ties)
 

@@ -14,10 +14,12 @@ embedding, T5's ``shared``) are read from the tensor the file stores, whichever 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,10 +279,19 @@ def load_hf_pretrained(model: nn.Module, pretrained_dir: str | os.PathLike, *, s
     _check_shapes(pretrained_dir, found, state_dict)
     to_load = {key: state_dict[key] for key in found}
     single_process = not (dist.is_available() and dist.is_initialized())
-    dcp_load(to_load, storage_reader=SafetensorsSliceReader(found), no_dist=single_process)
+    with single_process_dcp_is_intended():
+        dcp_load(to_load, storage_reader=SafetensorsSliceReader(found), no_dist=single_process)
     # DCP wrote into the tensors get_model_state_dict returned; set them too in case a wrapper returned copies
     set_model_state_dict(model, to_load, options=_partial_options())
     return missing
+
+
+@contextlib.contextmanager
+def single_process_dcp_is_intended() -> Iterator[None]:
+    """Silence DCP's warning that it runs without a process group: for us that is a deliberate mode."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _partial_options() -> Any:

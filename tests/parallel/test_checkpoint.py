@@ -2,11 +2,11 @@
 
 Launches (each grouped, gloo, 1 thread per rank):
   A  4 ranks, TP2 x ZeRO-3 2: train 2 steps, save; a save that fails in the writer leaves it intact.
-  B  2 ranks, FSDP2 (meta-initialised): resume; model, optimizer, scheduler, step, RNG equal; the next step
-     matches A's; T5 under FSDP2 saves a checkpoint for the export test.
   C  1 rank, plain model: resume, then the process dies in the middle of a save to the same directory.
-  D  2 ranks, 2-stage pipeline split: resume (after C's crash), then save again from the stages.
-Export (one process) of A's and D's checkpoints gives from_pretrained logits equal to A's parallel model.
+  B  2 ranks (after C's crash), FSDP2 (meta-initialised): resume; model, optimizer, scheduler, step, RNG
+     equal; the next step matches A's. Then a 2-stage pipeline split (one stage per rank): resume, save
+     again from the stages. T5 under FSDP2 saves a checkpoint for the export test.
+Export (one process) of A's and the stages' checkpoints gives from_pretrained logits equal to A's model.
 """
 
 from __future__ import annotations
@@ -81,8 +81,12 @@ def full_states(model, optimizer) -> tuple[dict, dict]:
     """Model and optimizer state as full tensors on every rank (keys: HF names; optimizer flattened by name)."""
     options = StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    snapshot = lambda state: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}  # noqa: E731
-    return snapshot(model_state), snapshot(optim_state)  # "step" entries alias the live optimizer state
+    return _snapshot(model_state), _snapshot(optim_state)
+
+
+def _snapshot(state: dict) -> dict:
+    """Copies: some entries (AdamW's "step") are the live optimizer tensors, which later steps change."""
+    return {key: v.detach().clone() if isinstance(v, torch.Tensor) else v for key, v in state.items()}
 
 
 def logits_of(model) -> torch.Tensor:
@@ -126,7 +130,9 @@ def _train_save_and_fail_a_save(rank: int, world_size: int, ckpt: str) -> dict:
     random.seed(100 + rank)
     torch.manual_seed(200 + rank)
     plan = make_plan(4, pp=1, tp=2, dp_type="zero3")
-    save_checkpoint(ckpt, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=plan, step=SAVED_STEP, extra=EXTRA)
+    save_checkpoint(
+        ckpt, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=plan, step=SAVED_STEP, extra=EXTRA
+    )
     draws = rng_draws()
     model_state, optim_state = full_states(model, optimizer)
     logits = logits_of(model)
@@ -156,7 +162,7 @@ def _train_save_and_fail_a_save(rank: int, world_size: int, ckpt: str) -> dict:
 # ----- launch B: FSDP2 on 2 ranks, meta-initialised; plus a T5 checkpoint --------------------------------------
 
 
-def _resume_in_fsdp2(rank: int, world_size: int, ckpt: str, t5_ckpt: str) -> dict:
+def _resume_in_fsdp2_and_in_stages(rank: int, world_size: int, ckpt: str, t5_ckpt: str, stage_ckpt: str) -> dict:
     with torch.device("meta"):
         model = LlamaForCausalLM(llama_config())
     apply_tp_fsdp(model, tp=1, dp=2)
@@ -174,6 +180,8 @@ def _resume_in_fsdp2(rank: int, world_size: int, ckpt: str, t5_ckpt: str) -> dic
     train_step(model, optimizer, scheduler)
     next_model_state, _ = full_states(model, optimizer)
 
+    stages = _resume_in_pipeline_stages(rank, ckpt, stage_ckpt)
+
     torch.manual_seed(5)
     t5 = apply_tp_fsdp(T5ForConditionalGeneration(t5_config()), tp=1, dp=2)
     t5_optimizer, t5_scheduler = make_optimizer(t5)
@@ -182,7 +190,7 @@ def _resume_in_fsdp2(rank: int, world_size: int, ckpt: str, t5_ckpt: str) -> dic
     t5.eval()
     with torch.no_grad():
         t5_logits = t5(input_ids=batch(), decoder_input_ids=batch()).logits
-    result = {"state": state, "draws": draws, "lr": lr_after_load, "scheduler_epoch": scheduler_epoch}
+    result = {"state": state, "draws": draws, "lr": lr_after_load, "scheduler_epoch": scheduler_epoch, "stage": stages}
     if rank == 0:
         result.update(model=model_state, optim=optim_state, next_model=next_model_state, t5_logits=t5_logits)
     return result
@@ -205,10 +213,8 @@ def _resume_plain_then_die_mid_save(rank: int, world_size: int, ckpt: str, repor
         save_checkpoint(ckpt, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=None, step=99)
 
 
-# ----- launch D: a 2-stage pipeline split on 2 ranks ----------------------------------------------------------
-
-
-def _resume_in_pipeline_stages(rank: int, world_size: int, ckpt: str, stage_ckpt: str) -> dict:
+def _resume_in_pipeline_stages(rank: int, ckpt: str, stage_ckpt: str) -> dict:
+    """Each of the 2 ranks is one stage of a 2-stage split (plain parameters); then the stages save."""
     model = prune_llama_to_stage(LlamaForCausalLM(llama_config()), stage=rank, num_stages=2)
     optimizer, scheduler = make_optimizer(model)
     state = load_checkpoint(ckpt, model=model, optimizer=optimizer, lr_scheduler=scheduler)
@@ -227,12 +233,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ckpt, t5_ckpt, stage_ckpt = root / "llama", root / "t5", root / "llama_from_stages"
     outcome: dict = {"root": root, "ckpt": ckpt, "t5_ckpt": t5_ckpt, "stage_ckpt": stage_ckpt}
     outcome["A"] = run_distributed(_train_save_and_fail_a_save, 4, str(ckpt), timeout_s=240)
-    outcome["B"] = run_distributed(_resume_in_fsdp2, 2, str(ckpt), str(t5_ckpt), timeout_s=240)
     report = root / "plain_report.pt"
     with pytest.raises(DistributedRunError, match="exited without a result"):
         run_distributed(_resume_plain_then_die_mid_save, 1, str(ckpt), str(report), timeout_s=240)
     outcome["C"] = torch.load(report, weights_only=False)
-    outcome["D"] = run_distributed(_resume_in_pipeline_stages, 2, str(ckpt), str(stage_ckpt), timeout_s=240)
+    outcome["leftovers"] = [p.name for p in root.glob("llama.tmp-*") if not (p / MANIFEST_NAME).exists()]
+    outcome["step_after_kill"] = json.loads((ckpt / MANIFEST_NAME).read_text())["step"]
+    args = (str(ckpt), str(t5_ckpt), str(stage_ckpt))
+    outcome["B"] = run_distributed(_resume_in_fsdp2_and_in_stages, 2, *args, timeout_s=240)
     return outcome
 
 
@@ -269,10 +277,8 @@ def test_training_continues_identically_after_resuming_in_another_layout(runs):
 
 @pytest.mark.distributed
 def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(runs):
-    ckpt = runs["ckpt"]
-    assert json.loads((ckpt / MANIFEST_NAME).read_text())["step"] == SAVED_STEP
-    leftovers = list(ckpt.parent.glob(f"{ckpt.name}.tmp-*"))
-    assert leftovers and not any((p / MANIFEST_NAME).exists() for p in leftovers)
+    assert runs["step_after_kill"] == SAVED_STEP
+    assert runs["leftovers"], "the killed save should have left its unsealed staging folder"
     plain = runs["C"]
     assert plain["state"].rng == "rank0" and plain["state"].step == SAVED_STEP
     model_state, optim_state = plain["states"]
@@ -283,14 +289,13 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(runs):
 @pytest.mark.distributed
 def test_resume_in_a_pipeline_split_gets_each_stage_its_part(runs):
     saved = runs["A"][0]
-    stage0, stage1 = runs["D"]
+    stage0, stage1 = (result["stage"] for result in runs["B"])
     assert "model.embed_tokens.weight" in stage0["model"] and "lm_head.weight" in stage1["model"]
     assert set(stage0["model"]) | set(stage1["model"]) == set(saved["model"])
     for stage in (stage0, stage1):
         assert stage["state"].step == SAVED_STEP
         assert differing(stage["model"], saved["model"]) == []
         assert stage["optim"] and differing(stage["optim"], saved["optim"]) == []
-    # the crashed save's leftovers are cleared by the next successful save to that directory
     stage_ckpt = runs["stage_ckpt"]
     assert json.loads((stage_ckpt / MANIFEST_NAME).read_text())["world_size"] == 2
 
@@ -366,3 +371,19 @@ def test_saving_over_a_foreign_directory_is_refused(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
     with pytest.raises(CheckpointError, match="JSON"):
         save_checkpoint(tmp_path / "new", model=model, optimizer=optimizer, plan=None, step=0, extra={"x": object()})
+
+
+def test_a_successful_save_replaces_the_old_one_and_clears_crashed_leftovers(tmp_path):
+    model = LlamaForCausalLM(llama_config())
+    optimizer, scheduler = make_optimizer(model)
+    target = tmp_path / "ckpt"
+    save_checkpoint(target, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=None, step=1)
+    (tmp_path / "ckpt.tmp-crashed").mkdir()  # what a save killed midway leaves
+    train_step(model, optimizer, scheduler)
+    save_checkpoint(target, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=None, step=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    fresh = LlamaForCausalLM(llama_config())
+    fresh_optimizer, fresh_scheduler = make_optimizer(fresh)
+    state = load_checkpoint(target, model=fresh, optimizer=fresh_optimizer, lr_scheduler=fresh_scheduler)
+    assert state.step == 2 and state.rng == "per-rank" and state.plan is None
+    assert differing(full_states(fresh, fresh_optimizer)[0], full_states(model, optimizer)[0]) == []

@@ -8,7 +8,6 @@ matching and the error messages.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -66,7 +65,8 @@ def apply_tp_fsdp(model: nn.Module, tp: int, dp: int, pp: int = 1) -> nn.Module:
     """
     if tp > 1:
         mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp", "tp"))
-        rules = {name: ColwiseParallel() if kind == "col" else RowwiseParallel() for name, kind in LLAMA_TP_RULES.items()}
+        style = {"col": ColwiseParallel, "row": RowwiseParallel}
+        rules = {name: style[kind]() for name, kind in LLAMA_TP_RULES.items()}
         for block in blocks_of(model):
             parallelize_module(block, mesh["tp"], rules)
         dp_mesh = mesh["dp"]
