@@ -83,7 +83,7 @@ def describe_model(
 def _check_module_paths(model: Any, spec: ModelSpec) -> None:
     """Every module the spec names must exist in the model: a mismatch means another transformers layout."""
     present = {name for name, _ in model.named_modules()}
-    join = lambda root, path: ".".join(part for part in (root, path) if part)  # noqa: E731
+    join = lambda root, path: ".".join(part for part in (root, path) if part)
     missing = []
     for layer in spec.layers:
         paths = [*layer.modules, *(rule.module for rule in layer.tp_rules)]
@@ -97,7 +97,9 @@ def _check_module_paths(model: Any, spec: ModelSpec) -> None:
             f"{', '.join(missing[:5])} not found: the {spec.family} adapter expects another module layout)",
             supported_architectures(),
         )
-    from .validate import layer_param_counts  # torch is loaded: the caller holds a model
+    from .validate import (
+        layer_param_counts,  # torch is loaded: the caller holds a model
+    )
 
     counted = layer_param_counts(model, spec)
     wrong = [f"{layer.name}: spec {layer.params}, model {counted[layer.name]}" for layer in spec.layers

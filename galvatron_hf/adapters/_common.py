@@ -12,7 +12,7 @@ Conventions (docs/adapters.md repeats them):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import UnsupportedArchitectureError
 from .spec import LayerSpec, ModelSpec
@@ -34,13 +34,13 @@ def attention_core_flops(seq_len: int, kv_seq_len: int, num_heads: int, head_dim
 class FamilyAdapter(ABC):
     """Builds the layers of one model family from its HF config.
 
-    Subclasses name the ``model_types`` they read and the ``architectures`` (HF head classes) they describe;
-    ``describe`` picks the head, the sequence lengths, and assembles the :class:`ModelSpec`.
+    Subclasses set ``heads`` (each model type they read -> the HF head classes they describe for it, the
+    default first) and implement ``layers``; ``describe`` picks the head and the sequence lengths and
+    assembles the :class:`ModelSpec`.
     """
 
-    family: str = ""
-    # model_type -> the HF head classes this adapter describes for it; the first one is the default
-    heads: dict[str, tuple[str, ...]] = {}
+    family: ClassVar[str] = ""
+    heads: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @property
     def model_types(self) -> tuple[str, ...]:

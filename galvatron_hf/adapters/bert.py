@@ -8,7 +8,7 @@ both are TP attributes of ``attention.self`` so either release runs after a colu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
 from .gpt2 import gelu_kept
@@ -51,7 +51,7 @@ def encoder_block_activation(
 
 class BertAdapter(FamilyAdapter):
     family = "bert"
-    heads = {"bert": ("BertForMaskedLM", "BertForSequenceClassification", "BertModel")}
+    heads: ClassVar[dict[str, tuple[str, ...]]] = {"bert": ("BertForMaskedLM", "BertForSequenceClassification", "BertModel")}
 
     def check_seq_len(self, config: Any, seq_len: int) -> None:
         super().check_seq_len(config, seq_len)

@@ -9,7 +9,7 @@ hidden / tp) and older releases reshape with ``num_heads``: both, and ``embed_di
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
@@ -55,7 +55,7 @@ def block_activation(config: Any, hidden: int, heads: int, ffn: int) -> Activati
 
 class GPT2Adapter(FamilyAdapter):
     family = "gpt2"
-    heads = {"gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification")}
+    heads: ClassVar[dict[str, tuple[str, ...]]] = {"gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification")}
 
     def layers(self, config: Any, architecture: str, seq_len: int, decoder_seq_len: int) -> list[LayerSpec]:
         hidden = int(config.n_embd)

@@ -38,7 +38,9 @@ def bundled_config_dict(name: str) -> dict[str, Any]:
 
 def config_from_dict(values: dict[str, Any], name: str | None = None) -> Any:
     """A transformers config of the right class from a plain dict (it must name its ``model_type``)."""
-    from transformers import AutoConfig  # lazy: importing the adapters stays free of torch
+    from transformers import (
+        AutoConfig,  # lazy: importing the adapters stays free of torch
+    )
 
     values = dict(values)
     model_type = values.pop("model_type", None)

@@ -10,7 +10,7 @@ no attribute rewrite: ``tp_attributes`` is empty.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
 from .spec import ActivationModel, LayerSpec, TPRule
@@ -114,7 +114,7 @@ def block_activation(d: LlamaDims, attention_dropout: float) -> ActivationModel:
 
 class LlamaAdapter(FamilyAdapter):
     family = "llama"
-    heads = {
+    heads: ClassVar[dict[str, tuple[str, ...]]] = {
         "llama": ("LlamaForCausalLM", "LlamaForSequenceClassification"),
         "mistral": ("MistralForCausalLM", "MistralForSequenceClassification"),
         "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),

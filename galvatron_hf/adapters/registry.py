@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ._common import FamilyAdapter
-from .errors import UnsupportedArchitectureError
 from .bert import BertAdapter
+from .errors import UnsupportedArchitectureError
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
 from .t5 import T5Adapter

@@ -13,7 +13,7 @@ aliases (as it re-ties the LM head).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
@@ -145,7 +145,7 @@ def decoder_block_activation(d: T5Dims, seq_len: int, kv_seq_len: int, index: in
 
 class T5Adapter(FamilyAdapter):
     family = "t5"
-    heads = {"t5": ("T5ForConditionalGeneration",)}
+    heads: ClassVar[dict[str, tuple[str, ...]]] = {"t5": ("T5ForConditionalGeneration",)}
 
     def default_seq_len(self, config: Any) -> int:
         return 512  # T5 has relative positions only; 512 is its pre-training length

@@ -7,9 +7,11 @@ layer names, ``measure_saved_bytes`` records what autograd really keeps for back
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -110,7 +112,7 @@ def measure_saved_bytes(
                 stack.callback(handle.remove)
         if checkpoint_blocks:
             for layer in spec.blocks:
-                enter = lambda name=layer.name: current.update(layer=name)  # noqa: E731
+                enter = partial(current.update, layer=layer.name)
                 _wrap_in_checkpoint(model.get_submodule(layer.root), stack, enter)
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor))
         run()

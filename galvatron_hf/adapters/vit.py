@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
 from .bert import LAYERNORM_STATS
@@ -101,7 +101,7 @@ def vit_block_activation(
 
 class ViTAdapter(FamilyAdapter):
     family = "vit"
-    heads = {"vit": ("ViTForImageClassification", "ViTModel")}
+    heads: ClassVar[dict[str, tuple[str, ...]]] = {"vit": ("ViTForImageClassification", "ViTModel")}
 
     def default_seq_len(self, config: Any) -> int:
         return num_patches(config) + 1

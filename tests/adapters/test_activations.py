@@ -21,8 +21,8 @@ BATCH = 2
 
 
 def llama_config(**overrides):
-    values = dict(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
-                  num_hidden_layers=2, vocab_size=300, max_position_embeddings=128)
+    values = {"hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "num_hidden_layers": 2, "vocab_size": 300, "max_position_embeddings": 128}
     values.update(overrides)
     return transformers.AutoConfig.for_model("llama", **values)
 
@@ -76,7 +76,7 @@ def test_llama_attention_dropout_eager():
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_llama_checkpointed_blocks_keep_only_their_input(attn_impl):
-    predicted, measured = compare(llama_config(), "LlamaForCausalLM", token_batch, 32, attn_impl, checkpoint=True)
+    _, measured = compare(llama_config(), "LlamaForCausalLM", token_batch, 32, attn_impl, checkpoint=True)
     assert measured.per_layer["decoder_block.1"] == BATCH * 32 * 64 * 4  # fp32 hidden states
 
 
@@ -89,7 +89,7 @@ def test_llama_bf16(attn_impl):
 
 
 def gpt2_config(**overrides):
-    values = dict(n_embd=64, n_head=4, n_layer=2, vocab_size=300, n_positions=64, bos_token_id=0, eos_token_id=0)
+    values = {"n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 300, "n_positions": 64, "bos_token_id": 0, "eos_token_id": 0}
     values.update(overrides)
     return transformers.GPT2Config(**values)
 
@@ -115,8 +115,8 @@ def test_gpt2_untied_exact_gelu_and_checkpointing():
 
 
 def bert_config(**overrides):
-    values = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
-                  vocab_size=300, max_position_embeddings=64)
+    values = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128,
+                  "vocab_size": 300, "max_position_embeddings": 64}
     values.update(overrides)
     return transformers.BertConfig(**values)
 
@@ -144,8 +144,8 @@ def test_bert_sdpa_classification_and_checkpointing():
 
 
 def vit_config(**overrides):
-    values = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
-                  image_size=32, patch_size=8, num_labels=2)
+    values = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128,
+                  "image_size": 32, "patch_size": 8, "num_labels": 2}
     values.update(overrides)
     return transformers.ViTConfig(**values)
 
@@ -177,8 +177,8 @@ def test_vit_bf16_eager():
 
 
 def t5_config(**overrides):
-    values = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2, vocab_size=300,
-                  decoder_start_token_id=0, pad_token_id=0)
+    values = {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "vocab_size": 300,
+                  "decoder_start_token_id": 0, "pad_token_id": 0}
     values.update(overrides)
     return transformers.T5Config(**values)
 
@@ -199,7 +199,7 @@ def test_t5_eager(proj, dropout):
 def test_t5_checkpointing():
     # checkpointed blocks keep their input; the relative position bias handed from block to block is one
     # tensor per micro-batch, saved by the first block that receives it: only the total is compared per layer
-    predicted, measured = compare(
+    _, measured = compare(
         t5_config(), "T5ForConditionalGeneration", seq2seq_batch, 32, "eager", checkpoint=True, check_blocks=False,
     )
     assert measured.per_layer["encoder_block.0"] == BATCH * 32 * 64 * 4  # a checkpointed block keeps its input

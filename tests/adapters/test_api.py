@@ -19,8 +19,8 @@ from galvatron_hf.adapters import (
 )
 from galvatron_hf.adapters.validate import build_model
 
-TINY_LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                  num_key_value_heads=4, num_hidden_layers=2, vocab_size=64, max_position_embeddings=128)
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                  "num_key_value_heads": 4, "num_hidden_layers": 2, "vocab_size": 64, "max_position_embeddings": 128}
 
 
 def test_importing_the_adapters_imports_neither_torch_nor_transformers():

@@ -8,15 +8,20 @@ import transformers
 from transformers.pytorch_utils import Conv1D
 
 from galvatron_hf.adapters import describe_model
-from galvatron_hf.adapters.validate import build_model, layer_param_counts, layer_tp_param_counts, module_path
+from galvatron_hf.adapters.validate import (
+    build_model,
+    layer_param_counts,
+    layer_tp_param_counts,
+    module_path,
+)
 
 SMALL = {
-    "gpt2": dict(n_embd=64, n_head=4, n_layer=2, vocab_size=300, n_positions=64),
-    "bert": dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128, vocab_size=300,
-                 max_position_embeddings=64),
-    "vit": dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128, image_size=32,
-                patch_size=8),
-    "t5": dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=3, vocab_size=300),
+    "gpt2": {"n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 300, "n_positions": 64},
+    "bert": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 300,
+                 "max_position_embeddings": 64},
+    "vit": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128, "image_size": 32,
+                "patch_size": 8},
+    "t5": {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 3, "vocab_size": 300},
 }
 
 CASES = [

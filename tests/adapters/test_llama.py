@@ -7,14 +7,18 @@ import torch
 import transformers
 
 from galvatron_hf.adapters import describe_model
-from galvatron_hf.adapters.validate import build_model, layer_param_counts, layer_tp_param_counts
+from galvatron_hf.adapters.validate import (
+    build_model,
+    layer_param_counts,
+    layer_tp_param_counts,
+)
 
 
 def tiny(model_type: str = "llama", **overrides) -> transformers.PretrainedConfig:
-    values = dict(
-        hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-        num_hidden_layers=2, vocab_size=128, max_position_embeddings=256,
-    )
+    values = {
+        "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 2, "vocab_size": 128, "max_position_embeddings": 256,
+    }
     values.update(overrides)
     return transformers.AutoConfig.for_model(model_type, **values)
 
