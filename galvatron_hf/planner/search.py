@@ -819,8 +819,7 @@ def search_plan(
     uniform = best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solvers)
     from_uniform = uniform is not None and uniform.samples_per_s > found.samples_per_s * (1 + 1e-9)
     best = uniform if from_uniform else found
-    batch = best.plan.global_batch_size
-    baselines = {dp_type: plain_data_parallel(spec, hardware, model, num_gpus, memory_gb, batch, dp_type)
+    baselines = {dp_type: plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type)
                  for dp_type in ("ddp", "zero3")}
     stats = replace(stats, seconds=time.perf_counter() - started, from_uniform=from_uniform,
                     dp_samples_per_s=found.samples_per_s)
@@ -994,7 +993,8 @@ def best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solve
     candidates = []
     for solver in solvers:
         if solver.feasible:
-            candidates.extend(_uniform_candidates(solver))
+            fitting = [c for c in _uniform_candidates(solver) if c[1] <= solver.ctx.budget * (1 + 1e-6)]
+            candidates.extend((c[0], *c[2:]) for c in fitting)
     best: Evaluated | None = None
     for quick, config, tp, dp_type, checkpoint in sorted(candidates, key=lambda c: -c[0]):
         if best is not None and quick <= best.samples_per_s * (1 - 1e-6):
@@ -1011,7 +1011,7 @@ def best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solve
 
 
 def _uniform_candidates(solver: _ConfigSolver) -> list[tuple]:
-    """(samples/s, config, tp, dp_type, checkpoint) of every uniform plan of a config that fits."""
+    """(samples/s, peak bytes, config, tp, dp_type, checkpoint) of every uniform plan of a config."""
     config, ctx = solver.config, solver.ctx
     n, pp, devices = len(ctx.blocks), config.pp, config.devices_per_stage
     sizes = [n // pp + (1 if i < n % pp else 0) for i in range(pp)]
@@ -1044,29 +1044,31 @@ def _uniform_candidates(solver: _ConfigSolver) -> list[tuple]:
             times.append(stage_time)
             stage_peak = solver.fixed_bytes(vocab, stage) + float(memory[index])
             peak = max(peak, stage_peak + max(cost.workspace_bytes, float(work[index])))
-        if peak <= ctx.budget * (1 + 1e-6):
-            step = pipeline_step_s(times, config.num_micro_batches)
-            found.append((config.global_batch_size / step, config, tp, dp_type, checkpoint))
+        step = pipeline_step_s(times, config.num_micro_batches)
+        found.append((config.global_batch_size / step, peak, config, tp, dp_type, checkpoint))
     return found
 
 
-def plain_data_parallel(spec, hardware, model, num_gpus, memory_gb, global_batch_size, dp_type) -> Evaluated | None:
-    """Every GPU holds the whole model (ddp) or a shard of it (zero3), no TP/PP/checkpointing.
+def plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type) -> Evaluated | None:
+    """The fastest plain data-parallel plan (pp = 1, tp = 1, no checkpointing) over the searched batches.
 
-    Uses the fewest micro-batches that fit; when none fits, the single micro-batch plan is returned so the
-    caller can show how much memory it would need. None when the batch does not split over the GPUs.
+    ``ddp`` replicates everything, ``zero3`` shards it. When none fits, the one needing the least memory is
+    returned, so the caller can say how much it would need. None when no batch splits over the GPUs.
     """
-    options = [m for m in divisors(global_batch_size) if (global_batch_size // m) % num_gpus == 0]
-    evaluated = None
-    for m in options:
-        plan = uniform_plan(spec, num_gpus, global_batch_size=global_batch_size, dp_type=dp_type,
-                            num_micro_batches=m, mixed_precision=model.precision.name, vocab_tp=1)
-        report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, cost_model=model)
-        candidate = Evaluated(plan.with_predicted(report.predicted), report)
-        if report.fits(memory_gb):
-            return candidate
-        evaluated = evaluated or candidate
-    return evaluated
+    options = []
+    for solver in solvers:
+        if not solver.feasible or solver.config.pp != 1 or 1 not in solver.tps:
+            continue
+        for quick, peak, config, tp, kind, checkpoint in _uniform_candidates(solver):
+            if tp == 1 and kind == dp_type and not checkpoint:
+                options.append((peak > solver.ctx.budget * (1 + 1e-6), -quick if peak <= solver.ctx.budget * (1 + 1e-6) else peak, config))
+    if not options:
+        return None
+    _, _, config = min(options, key=lambda o: (o[0], o[1]))
+    plan = uniform_plan(spec, config.world_size, global_batch_size=config.global_batch_size, dp_type=dp_type,
+                        num_micro_batches=config.num_micro_batches, mixed_precision=model.precision.name, vocab_tp=1)
+    report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, cost_model=model)
+    return Evaluated(plan.with_predicted(report.predicted), report)
 
 
 def minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter) -> float | None:
