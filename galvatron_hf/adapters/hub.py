@@ -71,11 +71,15 @@ def _config_from_path(path: Path) -> Any:
 
 
 def load_config(name_or_path: str | os.PathLike) -> Any:
-    """A ``transformers.PretrainedConfig`` from a bundled name, a config.json path or a directory. Offline."""
+    """A ``transformers.PretrainedConfig`` from a config.json path, a directory or a bundled name. Offline.
+
+    A local path wins over a bundled name (as in ``from_pretrained``): a fine-tuned ``./gpt2`` directory
+    describes itself, not the bundled gpt2.
+    """
     name = os.fspath(name_or_path)
-    if name in _index():
-        return config_from_dict(bundled_config_dict(name), name=name)
     path = Path(name).expanduser()
     if path.exists():
         return _config_from_path(path)
+    if name in _index():
+        return config_from_dict(bundled_config_dict(name), name=name)
     raise UnknownModelError(name, bundled_models())

@@ -111,3 +111,13 @@ def test_a_model_that_disagrees_with_its_spec_is_refused():
     model.model.norm.register_parameter("extra", torch.nn.Parameter(torch.zeros(3)))
     with pytest.raises(ValueError, match="final_norm: spec 32, model 35"):
         describe_model(model)
+
+
+def test_a_local_directory_wins_over_a_bundled_name(tmp_path, monkeypatch):
+    local = tmp_path / "gpt2"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 3, "n_embd": 64, "n_head": 4}))
+    monkeypatch.chdir(tmp_path)
+    assert describe_model("gpt2").num_blocks == 3
+    monkeypatch.chdir(tmp_path / "gpt2")
+    assert describe_model("gpt2").num_blocks == 12  # no ./gpt2 here: the bundled config
