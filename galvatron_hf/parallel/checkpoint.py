@@ -6,16 +6,17 @@ checkpoint written from TP2 x ZeRO-3 loads into FSDP on 2 ranks or a 2-stage pip
 is flattened per parameter name (``flatten_optimizer_state_dict``): pipeline stages hold different
 parameters, and a per-name layout is what lets a different stage split find its entries.
 
-A save is atomic: everything is written into ``<dir>.tmp-<nonce>``; after all ranks finished, rank 0
-writes the manifest ``checkpoint.json`` last and renames the directory into place. A crash at any point
-leaves the previous ``<dir>`` untouched (it is moved aside only after the new one is complete, and deleted
-only after the new one is in place); ``load_checkpoint`` finishes a swap that a crash interrupted.
+A save is atomic: everything is written into ``.<name>.tmp-<nonce>`` beside ``<dir>``; after all ranks
+finished, rank 0 writes the manifest ``checkpoint.json`` last and renames the directory into place. A crash
+at any point leaves the previous ``<dir>`` untouched (it is moved aside only after the new one is complete,
+and deleted only after the new one is in place); ``load_checkpoint`` finishes a swap a crash interrupted.
 See docs/checkpoints.md for the directory layout and what a resume in another layout restores.
 """
 
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import os
 import random
@@ -57,6 +58,7 @@ MODEL_KEY = "model"
 OPTIM_KEY = "optim"
 STAGING_MARK = ".tmp-"
 ASIDE_MARK = ".old-"
+
 
 # the sharded (default) state-dict layout, with the optimizer keyed per parameter name so that pipeline
 # stages, which hold different parameters, can save and load each other's state
@@ -139,12 +141,12 @@ def _state_for(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
 
 
 def _agree_on_staging_directory(target: Path) -> Path:
-    """Rank 0 picks ``<dir>.tmp-<nonce>``, checks the target can be replaced and creates the folders."""
+    """Rank 0 picks ``.<name>.tmp-<nonce>``, checks the target can be replaced and creates the folders."""
     decision: list[Any] = [None]
     if _rank() == 0:
         try:
             _refuse_foreign_directory(target)
-            staging = target.with_name(f"{target.name}{STAGING_MARK}{secrets.token_hex(6)}")
+            staging = staging_name(target, STAGING_MARK, secrets.token_hex(6))
             (staging / DCP_DIR).mkdir(parents=True)
             (staging / RNG_DIR).mkdir()
             decision = [str(staging)]
@@ -229,7 +231,7 @@ def _publish(staging: Path, target: Path, manifest: dict[str, Any]) -> None:
     _atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     _fsync_directory(staging)
     nonce = staging.name.rsplit(STAGING_MARK, 1)[1]
-    aside = target.with_name(f"{target.name}{ASIDE_MARK}{nonce}")
+    aside = staging_name(target, ASIDE_MARK, nonce)
     if target.is_dir() and any(target.iterdir()):
         os.rename(target, aside)  # from here until the next rename, load_checkpoint can finish the swap
     elif target.is_dir():
@@ -239,11 +241,20 @@ def _publish(staging: Path, target: Path, manifest: dict[str, Any]) -> None:
     _remove_leftovers(target)
 
 
+def staging_name(target: Path, mark: str, nonce: str) -> Path:
+    """``.<name>.tmp-<nonce>`` beside the target: hidden, so HF Trainer's ``checkpoint-*`` globs (rotation,
+    last-checkpoint search) never take a half-written or replaced checkpoint for a real one."""
+    return target.with_name(f".{target.name}{mark}{nonce}")
+
+
+def _siblings(target: Path, mark: str) -> list[Path]:
+    return list(target.parent.glob(f".{glob.escape(target.name)}{mark}*"))
+
+
 def _remove_leftovers(target: Path) -> None:
     """Delete the replaced checkpoint and staging folders of saves that crashed, now that target is good."""
-    for pattern in (f"{target.name}{ASIDE_MARK}*", f"{target.name}{STAGING_MARK}*"):
-        for leftover in target.parent.glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in _siblings(target, ASIDE_MARK) + _siblings(target, STAGING_MARK):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ===== load ===============================================================================================
@@ -308,8 +319,8 @@ def recover_interrupted_save(path: Path) -> bool:
         return False
     candidates = [
         p
-        for pattern in (f"{path.name}{STAGING_MARK}*", f"{path.name}{ASIDE_MARK}*")
-        for p in sorted(path.parent.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+        for mark in (STAGING_MARK, ASIDE_MARK)
+        for p in sorted(_siblings(path, mark), key=lambda p: p.stat().st_mtime, reverse=True)
         if (p / MANIFEST_NAME).is_file()
     ]
     if not candidates:

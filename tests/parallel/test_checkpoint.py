@@ -237,7 +237,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.raises(DistributedRunError, match="exited without a result"):
         run_distributed(_resume_plain_then_die_mid_save, 1, str(ckpt), str(report), timeout_s=240)
     outcome["C"] = torch.load(report, weights_only=False)
-    outcome["leftovers"] = [p.name for p in root.glob("llama.tmp-*") if not (p / MANIFEST_NAME).exists()]
+    outcome["leftovers"] = [p.name for p in root.glob(".llama.tmp-*") if not (p / MANIFEST_NAME).exists()]
     outcome["step_after_kill"] = json.loads((ckpt / MANIFEST_NAME).read_text())["step"]
     args = (str(ckpt), str(t5_ckpt), str(stage_ckpt))
     outcome["B"] = run_distributed(_resume_in_fsdp2_and_in_stages, 2, *args, timeout_s=240)
@@ -328,8 +328,8 @@ def test_export_t5_and_dtype(runs):
 
 
 def test_interrupted_swap_is_finished_on_load(runs, tmp_path):
-    older = tmp_path / "c.old-aaaa"
-    newer = tmp_path / "c.tmp-bbbb"
+    older = tmp_path / ".c.old-aaaa"
+    newer = tmp_path / ".c.tmp-bbbb"
     shutil.copytree(runs["ckpt"], older)
     shutil.copytree(runs["stage_ckpt"], newer)  # sealed: it has its manifest
     target = tmp_path / "c"
@@ -378,7 +378,7 @@ def test_a_successful_save_replaces_the_old_one_and_clears_crashed_leftovers(tmp
     optimizer, scheduler = make_optimizer(model)
     target = tmp_path / "ckpt"
     save_checkpoint(target, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=None, step=1)
-    (tmp_path / "ckpt.tmp-crashed").mkdir()  # what a save killed midway leaves
+    (tmp_path / ".ckpt.tmp-crashed").mkdir()  # what a save killed midway leaves
     train_step(model, optimizer, scheduler)
     save_checkpoint(target, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=None, step=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
