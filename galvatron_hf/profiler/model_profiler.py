@@ -430,15 +430,18 @@ def measure_memory(
 ) -> tuple[int, int | None, int | None]:
     """(bytes autograd saves, CUDA bytes held after forward, CUDA backward peak above its start).
 
+    Parameters are not activations, and neither are the layer's side inputs (masks, rotary tables, T5's
+    encoder states): in the whole model every layer shares one copy of those, counted where it is made.
     Under checkpointing the saved bytes are what the checkpoint keeps outside its region (its own hooks
     take the tensors saved inside), and the backward peak includes the recomputed activations.
     """
     parameters = {p.untyped_storage().data_ptr() for call in calls for p in call.module.parameters()}
+    not_activations = parameters | {t.untyped_storage().data_ptr() for call in calls for t in _side_inputs(call)}
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
+        if storage.data_ptr() not in not_activations:
             storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
@@ -459,18 +462,32 @@ def measure_memory(
     return sum(storages.values()), held, peak
 
 
-def checkpointed_input_bytes(calls: list[CapturedCall]) -> int:
-    """What a checkpointed layer keeps: its main input, the first argument that carries gradients.
+def _inputs(call: CapturedCall) -> list[torch.Tensor]:
+    return _tensors(list(call.args) + list(call.kwargs.values()))
 
-    HF blocks take the hidden states first; other grad-carrying inputs (T5's encoder states for
-    cross-attention) are shared by every block and kept once by the model, not per layer. The embedding is
-    left out by the caller: its input is token ids.
+
+def _main_input(call: CapturedCall) -> torch.Tensor | None:
+    """The tensor the layer transforms: HF passes it first (hidden states to a block, token ids to an embedding)."""
+    inputs = _inputs(call)
+    return inputs[0] if inputs else None
+
+
+def _side_inputs(call: CapturedCall) -> list[torch.Tensor]:
+    main = _main_input(call)
+    return [t for t in _inputs(call) if main is None or t.untyped_storage().data_ptr() != main.untyped_storage().data_ptr()]
+
+
+def checkpointed_input_bytes(calls: list[CapturedCall]) -> int:
+    """What a checkpointed layer keeps: its main input, when it carries gradients (the hidden states).
+
+    Side inputs (T5's encoder states for cross-attention, masks) are shared by every block and kept once by
+    the model, not per layer. The embedding is left out by the caller: its input is token ids.
     """
     storages: dict[int, int] = {}
     for call in calls:
-        inputs = [t for t in _tensors(list(call.args) + list(call.kwargs.values())) if t.requires_grad]
-        if inputs:
-            storage = inputs[0].untyped_storage()
+        main = _main_input(call)
+        if main is not None and main.requires_grad:
+            storage = main.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 

@@ -27,7 +27,7 @@ AnalyticTimes = Callable[[LayerSpec, int], tuple[float, float]]
 class TruthRow:
     kind: str
     figure: str  # "forward time", "backward time", "activation/sample", ...
-    unit: str  # "ms" or "MiB"
+    unit: str  # "ms", "MiB" or "%"
     measured: float
     analytic: float | None
 
@@ -70,6 +70,8 @@ def truth_rows(profile: ModelProfile, spec: ModelSpec, analytic_times: AnalyticT
                 _scaled(backward, 1e3),
             )
         )
+        worst_fit = max(measured.forward.max_relative_error, measured.backward.max_relative_error)
+        rows.append(TruthRow(kind, "time fit: worst point error", "%", worst_fit * 100, None))
         if layer.is_block:  # the planner checkpoints blocks only; recomputing is one more forward
             rows.append(
                 TruthRow(
