@@ -123,3 +123,24 @@ def test_cli_under_torchrun_writes_one_file(tmp_path):
     assert (profile.world_size, profile.backend) == (2, "gloo")
     assert {c.op for c in profile.collectives} == set(COLLECTIVES)
     assert "wrote" in done.stderr and "[profile hardware" in done.stderr
+
+
+def test_layouts_and_pairs_of_a_two_node_cluster():
+    """Which groups a 2 x 8 cluster measures, and where each lands (no processes needed)."""
+    from galvatron_hf.profiler.hardware import WorldLayout, _layouts, _p2p_distances, _partner, group_sizes
+
+    layout = WorldLayout(rank=0, world_size=16, gpus_per_node=8)
+    assert group_sizes(16) == [2, 4, 8, 16] and group_sizes(6) == [2, 4, 6]
+    placements = {
+        (n, kind): {layout.placement(g) for g in groups} for n in group_sizes(16) for kind, groups in _layouts(16, n)
+    }
+    assert placements[(8, "consecutive")] == {"intra_node"}  # one node each: a TP group
+    assert placements[(8, "strided")] == {"inter_node"}  # ranks 0, 2, ..., 14: both nodes
+    assert placements[(2, "strided")] == {"inter_node"}  # ranks r and r + 8: a DP pair across nodes
+    assert placements[(16, "consecutive")] == {"inter_node"} and (16, "strided") not in placements
+    for n in group_sizes(16):
+        for _, groups in _layouts(16, n):
+            assert sorted(r for g in groups for r in g) == list(range(16))  # every rank in exactly one group
+    assert _p2p_distances(layout) == {"intra_node": 1, "inter_node": 8}
+    assert [_partner(r, 8, 16) for r in (0, 7, 8, 15)] == [(8, True), (15, True), (0, False), (7, False)]
+    assert _partner(4, 4, 6) == (0, False) and _partner(2, 4, 6) == (None, True)  # rank 2 has no partner: it sits out
