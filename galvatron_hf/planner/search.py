@@ -48,6 +48,11 @@ RELAXED_UNITS = 256  # memory resolution of the bounding pass
 EXACT_UNITS = 512  # memory resolution of the exact pass (exact bytes are carried beside the units)
 CAP_RESOLUTION = 0.005  # workspace caps closer than 0.5% of the budget are merged (the larger one kept)
 TAU_CANDIDATES = 64  # bottleneck values the exact partition DP sweeps (all of them on small instances)
+# With pp = 1, num_micro_batches > 1 means gradient accumulation inside one step: the runtime cuts the batch
+# into plan.num_micro_batches (docs: training/batching.py) with gradient sync on the last one only, as
+# pipelining does. Set False to search pp = 1 plans with a single micro-batch (a runtime that runs the whole
+# batch in one forward/backward).
+ACCUMULATE_WITHOUT_PIPELINE = True
 SLOTS = tuple((dp_type, checkpoint) for dp_type in DP_TYPES for checkpoint in (False, True))
 
 Progress = Callable[[str], None]
@@ -158,6 +163,8 @@ def step_configs(
                 pairs.append((mb, 1))  # one micro-batch: the whole batch at once
                 pairs.append((cap, cap // mb))  # the largest batch made of micro-batches of mb
         for batch, m in pairs:
+            if pp == 1 and m > 1 and not ACCUMULATE_WITHOUT_PIPELINE:
+                continue
             schedule = "1f1b" if m >= pp else "gpipe"
             configs.add(StepConfig(pp, m, batch, schedule, world_size))
     return sorted(configs, key=lambda c: (c.pp, c.global_batch_size, c.num_micro_batches))
