@@ -100,12 +100,20 @@ class Case:
     mixed_precision: str = "fp32"
     meta: bool = False  # build on the meta device, load the reference weights with DCP's set_model_state_dict
     clip: float | None = None  # clip the gradient norm to this before recording gradients
+    pp: int = 1  # pipeline stages (blocks split evenly), with ``micro_batches`` micro-batches
+    micro_batches: int = 1
 
     def plan(self, world: int) -> Plan:
-        layers = [LayerStrategy(0, tp, world // tp, dp_type, ckpt) for tp, dp_type, ckpt in self.blocks]
-        vocab = VocabStrategy(self.vocab[0], world // self.vocab[0], self.vocab[1])
-        return Plan(world_size=world, pp=1, schedule="gpipe", global_batch_size=GLOBAL_BATCH, num_micro_batches=1,
-                    layers=layers, vocab=vocab, mixed_precision=self.mixed_precision)
+        n = world // self.pp
+        count = len(self.blocks)
+        layers = [
+            LayerStrategy(i * self.pp // count, tp, n // tp, dp_type, ckpt)
+            for i, (tp, dp_type, ckpt) in enumerate(self.blocks)
+        ]
+        vocab = VocabStrategy(self.vocab[0], n // self.vocab[0], self.vocab[1])
+        return Plan(world_size=world, pp=self.pp, schedule="gpipe", global_batch_size=GLOBAL_BATCH,
+                    num_micro_batches=self.micro_batches, layers=layers, vocab=vocab,
+                    mixed_precision=self.mixed_precision)
 
 
 def uniform(name: str, blocks: int, tp: int, dp_type: str, vocab_tp: int | None = None, ckpt: bool = False,
@@ -185,11 +193,17 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case]) -> dict:
         results[case.name] = {
             "losses": losses,
             "norms": norms,
-            "grads": grads if rank == 0 else None,
+            "grads": grads if rank % (world // case.pp) == 0 else None,  # first rank of each stage
             "sizes": sizes,
             "names": [n for n, _ in pm.module.named_parameters()],
         }
     return results
+
+
+def merged_grads(results: list[dict], name: str) -> list[dict]:
+    """Per step, the full gradients of every parameter, merged over the pipeline stages' first ranks."""
+    steps = [r[name]["grads"] for r in results if r[name]["grads"] is not None]
+    return [{k: v for stage in stages for k, v in stage.items()} for stages in zip(*steps)]
 
 
 def _local_numel(param: torch.Tensor) -> int:
@@ -197,11 +211,20 @@ def _local_numel(param: torch.Tensor) -> int:
 
 
 # ----- expected shard sizes -------------------------------------------------------------------------------
-def share_divisors(spec, plan: Plan, name: str) -> tuple[int, int]:
+def alias_names(model: nn.Module) -> dict[str, list[str]]:
+    """Every name of each parameter (BERT's ``cls.predictions.bias`` is ``cls.predictions.decoder.bias``)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return {name: names for names in groups.values() for name in names}
+
+
+def share_divisors(spec, plan: Plan, name: str, aliases: list[str] | None = None) -> tuple[int, int]:
     """(TP split, ZeRO shard count) that parameter ``name`` must be divided by under ``plan``."""
     tp, dp, dp_type, rules = plan.vocab.tp, plan.vocab.dp, plan.vocab.dp_type, []
-    for layer in (*spec.pre_layers, *spec.post_layers):
-        rules += [(layer.root, r) for r in layer.tp_rules]
+    for layer in spec.layers:
+        if not layer.is_block:
+            rules += [(layer.root, r) for r in layer.tp_rules]
     for index, layer in enumerate(spec.blocks):
         if name.startswith(layer.root + "."):
             strategy = plan.layers[index]
@@ -210,13 +233,13 @@ def share_divisors(spec, plan: Plan, name: str) -> tuple[int, int]:
     tp_div = 1
     for root, rule in rules:
         module = f"{root}.{rule.module}" if root else rule.module
-        if name in (f"{module}.weight", f"{module}.bias"):
+        if {f"{module}.weight", f"{module}.bias"} & {name, *(aliases or ())}:
             split = name.endswith("weight") or (rule.style == "colwise" and rule.fused == 1)
             tp_div = tp if split else 1
     return tp_div, (dp if dp_type != "ddp" else 1)
 
 
-def check_shares(spec, plan: Plan, world: int, sizes_by_rank: list[dict]) -> None:
+def check_shares(spec, plan: Plan, world: int, sizes_by_rank: list[dict], aliases: dict | None = None) -> None:
     """Every rank holds at most its share of each parameter, and the shares add up to the whole.
 
     FSDP2 splits dim 0 in ceil-sized chunks (the last ranks may hold less, or nothing).
@@ -225,7 +248,7 @@ def check_shares(spec, plan: Plan, world: int, sizes_by_rank: list[dict]) -> Non
 
     for name, (_, shape) in sizes_by_rank[0].items():
         numel = math.prod(shape)
-        tp_div, dp_div = share_divisors(spec, plan, name)
+        tp_div, dp_div = share_divisors(spec, plan, name, (aliases or {}).get(name))
         copies = world // (tp_div * dp_div)
         held = [sizes[name][0] for sizes in sizes_by_rank]
         assert sum(held) == numel * copies, f"{name}: ranks hold {held}, expected {numel} x {copies} copies in all"

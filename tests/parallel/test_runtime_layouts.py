@@ -34,7 +34,9 @@ def _check_family(family: str) -> None:
     cases = rc.standard_cases(_blocks(family))
     reference = rc.reference_run(family)
     results = run_distributed(rc.parallel_run, WORLD, family, cases, timeout_s=900)
-    spec = describe_model(rc.make_model(family), seq_len=rc.SEQ if family != "vit" else None)
+    model = rc.make_model(family)
+    spec = describe_model(model, seq_len=rc.SEQ if family != "vit" else None)
+    aliases = rc.alias_names(model)
     for case in cases:
         got = results[0][case.name]
         assert got["names"] == reference["names"], f"{case.name}: parameter names differ from HF's"
@@ -46,7 +48,7 @@ def _check_family(family: str) -> None:
                 # rtol 1e-5, plus atol 1e-9 for gradients that are mathematically zero (BERT's key bias)
                 error = (grad - ref).norm().item()
                 assert error <= RTOL * ref.norm().item() + ATOL, f"{case.name}: step {step} gradient of {name} off by {error:.2e}"
-        rc.check_shares(spec, case.plan(WORLD), WORLD, [r[case.name]["sizes"] for r in results])
+        rc.check_shares(spec, case.plan(WORLD), WORLD, [r[case.name]["sizes"] for r in results], aliases)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "vit", "t5"])
