@@ -198,7 +198,7 @@ def describe_plan(plan: Plan, source: str, hardware: str) -> str:
     if predicted is not None:
         memory = ", ".join(f"{gb:.2f}" for gb in predicted.peak_memory_gb)
         lines.append(
-            f"  predicted ({predicted.source}, {hardware}): {predicted.step_time_s * 1e3:.1f} ms/step, "
+            f"  predicted ({predicted.source}, {hardware}): {predicted.step_time_s * 1e3:.3g} ms/step, "
             f"{predicted.samples_per_s:.1f} samples/s, peak memory per stage [{memory}] GB"
         )
     return "\n".join(lines)

@@ -88,7 +88,7 @@ def format_report(plan: Plan, per_rank: list[tuple[int, float, float | None]], m
     measured_step = max(times) if times else None
     lines = ["galvatron: predicted vs measured"]
     predicted = plan.predicted
-    step_pred = f"{predicted.step_time_s * 1e3:.1f} ms" if predicted else "n/a"
+    step_pred = f"{predicted.step_time_s * 1e3:.3g} ms" if predicted else "n/a"
     step_meas = f"{measured_step * 1e3:.1f} ms" if measured_step is not None else "n/a (too few steps)"
     lines.append(f"  step time: predicted {step_pred}, measured {step_meas} (mean after {WARMUP_STEPS} warm-up step)")
     for stage in range(plan.pp):
