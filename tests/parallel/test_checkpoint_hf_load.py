@@ -8,6 +8,8 @@ matching and the error messages.
 from __future__ import annotations
 
 import json
+import math
+from unittest import mock
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, T5Config, T5
 
 from galvatron_hf.parallel.hf_weights import (
     PretrainedWeightsError,
+    SafetensorsSliceReader,
     load_hf_pretrained,
     match_model_keys,
     stored_tensors,
@@ -120,10 +123,19 @@ def _load_into_layouts(rank: int, world_size: int, dirs: dict[str, str]) -> dict
     load_hf_pretrained(model, dirs["llama_single"])
     results["tp2_fsdp2_meta"] = compare_with_reference(model, llama_ref)
 
-    # FSDP4 from a sharded directory (several safetensors files + index)
+    # FSDP4 from a sharded directory (several safetensors files + index), counting the elements read
     model = apply_tp_fsdp(LlamaForCausalLM(llama_config()), tp=1, dp=4)
-    load_hf_pretrained(model, dirs["llama_sharded"])
+    elements_read = []
+    original_read = SafetensorsSliceReader._read_one
+
+    def counting_read(self, handle, item, planner):
+        elements_read.append(math.prod(item.lengths))
+        return original_read(self, handle, item, planner)
+
+    with mock.patch.object(SafetensorsSliceReader, "_read_one", counting_read):
+        load_hf_pretrained(model, dirs["llama_sharded"])
     results["fsdp4_sharded"] = compare_with_reference(model, llama_ref_sharded)
+    results["fsdp4_sharded"]["elements_read"] = sum(elements_read)
 
     # 2-stage pipeline split x FSDP2 inside each stage; the last stage holds lm_head but not the embedding
     stage = rank // 2
@@ -163,6 +175,10 @@ def test_hf_directories_load_into_parallel_layouts_with_identical_weights(pretra
             assert outcome["compared"], f"rank {rank} {layout}: nothing compared"
     full_llama = set(LlamaForCausalLM(llama_config()).state_dict())
     assert set(results[0]["tp2_fsdp2_meta"]["compared"]) == full_llama
+    # each rank read its quarter of every tensor, and together exactly the model once
+    model_elements = sum(t.numel() for t in LlamaForCausalLM(llama_config()).state_dict().values())
+    per_rank = [r["fsdp4_sharded"]["elements_read"] for r in results]
+    assert sum(per_rank) == model_elements and max(per_rank) == model_elements // 4, per_rank
     stage0, stage1 = set(results[0]["pp2_fsdp2"]["compared"]), set(results[2]["pp2_fsdp2"]["compared"])
     assert "model.embed_tokens.weight" in stage0 and "lm_head.weight" not in stage0
     assert "lm_head.weight" in stage1 and "model.embed_tokens.weight" not in stage1
