@@ -13,7 +13,12 @@ import math
 import sys
 from typing import Any
 
-from galvatron_hf.planner.plan import DP_TYPES, MIXED_PRECISIONS, SCHEDULES, Plan, PlanError
+from galvatron_hf.planner.plan import (
+    DP_TYPES,
+    MIXED_PRECISIONS,
+    SCHEDULES,
+    Plan,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_FIT = 3

@@ -19,8 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from galvatron_hf.planner.plan import DP_TYPES, MIXED_PRECISIONS, LayerStrategy, Plan, PlanError, Predicted, VocabStrategy
-
+from galvatron_hf.planner.plan import (
+    DP_TYPES,
+    MIXED_PRECISIONS,
+    LayerStrategy,
+    Plan,
+    PlanError,
+    Predicted,
+    VocabStrategy,
+)
 from galvatron_hf.profiler.hardware_schema import bus_factor
 
 if TYPE_CHECKING:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,7 +38,14 @@ from galvatron_hf.planner.cost_model import (
     estimate_plan,
     pipeline_step_s,
 )
-from galvatron_hf.planner.plan import DP_TYPES, SCHEDULES, LayerStrategy, Plan, PlanError, VocabStrategy
+from galvatron_hf.planner.plan import (
+    DP_TYPES,
+    SCHEDULES,
+    LayerStrategy,
+    Plan,
+    PlanError,
+    VocabStrategy,
+)
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import LayerSpec, ModelSpec
@@ -555,7 +563,7 @@ def _partition_lower_bound(tables: list[np.ndarray], m: int, n: int) -> float:
 # ----- exact solve ---------------------------------------------------------------------------------------
 def exact_solve(solver: _ConfigSolver, rounding: str = "floor") -> Plan | None:
     """The best plan of one config under the exact (workspace-capped, relayout-priced) DP."""
-    ctx, config = solver.ctx, solver.config
+    ctx = solver.ctx
     if not solver.feasible:
         return None
     unit = ctx.budget / EXACT_UNITS
@@ -667,7 +675,6 @@ def _exact_table(solver, stage, vocab, caps, unit, rounding, runs):
 
 def _best_partition(tables, m, n, vocab_t):
     """min over partitions and boundary tp of sum(C) + (M - 1) max(C), sweeping the bottleneck value."""
-    pp = len(tables)
     first = tables[0][0, :, vocab_t, :]  # (end, t_out)
     finite = [t[np.isfinite(t)] for t in tables]
     if any(v.size == 0 for v in finite):

@@ -7,7 +7,14 @@ import itertools
 import pytest
 
 from galvatron_hf.planner.cost_model import CostModel, estimate_plan
-from galvatron_hf.planner.plan import DP_TYPES, SCHEDULES, LayerStrategy, Plan, PlanError, VocabStrategy
+from galvatron_hf.planner.plan import (
+    DP_TYPES,
+    SCHEDULES,
+    LayerStrategy,
+    Plan,
+    PlanError,
+    VocabStrategy,
+)
 from galvatron_hf.planner.search import (
     ImpossibleBudgetError,
     divisors,
