@@ -324,6 +324,21 @@ def test_export_t5_and_dtype(runs):
     assert AutoModelForSeq2SeqLM.from_pretrained(half, dtype="auto").shared.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.distributed
+def test_export_of_a_checkpoint_without_config_takes_the_architecture_from_a_flag(runs, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(runs["ckpt"], bare)
+    config_file = tmp_path / "config.json"
+    shutil.move(bare / "config.json", config_file)
+    assert cli_main(["export", str(bare), str(tmp_path / "no_flag")]) == 1
+    assert "--config" in capsys.readouterr().err
+    assert cli_main(["export", str(bare), str(tmp_path / "by_file"), "--config", str(config_file)]) == 0
+    assert cli_main(["export", str(bare), str(tmp_path / "by_dir"), "--model_name_or_path", str(tmp_path)]) == 0
+    for out in ("by_file", "by_dir"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / out)
+        torch.testing.assert_close(logits_of(model), runs["A"][0]["logits"], rtol=1e-5, atol=1e-5)
+
+
 # ----- single process: recovery and error messages ----------------------------------------------------------------
 
 
