@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -20,18 +21,18 @@ from galvatron_hf.trainer import GalvatronTrainer, GalvatronTrainingArguments
 from galvatron_hf.training.launch import run_main
 
 # TrainingArguments defaults for a quick CPU run; every one can be overridden on the command line
-QUICK_DEFAULTS = dict(
-    output_dir="recipe_output",
-    max_steps=6,
-    per_device_train_batch_size=4,
-    per_device_eval_batch_size=4,
-    learning_rate=1e-3,
-    logging_steps=1,
-    report_to="none",
-    disable_tqdm=True,
-    save_strategy="no",
-    remove_unused_columns=False,
-)
+QUICK_DEFAULTS = {
+    "output_dir": "recipe_output",
+    "max_steps": 6,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "report_to": "none",
+    "disable_tqdm": True,
+    "save_strategy": "no",
+    "remove_unused_columns": False,
+}
 
 
 @dataclass
@@ -47,22 +48,39 @@ class RecipeArguments:
         },
     )
     dataset_name: str | None = field(
-        default=None, metadata={"help": "datasets.load_dataset name (must be available offline). Default: synthetic."}
+        default=None,
+        metadata={
+            "help": "datasets.load_dataset name (must be available offline). Default: synthetic."
+        },
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name for --dataset_name."})
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Config name for --dataset_name."}
+    )
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "A local dataset: a save_to_disk directory, or .txt/.json/.jsonl/.csv/.parquet file(s)."},
+        metadata={
+            "help": "A local dataset: a save_to_disk directory, or .txt/.json/.jsonl/.csv/.parquet file(s)."
+        },
     )
     tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Local tokenizer directory (default: --model_name_or_path)."}
+        default=None,
+        metadata={"help": "Local tokenizer directory (default: --model_name_or_path)."},
     )
-    max_seq_length: int = field(default=32, metadata={"help": "Tokens per sample (synthetic and real data)."})
-    num_samples: int = field(default=256, metadata={"help": "Synthetic samples (used without a dataset)."})
-    eval_samples: int = field(default=32, metadata={"help": "Samples held out for evaluation (0: no evaluation)."})
+    max_seq_length: int = field(
+        default=32, metadata={"help": "Tokens per sample (synthetic and real data)."}
+    )
+    num_samples: int = field(
+        default=256, metadata={"help": "Synthetic samples (used without a dataset)."}
+    )
+    eval_samples: int = field(
+        default=32,
+        metadata={"help": "Samples held out for evaluation (0: no evaluation)."},
+    )
 
 
-def parse(extra: type | None = None) -> tuple[RecipeArguments, GalvatronTrainingArguments, Any]:
+def parse(
+    extra: type | None = None,
+) -> tuple[RecipeArguments, GalvatronTrainingArguments, Any]:
     """``HfArgumentParser`` over (RecipeArguments, GalvatronTrainingArguments[, extra]) with quick defaults."""
     from transformers import HfArgumentParser
 
@@ -83,7 +101,9 @@ def is_pretrained_directory(path: str | None) -> bool:
     return any(name.endswith(".safetensors") for name in os.listdir(path))
 
 
-def build_model(model_class: type, tiny_config: Callable[[], Any], recipe: RecipeArguments):
+def build_model(
+    model_class: type, tiny_config: Callable[[], Any], recipe: RecipeArguments
+):
     """The HF model: tiny (default), or from a named/local config on the meta device (sharded at parallelise)."""
     if recipe.model_name_or_path is None:
         torch.manual_seed(0)
@@ -102,7 +122,10 @@ def load_pretrained_if_any(trainer: GalvatronTrainer, recipe: RecipeArguments) -
 
         load_hf_pretrained(trainer.model, recipe.model_name_or_path)
         if trainer.is_world_process_zero():
-            print(f"loaded pretrained weights from {recipe.model_name_or_path}", flush=True)
+            print(
+                f"loaded pretrained weights from {recipe.model_name_or_path}",
+                flush=True,
+            )
 
 
 def load_tokenizer(recipe: RecipeArguments):
@@ -126,16 +149,27 @@ def load_raw_dataset(recipe: RecipeArguments):
 
     if recipe.dataset_path:
         path = Path(recipe.dataset_path)
-        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        if path.is_dir() and (
+            (path / "dataset_info.json").exists()
+            or (path / "dataset_dict.json").exists()
+        ):
             loaded = datasets.load_from_disk(str(path))
         else:
-            kind = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}.get(
-                path.suffix, "imagefolder" if path.is_dir() else None
-            )
+            kind = {
+                ".txt": "text",
+                ".json": "json",
+                ".jsonl": "json",
+                ".csv": "csv",
+                ".parquet": "parquet",
+            }.get(path.suffix, "imagefolder" if path.is_dir() else None)
             if kind is None:
-                raise ValueError(f"cannot tell the format of {path}: use a save_to_disk directory or a known suffix")
-            loaded = datasets.load_dataset(kind, data_files=str(path)) if kind != "imagefolder" else (
-                datasets.load_dataset("imagefolder", data_dir=str(path))
+                raise ValueError(
+                    f"cannot tell the format of {path}: use a save_to_disk directory or a known suffix"
+                )
+            loaded = (
+                datasets.load_dataset(kind, data_files=str(path))
+                if kind != "imagefolder"
+                else (datasets.load_dataset("imagefolder", data_dir=str(path)))
             )
     elif recipe.dataset_name:
         loaded = datasets.load_dataset(recipe.dataset_name, recipe.dataset_config_name)
@@ -159,7 +193,11 @@ def group_texts(tokenized, block: int):
         ids = [token for row in batch["input_ids"] for token in row]
         usable = len(ids) // block * block
         blocks = [ids[i : i + block] for i in range(0, usable, block)]
-        return {"input_ids": blocks, "attention_mask": [[1] * block for _ in blocks], "labels": [list(b) for b in blocks]}
+        return {
+            "input_ids": blocks,
+            "attention_mask": [[1] * block for _ in blocks],
+            "labels": [list(b) for b in blocks],
+        }
 
     return tokenized.map(chunk, batched=True, remove_columns=tokenized.column_names)
 
@@ -184,7 +222,10 @@ def train_and_save(trainer: GalvatronTrainer, args: GalvatronTrainingArguments) 
         trainer.save_model()  # a from_pretrained directory
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if trainer.is_world_process_zero():
-        print(f"recipe finished: {trainer.state.global_step} steps, losses {[round(x, 4) for x in losses]}", flush=True)
+        print(
+            f"recipe finished: {trainer.state.global_step} steps, losses {[round(x, 4) for x in losses]}",
+            flush=True,
+        )
 
 
 def main_entry(main: Callable[[], None]) -> None:

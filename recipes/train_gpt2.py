@@ -17,8 +17,15 @@ def tiny_config():
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=256, n_embd=64, n_layer=4, n_head=4, n_positions=128, n_inner=128,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=256,
+        n_embd=64,
+        n_layer=4,
+        n_head=4,
+        n_positions=128,
+        n_inner=128,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
 
 

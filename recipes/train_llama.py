@@ -18,8 +18,15 @@ def tiny_config():
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, attention_dropout=0.0, tie_word_embeddings=False,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
     )
 
 

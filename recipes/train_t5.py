@@ -32,18 +32,33 @@ from galvatron_hf.trainer import GalvatronTrainer
 
 @dataclass
 class Seq2SeqArguments:
-    source_column: str = field(default="source", metadata={"help": "Input text column of a real dataset."})
-    target_column: str = field(default="target", metadata={"help": "Target text column of a real dataset."})
-    max_target_length: int = field(default=32, metadata={"help": "Target tokens per sample."})
+    source_column: str = field(
+        default="source", metadata={"help": "Input text column of a real dataset."}
+    )
+    target_column: str = field(
+        default="target", metadata={"help": "Target text column of a real dataset."}
+    )
+    max_target_length: int = field(
+        default=32, metadata={"help": "Target tokens per sample."}
+    )
 
 
 def tiny_config():
     from transformers import T5Config
 
     return T5Config(
-        vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-        dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-        decoder_start_token_id=0, pad_token_id=0,
+        vocab_size=256,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        decoder_start_token_id=0,
+        pad_token_id=0,
     )
 
 
@@ -51,9 +66,18 @@ def synthetic_pairs(recipe: RecipeArguments, vocab_size: int):
     import datasets
 
     generator = torch.Generator().manual_seed(1234)
-    ids = torch.randint(2, min(vocab_size, 64), (recipe.num_samples, recipe.max_seq_length), generator=generator)
+    ids = torch.randint(
+        2,
+        min(vocab_size, 64),
+        (recipe.num_samples, recipe.max_seq_length),
+        generator=generator,
+    )
     return datasets.Dataset.from_dict(
-        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": ids.flip(1).tolist()}
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": torch.ones_like(ids).tolist(),
+            "labels": ids.flip(1).tolist(),
+        }
     )
 
 
@@ -61,12 +85,27 @@ def tokenized_pairs(raw, recipe: RecipeArguments, seq2seq: Seq2SeqArguments):
     tokenizer = load_tokenizer(recipe)
 
     def encode(batch: dict) -> dict:
-        source = tokenizer(batch[seq2seq.source_column], max_length=recipe.max_seq_length, truncation=True,
-                           padding="max_length")
-        target = tokenizer(text_target=batch[seq2seq.target_column], max_length=seq2seq.max_target_length,
-                           truncation=True, padding="max_length")
-        labels = [[t if t != tokenizer.pad_token_id else -100 for t in row] for row in target["input_ids"]]
-        return {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"], "labels": labels}
+        source = tokenizer(
+            batch[seq2seq.source_column],
+            max_length=recipe.max_seq_length,
+            truncation=True,
+            padding="max_length",
+        )
+        target = tokenizer(
+            text_target=batch[seq2seq.target_column],
+            max_length=seq2seq.max_target_length,
+            truncation=True,
+            padding="max_length",
+        )
+        labels = [
+            [t if t != tokenizer.pad_token_id else -100 for t in row]
+            for row in target["input_ids"]
+        ]
+        return {
+            "input_ids": source["input_ids"],
+            "attention_mask": source["attention_mask"],
+            "labels": labels,
+        }
 
     return raw.map(encode, batched=True, remove_columns=raw.column_names)
 
@@ -77,9 +116,19 @@ def main() -> None:
     recipe, args, seq2seq = parse(Seq2SeqArguments)
     model = build_model(T5ForConditionalGeneration, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
-    dataset = synthetic_pairs(recipe, model.config.vocab_size) if raw is None else tokenized_pairs(raw, recipe, seq2seq)
+    dataset = (
+        synthetic_pairs(recipe, model.config.vocab_size)
+        if raw is None
+        else tokenized_pairs(raw, recipe, seq2seq)
+    )
     train, evaluation = split_for_eval(dataset, recipe)
-    trainer = GalvatronTrainer(model, args, train_dataset=train, eval_dataset=evaluation, data_collator=tensor_collator)
+    trainer = GalvatronTrainer(
+        model,
+        args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=tensor_collator,
+    )
     load_pretrained_if_any(trainer, recipe)
     train_and_save(trainer, args)
 

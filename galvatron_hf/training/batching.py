@@ -19,7 +19,12 @@ from typing import Any
 import torch
 
 # value used to pad each key when loader batches of different lengths are joined into one step batch
-PAD_VALUES = {"labels": -100, "attention_mask": 0, "decoder_attention_mask": 0, "token_type_ids": 0}
+PAD_VALUES = {
+    "labels": -100,
+    "attention_mask": 0,
+    "decoder_attention_mask": 0,
+    "token_type_ids": 0,
+}
 TOKEN_KEYS = ("input_ids", "decoder_input_ids")
 
 
@@ -38,15 +43,25 @@ class BatchGeometry:
     @property
     def per_rank_batch_size(self) -> int:
         """Samples in one loader batch of one data-parallel group."""
-        return self.global_batch_size // (self.data_size * self.gradient_accumulation_steps)
+        return self.global_batch_size // (
+            self.data_size * self.gradient_accumulation_steps
+        )
 
     @classmethod
     def from_arguments(
-        cls, per_device_batch_size: int, gradient_accumulation_steps: int, data_size: int, global_batch_size: int | None
+        cls,
+        per_device_batch_size: int,
+        gradient_accumulation_steps: int,
+        data_size: int,
+        global_batch_size: int | None,
     ) -> BatchGeometry:
         accumulation = max(1, gradient_accumulation_steps)
         if global_batch_size is None:
-            return cls(per_device_batch_size * data_size * accumulation, data_size, accumulation)
+            return cls(
+                per_device_batch_size * data_size * accumulation,
+                data_size,
+                accumulation,
+            )
         if global_batch_size % (data_size * accumulation):
             raise BatchSizeError(
                 f"global_batch_size={global_batch_size} does not split into {data_size} data-parallel groups x "
@@ -55,7 +70,9 @@ class BatchGeometry:
         return cls(global_batch_size, data_size, accumulation)
 
 
-def merge_micro_batches(batches: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+def merge_micro_batches(
+    batches: list[dict[str, Any]], pad_token_id: int = 0
+) -> dict[str, Any]:
     """Join loader batches into one step batch (dim 0), right-padding sequence dims that differ."""
     if len(batches) == 1:
         return dict(batches[0])

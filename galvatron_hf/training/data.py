@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 import torch
 from accelerate.data_loader import prepare_data_loader
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 
 def sharded_loader(
@@ -31,9 +37,16 @@ def sharded_loader(
     worker_init_fn: Callable | None = None,
 ) -> DataLoader:
     """This data-parallel group's loader; with ``shuffle`` every group draws the same seeded permutation."""
-    params = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": num_workers, "pin_memory": pin_memory}
+    params = {
+        "batch_size": batch_size,
+        "collate_fn": collate_fn,
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+    }
     if not isinstance(dataset, IterableDataset):
-        params["sampler"] = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        params["sampler"] = (
+            RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        )
         params["drop_last"] = drop_last
         if worker_init_fn is not None:
             params["worker_init_fn"] = worker_init_fn

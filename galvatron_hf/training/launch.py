@@ -28,7 +28,9 @@ def ensure_process_group(device: torch.device) -> None:
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
     port = _free_port()
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
 
 
 def _free_port() -> int:
@@ -54,7 +56,7 @@ def run_main(main: Callable[[], object]) -> None:
     """Run a recipe's ``main``; exit 0 on success, print the traceback and exit 1 on failure."""
     try:
         main()
-    except BaseException:  # a failure must stay visible: print it and exit non-zero
+    except BaseException:  # noqa: BLE001 - any failure, interrupts included: print it and exit non-zero
         traceback.print_exc()
         finish(1)
     finish(0)

@@ -38,9 +38,15 @@ class PlanOptions:
 
     @property
     def uniform_flags_given(self) -> bool:
-        return any(v is not None for v in (self.pp_deg, self.global_tp_deg, self.dp_type, self.num_micro_batches)) or (
-            self.global_checkpoint
-        )
+        return any(
+            v is not None
+            for v in (
+                self.pp_deg,
+                self.global_tp_deg,
+                self.dp_type,
+                self.num_micro_batches,
+            )
+        ) or (self.global_checkpoint)
 
     @property
     def source(self) -> str:
@@ -48,7 +54,11 @@ class PlanOptions:
             return f"plan file {self.galvatron_plan}"
         if self.auto_parallel:
             return "search"
-        return "uniform flags" if self.uniform_flags_given else "plain data parallel (no galvatron options)"
+        return (
+            "uniform flags"
+            if self.uniform_flags_given
+            else "plain data parallel (no galvatron options)"
+        )
 
 
 @dataclass(frozen=True)
@@ -61,12 +71,19 @@ class BatchRequest:
 
     def geometry(self, data_size: int) -> BatchGeometry:
         return BatchGeometry.from_arguments(
-            self.per_device_batch_size, self.gradient_accumulation_steps, data_size, self.global_batch_size
+            self.per_device_batch_size,
+            self.gradient_accumulation_steps,
+            data_size,
+            self.global_batch_size,
         )
 
 
 def choose_plan(
-    options: PlanOptions, spec: ModelSpec, world_size: int, batch: BatchRequest, mixed_precision: str
+    options: PlanOptions,
+    spec: ModelSpec,
+    world_size: int,
+    batch: BatchRequest,
+    mixed_precision: str,
 ) -> Plan:
     """The plan to run, validated against ``spec`` and ``world_size``, with ``predicted`` filled when possible."""
     if options.galvatron_plan:
@@ -79,21 +96,35 @@ def choose_plan(
     return with_prediction(plan, spec, options)
 
 
-def _plan_from_file(path: str, spec: ModelSpec, world_size: int, batch: BatchRequest) -> Plan:
+def _plan_from_file(
+    path: str, spec: ModelSpec, world_size: int, batch: BatchRequest
+) -> Plan:
     """A plan file fixes the global batch it was searched for, unless ``global_batch_size`` overrides it."""
     plan = Plan.load(path)
     plan.validate(world_size=world_size)
     wanted = batch.global_batch_size
     if wanted is None or wanted == plan.global_batch_size:
-        return replace(plan, seq_len=spec.seq_len, predicted=None) if plan.seq_len != spec.seq_len else plan
+        return (
+            replace(plan, seq_len=spec.seq_len, predicted=None)
+            if plan.seq_len != spec.seq_len
+            else plan
+        )
     logger.warning(
         "plan %s was searched for a global batch of %d; training with global_batch_size=%d (prediction recomputed)",
-        path, plan.global_batch_size, wanted,
+        path,
+        plan.global_batch_size,
+        wanted,
     )
     return replace(plan, global_batch_size=wanted, seq_len=spec.seq_len, predicted=None)
 
 
-def _uniform(options: PlanOptions, spec: ModelSpec, world_size: int, batch: BatchRequest, precision: str) -> Plan:
+def _uniform(
+    options: PlanOptions,
+    spec: ModelSpec,
+    world_size: int,
+    batch: BatchRequest,
+    precision: str,
+) -> Plan:
     from galvatron_hf.planner.search import uniform_plan
 
     pp = options.pp_deg or 1
@@ -105,7 +136,9 @@ def _uniform(options: PlanOptions, spec: ModelSpec, world_size: int, batch: Batc
         )
     vocab_tp = tp if spec.vocab_size % tp == 0 else 1
     geometry = batch.geometry((world_size // pp) // vocab_tp)
-    micro = options.num_micro_batches or default_micro_batches(pp, geometry, world_size // pp)
+    micro = options.num_micro_batches or default_micro_batches(
+        pp, geometry, world_size // pp
+    )
     return uniform_plan(
         spec,
         world_size,
@@ -121,7 +154,9 @@ def _uniform(options: PlanOptions, spec: ModelSpec, world_size: int, batch: Batc
     )
 
 
-def default_micro_batches(pp: int, geometry: BatchGeometry, devices_per_stage: int) -> int:
+def default_micro_batches(
+    pp: int, geometry: BatchGeometry, devices_per_stage: int
+) -> int:
     """Accumulation steps without pipelining; with it, the most micro-batches up to max(pp, accumulation)."""
     if pp == 1:
         return geometry.gradient_accumulation_steps
@@ -131,12 +166,22 @@ def default_micro_batches(pp: int, geometry: BatchGeometry, devices_per_stage: i
     return 1
 
 
-def _searched_plan(options: PlanOptions, spec: ModelSpec, world_size: int, batch: BatchRequest, precision: str) -> Plan:
+def _searched_plan(
+    options: PlanOptions,
+    spec: ModelSpec,
+    world_size: int,
+    batch: BatchRequest,
+    precision: str,
+) -> Plan:
     from galvatron_hf.planner.search import search_plan
 
     hardware = load_hardware_profile(options, world_size)
-    memory_gb = options.memory_gb or (hardware.device.memory_gb - hardware.device.reserved_memory_gb)
-    global_batch = batch.global_batch_size or batch.geometry(world_size).global_batch_size
+    memory_gb = options.memory_gb or (
+        hardware.device.memory_gb - hardware.device.reserved_memory_gb
+    )
+    global_batch = (
+        batch.global_batch_size or batch.geometry(world_size).global_batch_size
+    )
     result = search_plan(
         spec,
         hardware,
@@ -148,7 +193,12 @@ def _searched_plan(options: PlanOptions, spec: ModelSpec, world_size: int, batch
     )
     plan = result.plan.validate(world_size=world_size, spec=spec)
     data_size = plan.vocab.dp
-    BatchGeometry.from_arguments(batch.per_device_batch_size, batch.gradient_accumulation_steps, data_size, global_batch)
+    BatchGeometry.from_arguments(
+        batch.per_device_batch_size,
+        batch.gradient_accumulation_steps,
+        data_size,
+        global_batch,
+    )
     return plan
 
 
@@ -168,7 +218,9 @@ def layer_costs(options: PlanOptions, spec: ModelSpec, hardware, precision: str)
         return None
     from galvatron_hf.planner.profiled_costs import profiled_compute
 
-    return profiled_compute(options.model_profile, spec, hardware, mixed_precision=precision)
+    return profiled_compute(
+        options.model_profile, spec, hardware, mixed_precision=precision
+    )
 
 
 def with_prediction(plan: Plan, spec: ModelSpec, options: PlanOptions) -> Plan:
@@ -179,21 +231,37 @@ def with_prediction(plan: Plan, spec: ModelSpec, options: PlanOptions) -> Plan:
 
     hardware = load_hardware_profile(options, plan.world_size)
     compute = layer_costs(options, spec, hardware, plan.mixed_precision)
-    report = estimate_plan(plan, spec, hardware, memory_gb=options.memory_gb, compute=compute)
+    report = estimate_plan(
+        plan, spec, hardware, memory_gb=options.memory_gb, compute=compute
+    )
     return plan.with_predicted(report.predicted)
 
 
 def describe_plan(plan: Plan, source: str, hardware: str) -> str:
     """A short human summary: layout per stage, batch, and the prediction."""
-    lines = [f"galvatron plan ({source}): {plan.world_size} processes, pp={plan.pp} ({plan.schedule}), "
-             f"global batch {plan.global_batch_size} in {plan.num_micro_batches} micro-batch(es), "
-             f"{plan.mixed_precision}"]
+    lines = [
+        (
+            f"galvatron plan ({source}): {plan.world_size} processes, pp={plan.pp} ({plan.schedule}), "
+            f"global batch {plan.global_batch_size} in {plan.num_micro_batches} micro-batch(es), "
+            f"{plan.mixed_precision}"
+        )
+    ]
     for stage in range(plan.pp):
         indices = plan.stage_layers(stage)
-        kinds = sorted({(s.tp, s.dp, s.dp_type, s.checkpoint) for s in (plan.layers[i] for i in indices)})
-        text = ", ".join(f"tp{tp} x dp{dp} ({dp_type}{', checkpointed' if ckpt else ''})" for tp, dp, dp_type, ckpt in kinds)
+        kinds = sorted(
+            {
+                (s.tp, s.dp, s.dp_type, s.checkpoint)
+                for s in (plan.layers[i] for i in indices)
+            }
+        )
+        text = ", ".join(
+            f"tp{tp} x dp{dp} ({dp_type}{', checkpointed' if ckpt else ''})"
+            for tp, dp, dp_type, ckpt in kinds
+        )
         lines.append(f"  stage {stage}: layers {indices[0]}-{indices[-1]}: {text}")
-    lines.append(f"  vocab: tp{plan.vocab.tp} x dp{plan.vocab.dp} ({plan.vocab.dp_type})")
+    lines.append(
+        f"  vocab: tp{plan.vocab.tp} x dp{plan.vocab.dp} ({plan.vocab.dp_type})"
+    )
     predicted = plan.predicted
     if predicted is not None:
         memory = ", ".join(f"{gb:.2f}" for gb in predicted.peak_memory_gb)

@@ -6,6 +6,7 @@ data parallel, checkpoints and the final from_pretrained export) and a lone ``py
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,16 +21,42 @@ STEPS = 3
 
 def _launch(command: list[str], output_dir: Path, *extra: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    args = [*command, "--output_dir", str(output_dir), "--max_steps", str(STEPS), "--num_samples", "64", *extra]
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    args = [
+        *command,
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(STEPS),
+        "--num_samples",
+        "64",
+        *extra,
+    ]
+    done = subprocess.run(
+        args,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(args)} exited with {done.returncode}:\n{output[-6000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(args)} exited with {done.returncode}:\n{output[-6000:]}"
+    )
     return output
 
 
 def _torchrun(processes: int, recipe: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-            str(RECIPES / recipe)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        str(RECIPES / recipe),
+    ]
 
 
 def _losses(output_dir: Path) -> list[float]:
@@ -40,31 +67,57 @@ def _losses(output_dir: Path) -> list[float]:
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("recipe", "processes"),
-    [("train_llama.py", 4), ("train_bert.py", 2), ("train_vit.py", 2), ("train_t5.py", 4)],
+    [
+        ("train_llama.py", 4),
+        ("train_bert.py", 2),
+        ("train_vit.py", 2),
+        ("train_t5.py", 4),
+    ],
 )
 def test_recipe_with_auto_parallel_under_torchrun(tmp_path, recipe, processes):
     output = _launch(_torchrun(processes, recipe), tmp_path, "--auto_parallel")
     assert "galvatron plan (search)" in output and "predicted vs measured" in output
     losses = _losses(tmp_path)
-    assert len(losses) == STEPS and all(loss == loss and loss > 0 for loss in losses)
+    assert len(losses) == STEPS and all(
+        math.isfinite(loss) and loss > 0 for loss in losses
+    )
 
 
 @pytest.mark.distributed
 def test_gpt2_recipe_under_accelerate_launch_saves_and_exports(tmp_path):
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  str(RECIPES / "train_gpt2.py")]
-    output = _launch(accelerate, tmp_path, "--save_strategy", "steps", "--save_steps", "2")
+    accelerate = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        str(RECIPES / "train_gpt2.py"),
+    ]
+    output = _launch(
+        accelerate, tmp_path, "--save_strategy", "steps", "--save_steps", "2"
+    )
     assert "plain data parallel" in output
     assert len(_losses(tmp_path)) == STEPS
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
     from transformers import GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(tmp_path)  # trainer.save_model() wrote a from_pretrained directory
+    model = GPT2LMHeadModel.from_pretrained(
+        tmp_path
+    )  # trainer.save_model() wrote a from_pretrained directory
     assert model.config.n_layer == 4
 
 
 def test_llama_recipe_as_one_plain_process(tmp_path):
-    output = _launch([sys.executable, str(RECIPES / "train_llama.py")], tmp_path, "--global_tp_deg", "1")
+    output = _launch(
+        [sys.executable, str(RECIPES / "train_llama.py")],
+        tmp_path,
+        "--global_tp_deg",
+        "1",
+    )
     assert "1 processes" in output
     assert len(_losses(tmp_path)) == STEPS
 
@@ -75,5 +128,13 @@ def test_accelerate_configs_are_valid():
 
     one = load_config_from_file(str(RECIPES / "accelerate" / "1node_8gpu.yaml"))
     two = load_config_from_file(str(RECIPES / "accelerate" / "2node_8gpu.yaml"))
-    assert (one.num_machines, one.num_processes, one.distributed_type) == (1, 8, DistributedType.MULTI_GPU)
-    assert (two.num_machines, two.num_processes, two.main_process_port) == (2, 16, 29500)
+    assert (one.num_machines, one.num_processes, one.distributed_type) == (
+        1,
+        8,
+        DistributedType.MULTI_GPU,
+    )
+    assert (two.num_machines, two.num_processes, two.main_process_port) == (
+        2,
+        16,
+        29500,
+    )
