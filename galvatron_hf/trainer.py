@@ -53,27 +53,17 @@ class GalvatronTrainingArguments(TrainingArguments):
 
     auto_parallel: bool = field(
         default=False,
-        metadata={
-            "help": "Search the fastest plan that fits memory_gb (cost model, or model_profile when given)."
-        },
+        metadata={"help": "Search the fastest plan that fits memory_gb (cost model, or model_profile when given)."},
     )
     galvatron_plan: str | None = field(
         default=None,
-        metadata={
-            "help": "Path of a plan JSON (`galvatron-hf search --output`); wins over other flags."
-        },
+        metadata={"help": "Path of a plan JSON (`galvatron-hf search --output`); wins over other flags."},
     )
-    pp_deg: int | None = field(
-        default=None, metadata={"help": "Uniform plan: pipeline-parallel degree."}
-    )
-    global_tp_deg: int | None = field(
-        default=None, metadata={"help": "Uniform plan: tensor-parallel degree."}
-    )
+    pp_deg: int | None = field(default=None, metadata={"help": "Uniform plan: pipeline-parallel degree."})
+    global_tp_deg: int | None = field(default=None, metadata={"help": "Uniform plan: tensor-parallel degree."})
     dp_type: str | None = field(
         default=None,
-        metadata={
-            "help": "Uniform plan: data parallelism of every layer: ddp, zero2 or zero3."
-        },
+        metadata={"help": "Uniform plan: data parallelism of every layer: ddp, zero2 or zero3."},
     )
     global_checkpoint: bool = field(
         default=False,
@@ -85,9 +75,7 @@ class GalvatronTrainingArguments(TrainingArguments):
     )
     num_micro_batches: int | None = field(
         default=None,
-        metadata={
-            "help": "Uniform plan: micro-batches per step (default: accumulation steps, at least pp_deg)."
-        },
+        metadata={"help": "Uniform plan: micro-batches per step (default: accumulation steps, at least pp_deg)."},
     )
     global_batch_size: int | None = field(
         default=None,
@@ -98,15 +86,11 @@ class GalvatronTrainingArguments(TrainingArguments):
     )
     memory_gb: float | None = field(
         default=None,
-        metadata={
-            "help": "Memory budget per device for the search (GB = 1e9 bytes; default: the device's)."
-        },
+        metadata={"help": "Memory budget per device for the search (GB = 1e9 bytes; default: the device's)."},
     )
     hardware: str = field(
         default="h100",
-        metadata={
-            "help": "Hardware for predictions and search: a built-in name (a100, h100, h200) or a profile JSON."
-        },
+        metadata={"help": "Hardware for predictions and search: a built-in name (a100, h100, h200) or a profile JSON."},
     )
     num_nodes: int | None = field(
         default=None,
@@ -114,25 +98,17 @@ class GalvatronTrainingArguments(TrainingArguments):
     )
     model_profile: str | None = field(
         default=None,
-        metadata={
-            "help": "Model profile JSON (`galvatron-hf profile model`) for measured layer costs."
-        },
+        metadata={"help": "Model profile JSON (`galvatron-hf profile model`) for measured layer costs."},
     )
     seq_length: int | None = field(
         default=None,
-        metadata={
-            "help": "Sequence length to plan for (default: the first training sample's)."
-        },
+        metadata={"help": "Sequence length to plan for (default: the first training sample's)."},
     )
 
 
 def plan_options(args: TrainingArguments, **overrides: Any) -> PlanOptions:
     """The plan options of ``args`` (defaults for a plain TrainingArguments), with constructor overrides."""
-    values = {
-        f.name: getattr(args, f.name)
-        for f in fields(PlanOptions)
-        if hasattr(args, f.name)
-    }
+    values = {f.name: getattr(args, f.name) for f in fields(PlanOptions) if hasattr(args, f.name)}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PlanOptions(**values)
 
@@ -157,9 +133,7 @@ class ParallelModule(nn.Module):
     def __init__(self, parallel_model) -> None:
         super().__init__()
         self.module = parallel_model.module
-        object.__setattr__(
-            self, "parallel_model", parallel_model
-        )  # not a submodule: it is not an nn.Module
+        object.__setattr__(self, "parallel_model", parallel_model)  # not a submodule: it is not an nn.Module
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -183,48 +157,32 @@ class GalvatronTrainer(Trainer):
         **trainer_kwargs: Any,
     ) -> None:
         _refuse_unsupported(model, trainer_args, trainer_kwargs)
-        args = (
-            args
-            if args is not None
-            else GalvatronTrainingArguments(output_dir="trainer_output")
-        )
+        args = args if args is not None else GalvatronTrainingArguments(output_dir="trainer_output")
         given_plan = plan if isinstance(plan, Plan) else None
         options = plan_options(
             args,
             auto_parallel=auto_parallel,
             galvatron_plan=plan if isinstance(plan, str) else None,
         )
-        device = (
-            args.device
-        )  # under torchrun / accelerate launch this creates the process group
+        device = args.device  # under torchrun / accelerate launch this creates the process group
         ensure_process_group(device)
-        self.parallel_model, self.plan = _parallelize(
-            model, args, options, given_plan, trainer_kwargs, device
-        )
+        self.parallel_model, self.plan = _parallelize(model, args, options, given_plan, trainer_kwargs, device)
         self.batch_geometry = BatchGeometry.from_arguments(
             args.per_device_train_batch_size,
             args.gradient_accumulation_steps,
             self.parallel_model.data_size,
             self.plan.global_batch_size,
         )
-        super().__init__(
-            self.parallel_model.module, args, *trainer_args, **trainer_kwargs
-        )
+        super().__init__(self.parallel_model.module, args, *trainer_args, **trainer_kwargs)
         self._train_batch_size = self.batch_geometry.per_rank_batch_size
-        self.accelerator.scaler = (
-            None  # the runtime scales fp16 losses itself (LossScaler)
-        )
+        self.accelerator.scaler = None  # the runtime scales fp16 losses itself (LossScaler)
         self._wrapped = ParallelModule(self.parallel_model)
         self._pending: list[dict[str, Any]] = []
         self._resumed_rng: dict[str, Any] | None = None
-        self.plan_report = PlanReportCallback(
-            self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0
-        )
+        self.plan_report = PlanReportCallback(self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0)
         self.add_callback(self.plan_report)
         if self.is_world_process_zero():
-            print(
-                describe_plan(self.plan, options.source, options.hardware), flush=True
-            )
+            print(describe_plan(self.plan, options.source, options.hardware), flush=True)
             print(self._batch_summary(), flush=True)
 
     # ----- batches ---------------------------------------------------------------------------------------
@@ -291,17 +249,11 @@ class GalvatronTrainer(Trainer):
         import datasets
 
         if isinstance(dataset, datasets.Dataset):
-            return self._remove_unused_columns(
-                dataset, description=description
-            ), self.data_collator
-        return dataset, self._get_collator_with_removed_columns(
-            self.data_collator, description=description
-        )
+            return self._remove_unused_columns(dataset, description=description), self.data_collator
+        return dataset, self._get_collator_with_removed_columns(self.data_collator, description=description)
 
     # ----- the step --------------------------------------------------------------------------------------
-    def _wrap_model(
-        self, model: nn.Module, training: bool = True, dataloader=None
-    ) -> nn.Module:
+    def _wrap_model(self, model: nn.Module, training: bool = True, dataloader=None) -> nn.Module:
         return self._wrapped
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -311,9 +263,7 @@ class GalvatronTrainer(Trainer):
             _skip_steps_on_overflow(_unwrap_optimizer(optimizer), scaler)
         return optimizer
 
-    def training_step(
-        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
-    ) -> torch.Tensor:
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
         """Collect the step's loader batches; on the last one run the whole step through the runtime.
 
         Returns 0 for the first accumulation batches and the step's true mean loss (over the global batch,
@@ -350,16 +300,12 @@ class GalvatronTrainer(Trainer):
                 "compute_metrics / set prediction_loss_only=True, or evaluate an exported model"
             )
         if "labels" not in inputs:
-            raise ValueError(
-                "GalvatronTrainer evaluation needs 'labels' in the batch (the loss is the metric)"
-            )
+            raise ValueError("GalvatronTrainer evaluation needs 'labels' in the batch (the loss is the metric)")
         loss = self.parallel_model.eval_step(inputs)
         return loss.detach().to(self.args.device), None, None
 
     # ----- checkpoints -----------------------------------------------------------------------------------
-    def save_model(
-        self, output_dir: str | None = None, _internal_call: bool = False
-    ) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Training checkpoints (internal calls) go through DCP; a user call writes a from_pretrained directory."""
         output_dir = output_dir or self.args.output_dir
         if _internal_call:
@@ -371,11 +317,7 @@ class GalvatronTrainer(Trainer):
         from galvatron_hf.parallel.checkpoint import save_checkpoint
 
         keep_optimizer = not self.args.save_only_model and self.optimizer is not None
-        extra = (
-            {"loss_scale": self.parallel_model.scaler.scale}
-            if self.parallel_model.scaler
-            else {}
-        )
+        extra = {"loss_scale": self.parallel_model.scaler.scale} if self.parallel_model.scaler else {}
         save_checkpoint(
             output_dir,
             model=self.model,
@@ -434,9 +376,7 @@ class GalvatronTrainer(Trainer):
     def _save_rng_state(self, output_dir: str) -> None:
         """``save_checkpoint`` stores every rank's RNG states."""
 
-    def _load_from_checkpoint(
-        self, resume_from_checkpoint: str, model: nn.Module | None = None
-    ) -> None:
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Runs before the optimizer exists: only check the checkpoint; the load is in the optimizer hook."""
         from galvatron_hf.parallel.checkpoint import (
             read_manifest,
@@ -464,16 +404,10 @@ class GalvatronTrainer(Trainer):
             restore_rng=True,
         )
         load_scheduler_state(self.lr_scheduler, Path(checkpoint) / SCHEDULER_NAME)
-        self._resumed_rng = (
-            _capture_rng()
-        )  # re-applied where the Trainer restores RNG (after skipping data)
+        self._resumed_rng = _capture_rng()  # re-applied where the Trainer restores RNG (after skipping data)
         if self.parallel_model.scaler is not None and "loss_scale" in state.extra:
             self.parallel_model.scaler.scale = float(state.extra["loss_scale"])
-        if (
-            self.is_world_process_zero()
-            and state.plan is not None
-            and state.plan != self.plan
-        ):
+        if self.is_world_process_zero() and state.plan is not None and state.plan != self.plan:
             print(
                 f"galvatron: resumed step {state.step} saved by another layout ({state.plan.world_size} "
                 f"processes, pp={state.plan.pp}); RNG restored as {state.rng!r}",
@@ -491,25 +425,17 @@ class GalvatronTrainer(Trainer):
         from galvatron_hf.parallel.checkpoint import load_checkpoint
 
         best = self.state.best_model_checkpoint
-        load_checkpoint(
-            best, model=self.model, optimizer=None, plan=self.plan, restore_rng=False
-        )
+        load_checkpoint(best, model=self.model, optimizer=None, plan=self.plan, restore_rng=False)
 
 
 # ----- construction helpers -----------------------------------------------------------------------------------
 
 
-def _refuse_unsupported(
-    model: nn.Module | None, trainer_args: tuple, trainer_kwargs: dict[str, Any]
-) -> None:
+def _refuse_unsupported(model: nn.Module | None, trainer_args: tuple, trainer_kwargs: dict[str, Any]) -> None:
     if model is None:
-        raise ValueError(
-            "GalvatronTrainer needs the model itself (model_init is not supported: pass model=...)"
-        )
+        raise ValueError("GalvatronTrainer needs the model itself (model_init is not supported: pass model=...)")
     if trainer_kwargs.get("model_init") is not None:
-        raise ValueError(
-            "GalvatronTrainer does not support model_init: build the model and pass model=..."
-        )
+        raise ValueError("GalvatronTrainer does not support model_init: build the model and pass model=...")
     optimizers = trainer_kwargs.get("optimizers", (None, None))
     if optimizers and optimizers[0] is not None:
         raise ValueError(
@@ -517,20 +443,14 @@ def _refuse_unsupported(
             "kwargs) or override create_optimizer instead of optimizers=(optimizer, scheduler)"
         )
     if trainer_args:
-        raise TypeError(
-            "GalvatronTrainer takes (model, args) positionally; pass the other Trainer arguments by name"
-        )
+        raise TypeError("GalvatronTrainer takes (model, args) positionally; pass the other Trainer arguments by name")
 
 
-def _parallelize(
-    model, args, options: PlanOptions, given_plan: Plan | None, trainer_kwargs, device
-):
+def _parallelize(model, args, options: PlanOptions, given_plan: Plan | None, trainer_kwargs, device):
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
 
-    seq_len, decoder_seq_len = _sequence_lengths(
-        options, trainer_kwargs.get("train_dataset"), model
-    )
+    seq_len, decoder_seq_len = _sequence_lengths(options, trainer_kwargs.get("train_dataset"), model)
     spec = describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
     precision = mixed_precision_of(args)
     if given_plan is not None:
@@ -542,35 +462,21 @@ def _parallelize(
             options.global_batch_size,
         )
         plan = choose_plan(options, spec, dist.get_world_size(), batch, precision)
-    parallel_model = parallelize(
-        model, plan, spec=spec, device=device, mixed_precision=precision
-    )
+    parallel_model = parallelize(model, plan, spec=spec, device=device, mixed_precision=precision)
     return parallel_model, plan
 
 
-def _sequence_lengths(
-    options: PlanOptions, dataset, model
-) -> tuple[int | None, int | None]:
+def _sequence_lengths(options: PlanOptions, dataset, model) -> tuple[int | None, int | None]:
     """Plan for ``seq_length`` when given, else the first training sample's lengths (None: the adapter's default)."""
     first = _first_sample(dataset)
-    encoder_decoder = bool(
-        getattr(getattr(model, "config", None), "is_encoder_decoder", False)
-    )
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     seq_len = options.seq_length or _length(first.get("input_ids"))
-    decoder = (
-        (_length(first.get("decoder_input_ids")) or _length(first.get("labels")))
-        if encoder_decoder
-        else None
-    )
+    decoder = (_length(first.get("decoder_input_ids")) or _length(first.get("labels"))) if encoder_decoder else None
     return seq_len, decoder
 
 
 def _first_sample(dataset) -> dict[str, Any]:
-    if (
-        dataset is None
-        or isinstance(dataset, torch.utils.data.IterableDataset)
-        or not hasattr(dataset, "__getitem__")
-    ):
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
         return {}
     try:
         sample = dataset[0]

@@ -49,29 +49,19 @@ class RecipeArguments:
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={
-            "help": "datasets.load_dataset name (must be available offline). Default: synthetic."
-        },
+        metadata={"help": "datasets.load_dataset name (must be available offline). Default: synthetic."},
     )
-    dataset_config_name: str | None = field(
-        default=None, metadata={"help": "Config name for --dataset_name."}
-    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name for --dataset_name."})
     dataset_path: str | None = field(
         default=None,
-        metadata={
-            "help": "A local dataset: a save_to_disk directory, or .txt/.json/.jsonl/.csv/.parquet file(s)."
-        },
+        metadata={"help": "A local dataset: a save_to_disk directory, or .txt/.json/.jsonl/.csv/.parquet file(s)."},
     )
     tokenizer_name: str | None = field(
         default=None,
         metadata={"help": "Local tokenizer directory (default: --model_name_or_path)."},
     )
-    max_seq_length: int = field(
-        default=32, metadata={"help": "Tokens per sample (synthetic and real data)."}
-    )
-    num_samples: int = field(
-        default=256, metadata={"help": "Synthetic samples (used without a dataset)."}
-    )
+    max_seq_length: int = field(default=32, metadata={"help": "Tokens per sample (synthetic and real data)."})
+    num_samples: int = field(default=256, metadata={"help": "Synthetic samples (used without a dataset)."})
     eval_samples: int = field(
         default=32,
         metadata={"help": "Samples held out for evaluation (0: no evaluation)."},
@@ -101,9 +91,7 @@ def is_pretrained_directory(path: str | None) -> bool:
     return any(name.endswith(".safetensors") for name in os.listdir(path))
 
 
-def build_model(
-    model_class: type, tiny_config: Callable[[], Any], recipe: RecipeArguments
-):
+def build_model(model_class: type, tiny_config: Callable[[], Any], recipe: RecipeArguments):
     """The HF model: tiny (default), or from a named/local config on the meta device (sharded at parallelise)."""
     if recipe.model_name_or_path is None:
         torch.manual_seed(0)
@@ -149,10 +137,7 @@ def load_raw_dataset(recipe: RecipeArguments):
 
     if recipe.dataset_path:
         path = Path(recipe.dataset_path)
-        if path.is_dir() and (
-            (path / "dataset_info.json").exists()
-            or (path / "dataset_dict.json").exists()
-        ):
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             loaded = datasets.load_from_disk(str(path))
         else:
             kind = {
@@ -163,9 +148,7 @@ def load_raw_dataset(recipe: RecipeArguments):
                 ".parquet": "parquet",
             }.get(path.suffix, "imagefolder" if path.is_dir() else None)
             if kind is None:
-                raise ValueError(
-                    f"cannot tell the format of {path}: use a save_to_disk directory or a known suffix"
-                )
+                raise ValueError(f"cannot tell the format of {path}: use a save_to_disk directory or a known suffix")
             loaded = (
                 datasets.load_dataset(kind, data_files=str(path))
                 if kind != "imagefolder"

@@ -34,12 +34,8 @@ from galvatron_hf.trainer import GalvatronTrainer
 
 @dataclass
 class MaskingArguments:
-    mlm_probability: float = field(
-        default=0.15, metadata={"help": "Share of tokens to predict."}
-    )
-    text_column: str = field(
-        default="text", metadata={"help": "Text column of a real dataset."}
-    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens to predict."})
+    text_column: str = field(default="text", metadata={"help": "Text column of a real dataset."})
 
 
 def tiny_config():
@@ -69,9 +65,7 @@ def mask_tokens(
     def mask(example: dict, index: int) -> dict:
         rng = np.random.default_rng(10_000 + index)
         ids = np.array(example["input_ids"])
-        chosen = (rng.random(ids.shape) < probability) & ~np.isin(
-            ids, list(special_ids)
-        )
+        chosen = (rng.random(ids.shape) < probability) & ~np.isin(ids, list(special_ids))
         if not chosen.any():
             chosen[rng.integers(len(ids))] = True
         labels = np.where(chosen, ids, -100)
@@ -97,9 +91,7 @@ def synthetic_text(recipe: RecipeArguments, vocab_size: int):
         (recipe.num_samples, recipe.max_seq_length),
         generator=generator,
     )
-    return datasets.Dataset.from_dict(
-        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()}
-    )
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
 
 
 def main() -> None:
@@ -124,9 +116,7 @@ def main() -> None:
         )
         dataset = group_texts(tokenized, recipe.max_seq_length).remove_columns("labels")
         mask_id, special = tokenizer.mask_token_id, set(tokenizer.all_special_ids)
-    dataset = mask_tokens(
-        dataset, mask_id, vocab_size, masking.mlm_probability, special
-    )
+    dataset = mask_tokens(dataset, mask_id, vocab_size, masking.mlm_probability, special)
     train, evaluation = split_for_eval(dataset, recipe)
     trainer = GalvatronTrainer(
         model,

@@ -32,15 +32,9 @@ from galvatron_hf.trainer import GalvatronTrainer
 
 @dataclass
 class Seq2SeqArguments:
-    source_column: str = field(
-        default="source", metadata={"help": "Input text column of a real dataset."}
-    )
-    target_column: str = field(
-        default="target", metadata={"help": "Target text column of a real dataset."}
-    )
-    max_target_length: int = field(
-        default=32, metadata={"help": "Target tokens per sample."}
-    )
+    source_column: str = field(default="source", metadata={"help": "Input text column of a real dataset."})
+    target_column: str = field(default="target", metadata={"help": "Target text column of a real dataset."})
+    max_target_length: int = field(default=32, metadata={"help": "Target tokens per sample."})
 
 
 def tiny_config():
@@ -97,10 +91,7 @@ def tokenized_pairs(raw, recipe: RecipeArguments, seq2seq: Seq2SeqArguments):
             truncation=True,
             padding="max_length",
         )
-        labels = [
-            [t if t != tokenizer.pad_token_id else -100 for t in row]
-            for row in target["input_ids"]
-        ]
+        labels = [[t if t != tokenizer.pad_token_id else -100 for t in row] for row in target["input_ids"]]
         return {
             "input_ids": source["input_ids"],
             "attention_mask": source["attention_mask"],
@@ -116,11 +107,7 @@ def main() -> None:
     recipe, args, seq2seq = parse(Seq2SeqArguments)
     model = build_model(T5ForConditionalGeneration, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
-    dataset = (
-        synthetic_pairs(recipe, model.config.vocab_size)
-        if raw is None
-        else tokenized_pairs(raw, recipe, seq2seq)
-    )
+    dataset = synthetic_pairs(recipe, model.config.vocab_size) if raw is None else tokenized_pairs(raw, recipe, seq2seq)
     train, evaluation = split_for_eval(dataset, recipe)
     trainer = GalvatronTrainer(
         model,

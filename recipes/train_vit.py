@@ -33,12 +33,8 @@ NUM_LABELS = 5
 
 @dataclass
 class ImageArguments:
-    image_column: str = field(
-        default="image", metadata={"help": "Image column of a real dataset."}
-    )
-    label_column: str = field(
-        default="label", metadata={"help": "Label column of a real dataset."}
-    )
+    image_column: str = field(default="image", metadata={"help": "Image column of a real dataset."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a real dataset."})
 
 
 def tiny_config():
@@ -64,13 +60,9 @@ def synthetic_images(samples: int, config):
     generator = torch.Generator().manual_seed(1234)
     size = config.image_size
     pixels = torch.randn(samples, config.num_channels, size, size, generator=generator)
-    projection = torch.randn(
-        config.num_channels * size * size, config.num_labels, generator=generator
-    )
+    projection = torch.randn(config.num_channels * size * size, config.num_labels, generator=generator)
     labels = (pixels.flatten(1) @ projection).argmax(dim=1)
-    return datasets.Dataset.from_dict(
-        {"pixel_values": pixels.tolist(), "labels": labels.tolist()}
-    )
+    return datasets.Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()})
 
 
 def real_images(raw, recipe: RecipeArguments, image: ImageArguments):
@@ -97,11 +89,7 @@ def main() -> None:
     recipe, args, image = parse(ImageArguments)
     model = build_model(ViTForImageClassification, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
-    dataset = (
-        synthetic_images(recipe.num_samples, model.config)
-        if raw is None
-        else real_images(raw, recipe, image)
-    )
+    dataset = synthetic_images(recipe.num_samples, model.config) if raw is None else real_images(raw, recipe, image)
     train, evaluation = split_for_eval(dataset, recipe)
     trainer = GalvatronTrainer(
         model,

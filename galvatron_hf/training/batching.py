@@ -43,9 +43,7 @@ class BatchGeometry:
     @property
     def per_rank_batch_size(self) -> int:
         """Samples in one loader batch of one data-parallel group."""
-        return self.global_batch_size // (
-            self.data_size * self.gradient_accumulation_steps
-        )
+        return self.global_batch_size // (self.data_size * self.gradient_accumulation_steps)
 
     @classmethod
     def from_arguments(
@@ -70,9 +68,7 @@ class BatchGeometry:
         return cls(global_batch_size, data_size, accumulation)
 
 
-def merge_micro_batches(
-    batches: list[dict[str, Any]], pad_token_id: int = 0
-) -> dict[str, Any]:
+def merge_micro_batches(batches: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
     """Join loader batches into one step batch (dim 0), right-padding sequence dims that differ."""
     if len(batches) == 1:
         return dict(batches[0])

@@ -44,9 +44,7 @@ def sharded_loader(
         "pin_memory": pin_memory,
     }
     if not isinstance(dataset, IterableDataset):
-        params["sampler"] = (
-            RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        )
+        params["sampler"] = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         params["drop_last"] = drop_last
         if worker_init_fn is not None:
             params["worker_init_fn"] = worker_init_fn

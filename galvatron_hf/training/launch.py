@@ -28,9 +28,7 @@ def ensure_process_group(device: torch.device) -> None:
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
     port = _free_port()
-    dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
-    )
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def _free_port() -> int:

@@ -54,11 +54,7 @@ class PlanOptions:
             return f"plan file {self.galvatron_plan}"
         if self.auto_parallel:
             return "search"
-        return (
-            "uniform flags"
-            if self.uniform_flags_given
-            else "plain data parallel (no galvatron options)"
-        )
+        return "uniform flags" if self.uniform_flags_given else "plain data parallel (no galvatron options)"
 
 
 @dataclass(frozen=True)
@@ -96,19 +92,13 @@ def choose_plan(
     return with_prediction(plan, spec, options)
 
 
-def _plan_from_file(
-    path: str, spec: ModelSpec, world_size: int, batch: BatchRequest
-) -> Plan:
+def _plan_from_file(path: str, spec: ModelSpec, world_size: int, batch: BatchRequest) -> Plan:
     """A plan file fixes the global batch it was searched for, unless ``global_batch_size`` overrides it."""
     plan = Plan.load(path)
     plan.validate(world_size=world_size)
     wanted = batch.global_batch_size
     if wanted is None or wanted == plan.global_batch_size:
-        return (
-            replace(plan, seq_len=spec.seq_len, predicted=None)
-            if plan.seq_len != spec.seq_len
-            else plan
-        )
+        return replace(plan, seq_len=spec.seq_len, predicted=None) if plan.seq_len != spec.seq_len else plan
     logger.warning(
         "plan %s was searched for a global batch of %d; training with global_batch_size=%d (prediction recomputed)",
         path,
@@ -136,9 +126,7 @@ def _uniform(
         )
     vocab_tp = tp if spec.vocab_size % tp == 0 else 1
     geometry = batch.geometry((world_size // pp) // vocab_tp)
-    micro = options.num_micro_batches or default_micro_batches(
-        pp, geometry, world_size // pp
-    )
+    micro = options.num_micro_batches or default_micro_batches(pp, geometry, world_size // pp)
     return uniform_plan(
         spec,
         world_size,
@@ -154,9 +142,7 @@ def _uniform(
     )
 
 
-def default_micro_batches(
-    pp: int, geometry: BatchGeometry, devices_per_stage: int
-) -> int:
+def default_micro_batches(pp: int, geometry: BatchGeometry, devices_per_stage: int) -> int:
     """Accumulation steps without pipelining; with it, the most micro-batches up to max(pp, accumulation)."""
     if pp == 1:
         return geometry.gradient_accumulation_steps
@@ -176,12 +162,8 @@ def _searched_plan(
     from galvatron_hf.planner.search import search_plan
 
     hardware = load_hardware_profile(options, world_size)
-    memory_gb = options.memory_gb or (
-        hardware.device.memory_gb - hardware.device.reserved_memory_gb
-    )
-    global_batch = (
-        batch.global_batch_size or batch.geometry(world_size).global_batch_size
-    )
+    memory_gb = options.memory_gb or (hardware.device.memory_gb - hardware.device.reserved_memory_gb)
+    global_batch = batch.global_batch_size or batch.geometry(world_size).global_batch_size
     result = search_plan(
         spec,
         hardware,
@@ -218,9 +200,7 @@ def layer_costs(options: PlanOptions, spec: ModelSpec, hardware, precision: str)
         return None
     from galvatron_hf.planner.profiled_costs import profiled_compute
 
-    return profiled_compute(
-        options.model_profile, spec, hardware, mixed_precision=precision
-    )
+    return profiled_compute(options.model_profile, spec, hardware, mixed_precision=precision)
 
 
 def with_prediction(plan: Plan, spec: ModelSpec, options: PlanOptions) -> Plan:
@@ -231,9 +211,7 @@ def with_prediction(plan: Plan, spec: ModelSpec, options: PlanOptions) -> Plan:
 
     hardware = load_hardware_profile(options, plan.world_size)
     compute = layer_costs(options, spec, hardware, plan.mixed_precision)
-    report = estimate_plan(
-        plan, spec, hardware, memory_gb=options.memory_gb, compute=compute
-    )
+    report = estimate_plan(plan, spec, hardware, memory_gb=options.memory_gb, compute=compute)
     return plan.with_predicted(report.predicted)
 
 
@@ -248,20 +226,12 @@ def describe_plan(plan: Plan, source: str, hardware: str) -> str:
     ]
     for stage in range(plan.pp):
         indices = plan.stage_layers(stage)
-        kinds = sorted(
-            {
-                (s.tp, s.dp, s.dp_type, s.checkpoint)
-                for s in (plan.layers[i] for i in indices)
-            }
-        )
+        kinds = sorted({(s.tp, s.dp, s.dp_type, s.checkpoint) for s in (plan.layers[i] for i in indices)})
         text = ", ".join(
-            f"tp{tp} x dp{dp} ({dp_type}{', checkpointed' if ckpt else ''})"
-            for tp, dp, dp_type, ckpt in kinds
+            f"tp{tp} x dp{dp} ({dp_type}{', checkpointed' if ckpt else ''})" for tp, dp, dp_type, ckpt in kinds
         )
         lines.append(f"  stage {stage}: layers {indices[0]}-{indices[-1]}: {text}")
-    lines.append(
-        f"  vocab: tp{plan.vocab.tp} x dp{plan.vocab.dp} ({plan.vocab.dp_type})"
-    )
+    lines.append(f"  vocab: tp{plan.vocab.tp} x dp{plan.vocab.dp} ({plan.vocab.dp_type})")
     predicted = plan.predicted
     if predicted is not None:
         memory = ", ".join(f"{gb:.2f}" for gb in predicted.peak_memory_gb)

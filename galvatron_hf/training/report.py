@@ -83,26 +83,16 @@ class PlanReportCallback(TrainerCallback):
             sys.stdout.flush()
 
 
-def format_report(
-    plan: Plan, per_rank: list[tuple[int, float, float | None]], memory_kind: str
-) -> str:
+def format_report(plan: Plan, per_rank: list[tuple[int, float, float | None]], memory_kind: str) -> str:
     times = [t for _, _, t in per_rank if t is not None]
     measured_step = max(times) if times else None
     lines = ["galvatron: predicted vs measured"]
     predicted = plan.predicted
     step_pred = f"{predicted.step_time_s * 1e3:.3g} ms" if predicted else "n/a"
-    step_meas = (
-        f"{measured_step * 1e3:.1f} ms"
-        if measured_step is not None
-        else "n/a (too few steps)"
-    )
-    lines.append(
-        f"  step time: predicted {step_pred}, measured {step_meas} (mean after {WARMUP_STEPS} warm-up step)"
-    )
+    step_meas = f"{measured_step * 1e3:.1f} ms" if measured_step is not None else "n/a (too few steps)"
+    lines.append(f"  step time: predicted {step_pred}, measured {step_meas} (mean after {WARMUP_STEPS} warm-up step)")
     for stage in range(plan.pp):
         peak = max((m for s, m, _ in per_rank if s == stage), default=0.0)
         pred = f"{predicted.peak_memory_gb[stage]:.2f} GB" if predicted else "n/a"
-        lines.append(
-            f"  stage {stage} peak memory: predicted {pred}, measured {peak:.2f} GB ({memory_kind})"
-        )
+        lines.append(f"  stage {stage} peak memory: predicted {pred}, measured {peak:.2f} GB ({memory_kind})")
     return "\n".join(lines)

@@ -26,9 +26,7 @@ def load_scheduler_state(scheduler: Any, path: Path) -> None:
     scheduler.load_state_dict(adapt_to_groups(saved, scheduler.state_dict(), path))
 
 
-def adapt_to_groups(
-    saved: dict[str, Any], current: dict[str, Any], where: Path | str = ""
-) -> dict[str, Any]:
+def adapt_to_groups(saved: dict[str, Any], current: dict[str, Any], where: Path | str = "") -> dict[str, Any]:
     adapted = dict(saved)
     for key in PER_GROUP_KEYS:
         if key not in saved or key not in current or not isinstance(saved[key], list):

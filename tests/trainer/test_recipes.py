@@ -41,9 +41,7 @@ def _launch(command: list[str], output_dir: Path, *extra: str) -> str:
         check=False,
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, (
-        f"{' '.join(args)} exited with {done.returncode}:\n{output[-6000:]}"
-    )
+    assert done.returncode == 0, f"{' '.join(args)} exited with {done.returncode}:\n{output[-6000:]}"
     return output
 
 
@@ -78,9 +76,7 @@ def test_recipe_with_auto_parallel_under_torchrun(tmp_path, recipe, processes):
     output = _launch(_torchrun(processes, recipe), tmp_path, "--auto_parallel")
     assert "galvatron plan (search)" in output and "predicted vs measured" in output
     losses = _losses(tmp_path)
-    assert len(losses) == STEPS and all(
-        math.isfinite(loss) and loss > 0 for loss in losses
-    )
+    assert len(losses) == STEPS and all(math.isfinite(loss) and loss > 0 for loss in losses)
 
 
 @pytest.mark.distributed
@@ -94,9 +90,7 @@ def test_gpt2_recipe_under_accelerate_launch_saves_and_exports(tmp_path):
         "2",
         str(RECIPES / "train_gpt2.py"),
     ]
-    output = _launch(
-        accelerate, tmp_path, "--save_strategy", "steps", "--save_steps", "2"
-    )
+    output = _launch(accelerate, tmp_path, "--save_strategy", "steps", "--save_steps", "2")
     assert "plain data parallel" in output
     assert len(_losses(tmp_path)) == STEPS
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
@@ -105,9 +99,7 @@ def test_gpt2_recipe_under_accelerate_launch_saves_and_exports(tmp_path):
     ]
     from transformers import GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(
-        tmp_path
-    )  # trainer.save_model() wrote a from_pretrained directory
+    model = GPT2LMHeadModel.from_pretrained(tmp_path)  # trainer.save_model() wrote a from_pretrained directory
     assert model.config.n_layer == 4
 
 

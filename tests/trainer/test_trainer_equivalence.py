@@ -68,19 +68,13 @@ def family_runs(request, tmp_path_factory):
     family = request.param
     workdir = tmp_path_factory.mktemp(f"trainer_{family}")
     reference = cases.reference_run(family, str(workdir / "reference"))
-    results = run_distributed(
-        cases.galvatron_worker, 4, family, RUNS, str(workdir), timeout_s=900
-    )
+    results = run_distributed(cases.galvatron_worker, 4, family, RUNS, str(workdir), timeout_s=900)
     return family, workdir, reference, results
 
 
 def _assert_close(actual: list[float], expected: list[float], what: str) -> None:
-    assert len(actual) == len(expected) == cases.STEPS, (
-        f"{what}: {actual} vs {expected}"
-    )
-    torch.testing.assert_close(
-        torch.tensor(actual), torch.tensor(expected), rtol=RTOL, atol=0, msg=what
-    )
+    assert len(actual) == len(expected) == cases.STEPS, f"{what}: {actual} vs {expected}"
+    torch.testing.assert_close(torch.tensor(actual), torch.tensor(expected), rtol=RTOL, atol=0, msg=what)
 
 
 def test_losses_match_plain_trainer_in_every_layout(family_runs):
@@ -89,9 +83,7 @@ def test_losses_match_plain_trainer_in_every_layout(family_runs):
         _assert_close(result["losses"], reference["losses"], f"{family} {name}")
     for rank_results in results[1:]:  # every rank logs the same global mean loss
         for name, result, first in zip(NAMES, rank_results, results[0]):
-            assert result["losses"] == first["losses"], (
-                f"{family} {name}: ranks disagree"
-            )
+            assert result["losses"] == first["losses"], f"{family} {name}: ranks disagree"
 
 
 def test_plans_are_the_asked_layouts(family_runs):
@@ -99,9 +91,7 @@ def test_plans_are_the_asked_layouts(family_runs):
     plans = [result["plan"] for result in results[0]]
     assert {(s.tp, s.dp, s.dp_type) for s in plans[0].layers} == {(1, 4, "zero3")}
     assert {(s.tp, s.dp, s.dp_type) for s in plans[1].layers} == {(2, 2, "zero3")}
-    assert plans[2].pp == 2 and {(s.tp, s.dp, s.dp_type) for s in plans[2].layers} == {
-        (1, 2, "ddp")
-    }
+    assert plans[2].pp == 2 and {(s.tp, s.dp, s.dp_type) for s in plans[2].layers} == {(1, 2, "ddp")}
     assert all(plan.global_batch_size == cases.GLOBAL_BATCH for plan in plans)
 
 
@@ -130,10 +120,7 @@ def test_resume_in_another_layout_continues_the_run(family_runs):
         "checkpoint-5",
     ]
     state = json.loads((saved / "checkpoint-3" / "trainer_state.json").read_text())
-    assert (
-        state["global_step"] == 3
-        and len(cases.logged_losses(state["log_history"])) == 3
-    )
+    assert state["global_step"] == 3 and len(cases.logged_losses(state["log_history"])) == 3
 
 
 def test_export_then_from_pretrained_gives_the_trained_logits(family_runs):
@@ -144,21 +131,13 @@ def test_export_then_from_pretrained_gives_the_trained_logits(family_runs):
     family, workdir, reference, _ = family_runs
     auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
     exported_by_save_model = auto.from_pretrained(workdir / "exported")
-    torch.testing.assert_close(
-        cases.logits(exported_by_save_model), reference["logits"], rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(cases.logits(exported_by_save_model), reference["logits"], rtol=1e-4, atol=1e-5)
     export_to_hf(workdir / "saved" / "checkpoint-5", workdir / "exported-checkpoint")
     exported_checkpoint = auto.from_pretrained(workdir / "exported-checkpoint")
-    torch.testing.assert_close(
-        cases.logits(exported_checkpoint), reference["logits"], rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(cases.logits(exported_checkpoint), reference["logits"], rtol=1e-4, atol=1e-5)
 
 
 def test_report_prints_predicted_and_measured(family_runs):
     _, _, _, results = family_runs
     report = results[0][0]["report"]
-    assert (
-        "predicted" in report
-        and "measured" in report
-        and "stage 0 peak memory" in report
-    )
+    assert "predicted" in report and "measured" in report and "stage 0 peak memory" in report

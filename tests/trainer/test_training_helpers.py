@@ -117,9 +117,7 @@ def test_plan_options_of_a_plain_training_arguments_mean_data_parallel():
 
     from galvatron_hf.trainer import plan_options
 
-    options = plan_options(
-        TrainingArguments(output_dir="x", use_cpu=True, report_to="none")
-    )
+    options = plan_options(TrainingArguments(output_dir="x", use_cpu=True, report_to="none"))
     assert not options.auto_parallel and not options.uniform_flags_given
     plan = choose_plan(options, _llama_spec(), 4, BatchRequest(2, 1, None), "fp32")
     assert plan.pp == 1 and plan.global_batch_size == 8
@@ -137,16 +135,9 @@ def test_uniform_flags_and_their_errors():
         pipeline_type="1f1b",
     )
     plan = choose_plan(options, spec, 8, BatchRequest(2, 2, None), "bf16")
-    assert (
-        plan.pp == 2 and plan.schedule == "1f1b" and plan.global_batch_size == 2 * 2 * 2
-    )
-    assert {(s.tp, s.dp, s.dp_type, s.checkpoint) for s in plan.layers} == {
-        (2, 2, "zero3", True)
-    }
-    assert (
-        plan.num_micro_batches >= 2
-        and plan.global_batch_size % (plan.num_micro_batches * 2) == 0
-    )
+    assert plan.pp == 2 and plan.schedule == "1f1b" and plan.global_batch_size == 2 * 2 * 2
+    assert {(s.tp, s.dp, s.dp_type, s.checkpoint) for s in plan.layers} == {(2, 2, "zero3", True)}
+    assert plan.num_micro_batches >= 2 and plan.global_batch_size % (plan.num_micro_batches * 2) == 0
     with pytest.raises(PlanError, match="divide"):
         choose_plan(PlanOptions(pp_deg=3), spec, 4, BatchRequest(2, 1, None), "fp32")
     assert "stage 1" in describe_plan(plan, "uniform flags", "h100")
@@ -168,11 +159,7 @@ def test_search_and_plan_file_override(tmp_path):
         BatchRequest(2, 1, None),
         "bf16",
     )
-    assert (
-        searched.world_size == 4
-        and searched.global_batch_size == 8
-        and searched.predicted is not None
-    )
+    assert searched.world_size == 4 and searched.global_batch_size == 8 and searched.predicted is not None
     path = searched.save(tmp_path / "plan.json")
     same = choose_plan(
         PlanOptions(galvatron_plan=str(path)),
@@ -182,12 +169,8 @@ def test_search_and_plan_file_override(tmp_path):
         "bf16",
     )
     assert same.global_batch_size == 8  # a plan file keeps its batch ...
-    bigger = choose_plan(
-        PlanOptions(galvatron_plan=str(path)), spec, 4, BatchRequest(2, 1, 32), "bf16"
-    )
-    assert (
-        bigger.global_batch_size == 32 and bigger.predicted is not None
-    )  # ... unless global_batch_size is set
+    bigger = choose_plan(PlanOptions(galvatron_plan=str(path)), spec, 4, BatchRequest(2, 1, 32), "bf16")
+    assert bigger.global_batch_size == 32 and bigger.predicted is not None  # ... unless global_batch_size is set
     with pytest.raises(PlanError, match="launch"):
         choose_plan(
             PlanOptions(galvatron_plan=str(path)),
@@ -218,12 +201,6 @@ def test_scheduler_state_maps_onto_another_group_count():
 
 
 def test_report_lists_every_stage():
-    plan = choose_plan(
-        PlanOptions(pp_deg=2), _llama_spec(), 2, BatchRequest(4, 1, None), "fp32"
-    )
+    plan = choose_plan(PlanOptions(pp_deg=2), _llama_spec(), 2, BatchRequest(4, 1, None), "fp32")
     text = format_report(plan, [(0, 1.5, 0.2), (1, 2.5, 0.25)], "CUDA max allocated")
-    assert (
-        "measured 250.0 ms" in text
-        and "stage 1 peak memory" in text
-        and "measured 2.50 GB" in text
-    )
+    assert "measured 250.0 ms" in text and "stage 1 peak memory" in text and "measured 2.50 GB" in text

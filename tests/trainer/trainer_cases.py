@@ -60,11 +60,7 @@ def make_dataset(family: str, samples: int = SAMPLES, seed: int = 1):
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, VOCAB, (samples, SEQ), generator=gen)
-    labels = (
-        torch.randint(1, VOCAB, (samples, SEQ), generator=gen)
-        if family == "t5"
-        else ids.clone()
-    )
+    labels = torch.randint(1, VOCAB, (samples, SEQ), generator=gen) if family == "t5" else ids.clone()
     labels[torch.rand(samples, SEQ, generator=gen) < 0.25] = -100
     columns = {
         "input_ids": ids.tolist(),
@@ -135,20 +131,13 @@ def reference_run(family: str, output_dir: str, **overrides: Any) -> dict[str, A
 def logits(model) -> torch.Tensor:
     """Logits of a fixed batch: the fingerprint of a model's weights."""
     batch = collate(
-        [
-            make_dataset(
-                "t5" if model.config.is_encoder_decoder else "llama", 4, seed=3
-            )[i]
-            for i in range(4)
-        ]
+        [make_dataset("t5" if model.config.is_encoder_decoder else "llama", 4, seed=3)[i] for i in range(4)]
     )
     model.eval()
     return model(**batch).logits.float()
 
 
-def galvatron_worker(
-    rank: int, world_size: int, family: str, runs: list[dict[str, Any]], workdir: str
-) -> list[Any]:
+def galvatron_worker(rank: int, world_size: int, family: str, runs: list[dict[str, Any]], workdir: str) -> list[Any]:
     """Train one GalvatronTrainer per run (``flags``: argument overrides) and report what each run logged.
 
     A run may ``evaluate`` after training and ``export`` (``trainer.save_model``) to ``workdir/<export>``.
@@ -160,9 +149,7 @@ def galvatron_worker(
         flags = dict(run.get("flags", {}))
         resume = flags.pop("resume_from_checkpoint", None)
         output_dir = os.path.join(workdir, run.get("dir", f"run{index}"))
-        args = GalvatronTrainingArguments(
-            **common_arguments(output_dir, global_batch_size=GLOBAL_BATCH, **flags)
-        )
+        args = GalvatronTrainingArguments(**common_arguments(output_dir, global_batch_size=GLOBAL_BATCH, **flags))
         trainer = GalvatronTrainer(
             make_model(family),
             args,
@@ -170,9 +157,7 @@ def galvatron_worker(
             eval_dataset=make_dataset(family, 16, seed=2),
             data_collator=collate,
         )
-        trainer.train(
-            resume_from_checkpoint=os.path.join(workdir, resume) if resume else None
-        )
+        trainer.train(resume_from_checkpoint=os.path.join(workdir, resume) if resume else None)
         result = {
             "losses": logged_losses(trainer.state.log_history),
             "plan": trainer.plan,
