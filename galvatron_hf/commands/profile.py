@@ -48,8 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.set_defaults(run_target=run_model)
 
 
+EXIT_BAD_INPUT = 2
+
+
 def run(args: argparse.Namespace) -> int:
-    return int(args.run_target(args) or 0)
+    """Run the chosen target; bad input (unknown model, missing kernel, bad file) is one line, exit code 2."""
+    from galvatron_hf.profiler.model_profiler import ModelProfilerError
+
+    try:
+        return int(args.run_target(args) or 0)
+    except (ModelProfilerError, ValueError, OSError) as err:  # profile/hardware file errors are ValueErrors
+        print(f"galvatron-hf profile {args.target}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 # ----- hardware ------------------------------------------------------------------------------------------------

@@ -186,3 +186,21 @@ def test_cli_reuses_a_vision_profile(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "reusing" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    from galvatron_hf.cli import main
+
+    common = ["--seq_len", "32", "--output", str(tmp_path / "m.json"), "--cache_dir", str(tmp_path / "cache")]
+    assert main(["profile", "model", "--model_name_or_path", str(tmp_path / "missing"), *common]) == 2
+    assert "galvatron-hf profile model: error: Unknown model" in capsys.readouterr().err
+    model_dir = _write_config(tmp_path / "tiny-llama", "llama")
+    kernel = ["--attn_implementation", "flash_attention_2", "--device", "cpu", "--dtype", "fp32"]
+    try:
+        import flash_attn  # noqa: F401
+
+        pytest.skip("flash-attn is installed here")
+    except ImportError:
+        pass
+    assert main(["profile", "model", "--model_name_or_path", model_dir, *common, *kernel]) == 2
+    assert "Choose --attn_implementation sdpa or eager" in capsys.readouterr().err
