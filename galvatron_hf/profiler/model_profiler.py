@@ -474,7 +474,9 @@ def _main_input(call: CapturedCall) -> torch.Tensor | None:
 
 def _side_inputs(call: CapturedCall) -> list[torch.Tensor]:
     main = _main_input(call)
-    return [t for t in _inputs(call) if main is None or t.untyped_storage().data_ptr() != main.untyped_storage().data_ptr()]
+    return [
+        t for t in _inputs(call) if main is None or t.untyped_storage().data_ptr() != main.untyped_storage().data_ptr()
+    ]
 
 
 def checkpointed_input_bytes(calls: list[CapturedCall]) -> int:
