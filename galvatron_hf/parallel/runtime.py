@@ -192,10 +192,15 @@ def default_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def set_attn_implementation(model: nn.Module, implementation: str) -> None:
+def set_attn_implementation(model: nn.Module, implementation: str, required: bool = False) -> None:
+    """Switch HF attention; a default choice the model does not support leaves its own in place."""
     setter = getattr(model, "set_attn_implementation", None)
     if setter is not None:
-        setter(implementation)
+        try:
+            setter(implementation)
+        except (ValueError, ImportError):
+            if required:
+                raise
     elif hasattr(model, "config"):
         model.config._attn_implementation = implementation
 
@@ -265,15 +270,13 @@ class ParallelModel:
         """Forward + backward of this rank's part; returns the global mean loss; gradients accumulate."""
         self.module.train()
         batch = self._to_device(batch)
-        weight, global_items = self._loss_weight(batch)
+        global_items = self._global_items(batch)
         if self.scaler is not None:
             self.scaler.rescale_existing(self.module.parameters())
         if self.pipeline is not None:
             loss = self.pipeline.step(batch, loss_denominator=global_items)
         else:
-            local = self._local_loss(batch) * weight
-            (self.scaler.scale_loss(local) if self.scaler else local).backward()
-            loss = self._sum_over_data(local.detach())
+            loss = self._sum_over_data(self._accumulate(batch, global_items))
         if self.scaler is not None:
             self.scaler.unscale_(self.module.parameters())
         return loss
@@ -283,10 +286,11 @@ class ParallelModel:
         """Forward only, same loss contract as ``train_step``."""
         self.module.eval()
         batch = self._to_device(batch)
-        weight, global_items = self._loss_weight(batch)
+        global_items = self._global_items(batch)
         if self.pipeline is not None:
             return self.pipeline.evaluate(batch, loss_denominator=global_items)
-        return self._sum_over_data(self._local_loss(batch) * weight)
+        total = sum(self._weighted_loss(part, global_items) for part in self._micro_batches(batch))
+        return self._sum_over_data(total)
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """Clip all gradients to a global norm of ``max_norm``; returns the norm before clipping."""
@@ -303,23 +307,56 @@ class ParallelModel:
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def _local_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _micro_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """With pp = 1, ``plan.num_micro_batches`` > 1 means gradient accumulation inside the step."""
+        count = self.plan.num_micro_batches
+        rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        if count == 1:
+            return [batch]
+        if rows % count:
+            raise ValueError(f"this rank's {rows} samples do not split into {count} micro-batches (plan.num_micro_batches)")
+        return [{k: v.chunk(count)[i] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                for i in range(count)]
+
+    def _accumulate(self, batch: dict[str, Any], global_items: torch.Tensor) -> torch.Tensor:
+        """Forward + backward micro-batch by micro-batch; DP gradient reduction only on the last one."""
+        parts = self._micro_batches(batch)
+        total = torch.zeros((), device=self.device)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if len(parts) > 1:
+                self.module.set_requires_gradient_sync(last)
+            local = self._weighted_loss(part, global_items)
+            (self.scaler.scale_loss(local) if self.scaler else local).backward()
+            total = total + local.detach()
+        return total
+
+    def _items(self, batch: dict[str, Any]) -> torch.Tensor:
+        return count_label_items(batch["labels"], causal=_is_causal_lm(self.spec)).to(self.device, torch.float32)
+
+    def _weighted_loss(self, batch: dict[str, Any], global_items: torch.Tensor) -> torch.Tensor:
+        """The HF mean loss of this micro-batch times its share of the global label items.
+
+        A micro-batch without label items (all padding) still runs forward and backward, with a zero loss
+        built from the logits: the other ranks' collectives in backward need this rank too.
+        """
         output = self.module(**batch)
-        loss = output["loss"] if isinstance(output, dict) else output[0]
+        loss = output.get("loss") if isinstance(output, dict) else output[0]
         if loss is None:
             raise ValueError("the model returned no loss: the batch needs 'labels'")
-        return loss.float()
+        items = self._items(batch)
+        if float(items) == 0:
+            return output["logits"].float().sum() * 0.0
+        return loss.float() * (items / global_items)
 
-    def _loss_weight(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of the global label items, and the global item count (one all-reduce)."""
-        labels = batch.get("labels")
-        if labels is None:
+    def _global_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Label items of the whole global batch (one all-reduce over the data-loading ranks)."""
+        if batch.get("labels") is None:
             raise ValueError("train_step/eval_step need 'labels' in the batch (the loss is computed by the model)")
-        local = count_label_items(labels, causal=_is_causal_lm(self.spec)).to(self.device, torch.float32)
-        total = self._sum_over_data(local.clone())
+        total = self._sum_over_data(self._items(batch))
         if float(total) <= 0:
             raise ValueError("the global batch has no label items (all labels are -100); the loss is undefined")
-        return local / total, total
+        return total
 
     def _sum_over_data(self, value: torch.Tensor) -> torch.Tensor:
         if self.data_size > 1:
@@ -379,7 +416,9 @@ def parallelize(
     device = torch.device(device) if device is not None else _default_device()
     precision = mixed_precision or plan.mixed_precision
     on_meta = _on_meta(model)
-    set_attn_implementation(model, attn_implementation or default_attn_implementation(device))
+    set_attn_implementation(
+        model, attn_implementation or default_attn_implementation(device), required=attn_implementation is not None
+    )
     _disable_cache(model)
     if not on_meta:
         model.to(device)

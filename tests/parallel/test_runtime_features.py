@@ -27,12 +27,14 @@ def _grad_error(got: dict, ref: dict) -> float:
 
 
 def test_meta_build_clipping_and_low_precision():
-    """One launch: a meta-device TP2 x ZeRO-3 model loaded through DCP, clipping on a mixed layout, bf16, fp16."""
+    """One launch: a meta-device TP2 x ZeRO-3 model loaded through DCP, clipping on a mixed layout, bf16, fp16,
+    and gradient accumulation over micro-batches (pp = 1)."""
     cases = [
         rc.Case("meta_tp2_zero3", tuple((2, "zero3", False) for _ in range(4)), (2, "zero3"), meta=True),
         rc.Case("clip_mixed", MIXED, (4, "ddp"), clip=0.5),
         rc.Case("bf16_mixed", MIXED, (2, "zero3"), mixed_precision="bf16"),
         rc.Case("fp16_zero3", tuple((2, "zero3", True) for _ in range(4)), (1, "zero2"), mixed_precision="fp16"),
+        rc.Case("accumulate_mixed", MIXED, (2, "ddp"), micro_batches=2),
     ]
     results = run_distributed(rc.parallel_run, 4, "llama", cases, timeout_s=900)[0]
     plain = rc.reference_run("llama")
@@ -47,6 +49,10 @@ def test_meta_build_clipping_and_low_precision():
     assert clip["norms"][0] > 0.5  # the clip really scaled the gradients
     assert clip["losses"] == pytest.approx(clipped["losses"], rel=1e-5)
     assert _grad_error(clip["grads"][-1], clipped["grads"][-1]) < 1e-5
+
+    accumulate = results["accumulate_mixed"]  # pp = 1, two micro-batches: gradient accumulation in the step
+    assert accumulate["losses"] == pytest.approx(plain["losses"], rel=1e-5)
+    assert _grad_error(accumulate["grads"][-1], plain["grads"][-1]) < 1e-5
 
     for name in ("bf16_mixed", "fp16_zero3"):
         low = results[name]
