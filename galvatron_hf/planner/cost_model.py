@@ -162,6 +162,9 @@ class CostModel:
         self.overlap = hardware.overlap
         self.reserved_bytes = hardware.device.reserved_memory_gb * GB
         self._cache: dict[tuple, LayerCost] = {}
+        self._fits: dict[tuple, object] = {}
+        self.pre_layers = tuple(spec.pre_layers)  # the spec's properties rescan every layer: keep them
+        self.post_layers = tuple(spec.post_layers)
 
     # ----- communication ---------------------------------------------------------------------------------
     def collective_s(self, op: str, nbytes: float, group_size: int, stride: int = 1) -> float:
@@ -176,7 +179,10 @@ class CostModel:
             return 0.0
         placement = hw.placement_of(group_size, stride)
         ranks = "consecutive" if stride == 1 else "strided"
-        fit = hw.collective(op, group_size, placement, ranks)
+        key = (op, group_size, placement, ranks)
+        fit = self._fits.get(key)
+        if fit is None:
+            fit = self._fits[key] = hw.collective(op, group_size, placement, ranks)
         scale = 1.0
         if placement == "inter_node":
             scale = self._gpus_per_node_in(group_size, stride) / self._fit_gpus_per_node(fit)
@@ -257,7 +263,7 @@ class CostModel:
             return self.collective_s("all_gather", logits, tp), self.collective_s("all_reduce", hidden_bytes, tp)
         # Megatron-style block: one all-reduce per row-parallel output forward, one per column-parallel
         # input backward; one each per sub-layer (attention, MLP, cross-attention).
-        count = sum(1 for rule in layer.tp_rules if rule.style == "rowwise") or 2
+        count = sum(rule.style == "rowwise" for rule in layer.tp_rules) or 2
         one = self.collective_s("all_reduce", hidden_bytes, tp)
         return count * one, count * one
 
@@ -364,14 +370,14 @@ class CostModel:
         """
         layers = []
         if first:
-            layers += list(self.spec.pre_layers)
+            layers += list(self.pre_layers)
         if last:
-            layers += list(self.spec.post_layers)
+            layers += list(self.post_layers)
         costs = [self.layer_cost(layer, vocab.tp, vocab.dp, vocab.dp_type, False, shape) for layer in layers]
         if last and shape.pp > 1 and self.spec.tie_word_embeddings:
-            head_params = sum(layer.params for layer in self.spec.post_layers if layer.kind == "head")
+            head_params = sum(layer.params for layer in self.post_layers if layer.kind == "head")
             if not head_params:
-                for layer in self.spec.pre_layers:
+                for layer in self.pre_layers:
                     params = self.local_params(layer, vocab.tp)
                     costs.append(LayerCost(0.0, self._static_bytes(params, vocab.dp, vocab.dp_type, shape), 0.0, 0.0))
         return LayerCost(

@@ -188,7 +188,9 @@ def vocab_supports(spec: ModelSpec, tp: int) -> bool:
     """The vocab layers split by TP must divide (the vocabulary for the embedding and LM head)."""
     if tp == 1:
         return True
-    for layer in (*spec.pre_layers, *spec.post_layers):
+    for layer in spec.layers:
+        if layer.is_block:
+            continue
         if layer.tp_params and layer.vocab_size and layer.vocab_size % tp:
             return False
     return True
@@ -266,6 +268,19 @@ class _Context:
         for index, s in enumerate(self.sig):
             self.representative.setdefault(s, self.blocks[index])
         self.reuse = _prefix_reuse(self.sig)
+        self._tp_options: dict[int, list[int]] = {}
+        self._all_support: dict[int, bool] = {}
+
+    def tp_options(self, devices: int) -> list[int]:
+        if devices not in self._tp_options:
+            self._tp_options[devices] = tp_options(self.spec, self.hardware, devices)
+        return self._tp_options[devices]
+
+    def all_blocks_support(self, tp: int) -> bool:
+        """Uniform plans need a TP degree every block supports."""
+        if tp not in self._all_support:
+            self._all_support[tp] = all(block.supports_tp(tp) for block in self.blocks)
+        return self._all_support[tp]
 
 
 def _signature(layer: LayerSpec) -> tuple:
@@ -300,7 +315,7 @@ class _ConfigSolver:
         self.shape = config.shape()
         model, shape = ctx.model, self.shape
         devices, mb = config.devices_per_stage, config.micro_batch_size
-        self.tps = [t for t in tp_options(ctx.spec, ctx.hardware, devices) if mb % (devices // t) == 0]
+        self.tps = [t for t in ctx.tp_options(devices) if mb % (devices // t) == 0]
         self.feasible = bool(self.tps)
         if not self.feasible:
             return
@@ -402,6 +417,8 @@ class _ConfigSolver:
         result = _Run([])
         best = best_mem = None
         pad = np.full((n_t, 1), np.inf)
+        column = np.arange(units + 1)[None, :]
+        first_slot = (np.arange(n_t) * n_slots)[:, None]
         for n in range(max_blocks):
             index = start + n
             if n == 0:
@@ -416,7 +433,7 @@ class _ConfigSolver:
                 if track:
                     result.previous.append(came_from)
                 if exact_memory:
-                    pre_mem = np.hstack([np.take_along_axis(best_mem, came_from, axis=0), pad])
+                    pre_mem = np.hstack([best_mem.ravel().take(came_from * (units + 1) + column), pad])
             times, static, act, _ = self.arrays[sig[index]]
             rows = self._rows(sig[index], k, unit, units, rounding, cap)
             candidates = (pre.ravel().take(rows) + times[:, None]).reshape(n_t, n_slots, units + 1)
@@ -426,9 +443,9 @@ class _ConfigSolver:
             if track:
                 result.choices.append(slot)
             if exact_memory:
-                origin = np.take_along_axis(rows.reshape(n_t, n_slots, units + 1), slot[:, None, :], axis=1)[:, 0]
-                mem = (static + k * act).reshape(n_t, n_slots)
-                best_mem = pre_mem.ravel().take(origin) + np.take_along_axis(mem, slot, axis=1)
+                strategy = first_slot + slot  # (T, m): the strategy kept in each cell
+                origin = rows.ravel().take(strategy * (units + 1) + column)
+                best_mem = pre_mem.ravel().take(origin) + (static + k * act).take(strategy)
                 result.memory.append(best_mem)
             result.tables.append(best)
             if not np.isfinite(best).any():
@@ -880,7 +897,8 @@ def _upper_bound(solver: _ConfigSolver) -> float:
     if not solver.feasible:
         return 0.0
     config = solver.config
-    blocks = sum(float(np.min(solver.arrays[s][0])) for s in solver.ctx.sig)
+    fastest = {s: float(np.min(a[0])) for s, a in solver.arrays.items()}
+    blocks = sum(fastest[s] for s in solver.ctx.sig)
     vocab = min(sum(solver.vocab_cost(v, i).time_s for i in {0, config.pp - 1}) for v in solver.vocab_options)
     total = blocks + vocab
     step = total + (config.num_micro_batches - 1) * total / config.pp
@@ -1042,7 +1060,7 @@ def _uniform_candidates(solver: _ConfigSolver) -> list[tuple]:
         start += size
     found = []
     for index, (tp, dp, dp_type, checkpoint) in enumerate(solver.strategies):
-        if not all(block.supports_tp(tp) for block in ctx.blocks):
+        if not ctx.all_blocks_support(tp):
             continue
         vocab_tp = tp if vocab_supports(ctx.spec, tp) else 1
         if config.micro_batch_size % (devices // vocab_tp):
