@@ -26,19 +26,41 @@ def llama_config(tiny: bool):
     from transformers import LlamaConfig
 
     if tiny:
-        return LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+        return LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
     # TinyLlama-1.1B shape
-    return LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                       num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048)
+    return LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    )
 
 
 def one_gpu_plan(num_blocks: int, batch: int, seq_len: int):
     from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
 
-    return Plan(world_size=1, pp=1, schedule="gpipe", global_batch_size=batch, num_micro_batches=1,
-                layers=[LayerStrategy(0, 1, 1, "ddp", True) for _ in range(num_blocks)],
-                vocab=VocabStrategy(1, 1, "ddp"), seq_len=seq_len, mixed_precision="bf16")
+    return Plan(
+        world_size=1,
+        pp=1,
+        schedule="gpipe",
+        global_batch_size=batch,
+        num_micro_batches=1,
+        layers=[LayerStrategy(0, 1, 1, "ddp", True) for _ in range(num_blocks)],
+        vocab=VocabStrategy(1, 1, "ddp"),
+        seq_len=seq_len,
+        mixed_precision="bf16",
+    )
 
 
 def init_single_process(device: torch.device) -> None:
@@ -111,7 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(report, indent=2))
     ok = report["first_loss_rel_diff"] < 2e-2 and all(torch.isfinite(torch.tensor(losses)))
-    print("CHECK", "PASSED" if ok else "FAILED", "(first train-step loss vs eager bf16 loss within 2e-2)")
+    print(
+        "CHECK",
+        "PASSED" if ok else "FAILED",
+        "(first train-step loss vs eager bf16 loss within 2e-2)",
+    )
     dist.destroy_process_group()
     if not ok:
         sys.exit(1)

@@ -35,7 +35,10 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def total_grad_norm(
-    parameters: Iterable[nn.Parameter], dims: ParallelDims, norm_type: float = 2.0, copies_scale: dict | None = None
+    parameters: Iterable[nn.Parameter],
+    dims: ParallelDims,
+    norm_type: float = 2.0,
+    copies_scale: dict | None = None,
 ) -> torch.Tensor:
     """The norm of all gradients of the model across every rank (same value returned on every rank).
 
@@ -62,7 +65,11 @@ def total_grad_norm(
 
 @torch.no_grad()
 def clip_grad_norm_(
-    parameters: Iterable[nn.Parameter], max_norm: float, dims: ParallelDims, norm_type: float = 2.0, copies_scale=None
+    parameters: Iterable[nn.Parameter],
+    max_norm: float,
+    dims: ParallelDims,
+    norm_type: float = 2.0,
+    copies_scale=None,
 ) -> torch.Tensor:
     """Scale gradients in place so their global norm is at most ``max_norm``; return the norm before clipping."""
     parameters = list(parameters)

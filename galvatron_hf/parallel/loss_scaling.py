@@ -21,8 +21,13 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 class LossScaler:
     """Dynamic loss scale: multiply the loss, unscale gradients, skip and back off on inf/NaN, grow when stable."""
 
-    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
-                 growth_interval: int = 2000):
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ):
         self.scale = init_scale
         self.growth_factor = growth_factor
         self.backoff_factor = backoff_factor

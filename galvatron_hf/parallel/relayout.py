@@ -118,7 +118,13 @@ def slice_parts(tensor: torch.Tensor, group: dist.ProcessGroup, dim: int = 0) ->
     return tensor.chunk(size, dim=dim)[index]
 
 
-def relayout(tensor: torch.Tensor, dims: ParallelDims, src: BatchLayout, dst: BatchLayout, dim: int = 0):
+def relayout(
+    tensor: torch.Tensor,
+    dims: ParallelDims,
+    src: BatchLayout,
+    dst: BatchLayout,
+    dim: int = 0,
+):
     """Re-lay a batch tensor from layout ``src`` to ``dst`` (both ``(dp, tp)`` of the same stage).
 
     When neither TP degree divides the other we go through their gcd: slice, then gather.

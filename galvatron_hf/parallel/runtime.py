@@ -19,12 +19,18 @@ from torch import nn
 
 from galvatron_hf.adapters.spec import LayerSpec, ModelSpec
 from galvatron_hf.parallel.activation_checkpoint import apply_activation_checkpointing
-from galvatron_hf.parallel.data_parallel import apply_data_parallel, mixed_precision_policy
+from galvatron_hf.parallel.data_parallel import (
+    apply_data_parallel,
+    mixed_precision_policy,
+)
 from galvatron_hf.parallel.grad_norm import clip_grad_norm_
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.relayout import HEAD_TENSORS, RelayoutTracker
-from galvatron_hf.parallel.tensor_parallel import apply_tensor_parallel, tie_output_embeddings
+from galvatron_hf.parallel.tensor_parallel import (
+    apply_tensor_parallel,
+    tie_output_embeddings,
+)
 from galvatron_hf.planner.plan import Plan, PlanError
 
 IGNORE_INDEX = -100
@@ -66,13 +72,22 @@ def parallelize_blocks(
         strategy = plan.layers[index]
         layout = Layout.of(strategy)
         apply_tensor_parallel(
-            block, layer.tp_rules, layer.tp_attributes, dims.tp_mesh(layout), where=f"block {index} ({layer.root})"
+            block,
+            layer.tp_rules,
+            layer.tp_attributes,
+            dims.tp_mesh(layout),
+            where=f"block {index} ({layer.root})",
         )
         if strategy.checkpoint:
             apply_activation_checkpointing(block)
         apply_data_parallel(block, dims.fsdp_mesh(layout), strategy.dp_type, policy)
         heads = HEAD_TENSORS.get(spec.family)
-        tracker.install_block(block, layout.batch_layout, heads, dims.tp_mesh(layout).get_group() if heads else None)
+        tracker.install_block(
+            block,
+            layout.batch_layout,
+            heads,
+            dims.tp_mesh(layout).get_group() if heads else None,
+        )
 
 
 def parallelize_vocab(
@@ -107,7 +122,12 @@ def parallelize_vocab(
             target = _find(module, _join(layer.root, path))
             if target is not None:
                 tracker.install_input_layout(target)
-    apply_data_parallel(module, dims.fsdp_mesh(layout), plan.vocab.dp_type, mixed_precision_policy(mixed_precision))
+    apply_data_parallel(
+        module,
+        dims.fsdp_mesh(layout),
+        plan.vocab.dp_type,
+        mixed_precision_policy(mixed_precision),
+    )
     tracker.install_root(module, plan.vocab.dp, convert_outputs=is_stage)
 
 
@@ -156,7 +176,10 @@ def _join(root: str, path: str) -> str:
 
 
 def _tied_embeddings(module: nn.Module) -> bool:
-    get_in, get_out = getattr(module, "get_input_embeddings", None), getattr(module, "get_output_embeddings", None)
+    get_in, get_out = (
+        getattr(module, "get_input_embeddings", None),
+        getattr(module, "get_output_embeddings", None),
+    )
     if get_in is None or get_out is None:
         return False
     try:
@@ -294,7 +317,13 @@ class ParallelModel:
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """Clip all gradients to a global norm of ``max_norm``; returns the norm before clipping."""
-        return clip_grad_norm_(self.module.parameters(), max_norm, self.dims, norm_type, self._tied_copies())
+        return clip_grad_norm_(
+            self.module.parameters(),
+            max_norm,
+            self.dims,
+            norm_type,
+            self._tied_copies(),
+        )
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """``optimizer.step()``, skipped (with a smaller loss scale) after an fp16 overflow."""
@@ -314,9 +343,12 @@ class ParallelModel:
         if count == 1:
             return [batch]
         if rows % count:
-            raise ValueError(f"this rank's {rows} samples do not split into {count} micro-batches (plan.num_micro_batches)")
-        return [{k: v.chunk(count)[i] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                for i in range(count)]
+            raise ValueError(
+                f"this rank's {rows} samples do not split into {count} micro-batches (plan.num_micro_batches)"
+            )
+        return [
+            {k: v.chunk(count)[i] if isinstance(v, torch.Tensor) else v for k, v in batch.items()} for i in range(count)
+        ]
 
     def _accumulate(self, batch: dict[str, Any], global_items: torch.Tensor) -> torch.Tensor:
         """Forward + backward micro-batch by micro-batch; DP gradient reduction only on the last one."""
@@ -367,7 +399,9 @@ class ParallelModel:
         if self.stage_layout is None or not self.stage_layout.tied:
             return None
         params = dict(self.module.named_parameters(remove_duplicate=False))
-        names = [t.first_stage_name if self.stage_layout.is_first else t.last_stage_name for t in self.stage_layout.tied]
+        names = [
+            t.first_stage_name if self.stage_layout.is_first else t.last_stage_name for t in self.stage_layout.tied
+        ]
         return {id(params[name]): 2 for name in names if name in params}
 
 
@@ -417,7 +451,9 @@ def parallelize(
     precision = mixed_precision or plan.mixed_precision
     on_meta = _on_meta(model)
     set_attn_implementation(
-        model, attn_implementation or default_attn_implementation(device), required=attn_implementation is not None
+        model,
+        attn_implementation or default_attn_implementation(device),
+        required=attn_implementation is not None,
     )
     _disable_cache(model)
     if not on_meta:
@@ -438,7 +474,13 @@ def parallelize(
         from galvatron_hf.parallel.pipeline_parallel import PipelineRunner
 
         pipeline = PipelineRunner(
-            model, spec, layout, plan, dims.pp_mesh.get_group(), device, dp_group=dims.dp_group(Layout.of(plan.vocab))
+            model,
+            spec,
+            layout,
+            plan,
+            dims.pp_mesh.get_group(),
+            device,
+            dp_group=dims.dp_group(Layout.of(plan.vocab)),
         )
     scaler = loss_scaler or (LossScaler() if precision == "fp16" else None)
     return ParallelModel(model, plan, spec, dims, device, precision, tracker, scaler, pipeline, layout)

@@ -16,8 +16,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import (
+    DTensor,
+    Partial,
+    Replicate,
+    Shard,
+    distribute_tensor,
+)
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    RowwiseParallel,
+    parallelize_module,
+)
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from galvatron_hf.adapters.spec import TPAttribute, TPRule
@@ -43,7 +54,14 @@ def _shard_fused(tensor: torch.Tensor, dim: int, parts: int, mesh: DeviceMesh) -
         return nn.Parameter(distribute_tensor(tensor.detach(), mesh, [Shard(dim)]))
     local = _strided_local(tensor.detach(), dim, parts, mesh)
     placement = _StridedShard(dim, split_factor=parts)
-    dtensor = DTensor.from_local(local, mesh, [placement], run_check=False, shape=tensor.shape, stride=tensor.stride())
+    dtensor = DTensor.from_local(
+        local,
+        mesh,
+        [placement],
+        run_check=False,
+        shape=tensor.shape,
+        stride=tensor.stride(),
+    )
     return nn.Parameter(dtensor)
 
 
@@ -173,7 +191,9 @@ def _split_width(rule: TPRule, module: nn.Module) -> int:
 def _check_divisible(rule: TPRule, module: nn.Module, tp: int, where: str) -> None:
     width = _split_width(rule, module)
     if width % tp:
-        raise TPConfigError(f"{where}: tp={tp} does not divide {rule.module}'s split width {width}; use a tp dividing it")
+        raise TPConfigError(
+            f"{where}: tp={tp} does not divide {rule.module}'s split width {width}; use a tp dividing it"
+        )
 
 
 def _divide_attribute(module: nn.Module, attribute: TPAttribute, tp: int, where: str) -> None:

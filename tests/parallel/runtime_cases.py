@@ -25,29 +25,67 @@ def make_config(family: str):
 
     if family == "llama":
         return tf.LlamaConfig(
-            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=8,
-            num_key_value_heads=4, max_position_embeddings=64, attention_dropout=0.0, tie_word_embeddings=False,
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            attention_dropout=0.0,
+            tie_word_embeddings=False,
         )
     if family == "gpt2":
         return tf.GPT2Config(
-            vocab_size=128, n_embd=64, n_layer=4, n_head=4, n_positions=64, n_inner=128,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=128,
+            n_embd=64,
+            n_layer=4,
+            n_head=4,
+            n_positions=64,
+            n_inner=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         )
     if family == "bert":
         return tf.BertConfig(
-            vocab_size=128, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            vocab_size=128,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         )
     if family == "vit":
         return tf.ViTConfig(
-            image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-            intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=5,
+            image_size=16,
+            patch_size=4,
+            num_channels=3,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            num_labels=5,
         )
     if family == "t5":
         return tf.T5Config(
-            vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-            dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+            vocab_size=128,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
         )
     raise ValueError(family)
 
@@ -111,26 +149,54 @@ class Case:
             for i, (tp, dp_type, ckpt) in enumerate(self.blocks)
         ]
         vocab = VocabStrategy(self.vocab[0], n // self.vocab[0], self.vocab[1])
-        return Plan(world_size=world, pp=self.pp, schedule="gpipe", global_batch_size=GLOBAL_BATCH,
-                    num_micro_batches=self.micro_batches, layers=layers, vocab=vocab,
-                    mixed_precision=self.mixed_precision)
+        return Plan(
+            world_size=world,
+            pp=self.pp,
+            schedule="gpipe",
+            global_batch_size=GLOBAL_BATCH,
+            num_micro_batches=self.micro_batches,
+            layers=layers,
+            vocab=vocab,
+            mixed_precision=self.mixed_precision,
+        )
 
 
-def uniform(name: str, blocks: int, tp: int, dp_type: str, vocab_tp: int | None = None, ckpt: bool = False,
-            mixed_precision: str = "fp32") -> Case:
-    return Case(name, tuple((tp, dp_type, ckpt) for _ in range(blocks)), (vocab_tp or tp, dp_type), mixed_precision)
+def uniform(
+    name: str,
+    blocks: int,
+    tp: int,
+    dp_type: str,
+    vocab_tp: int | None = None,
+    ckpt: bool = False,
+    mixed_precision: str = "fp32",
+) -> Case:
+    return Case(
+        name,
+        tuple((tp, dp_type, ckpt) for _ in range(blocks)),
+        (vocab_tp or tp, dp_type),
+        mixed_precision,
+    )
 
 
 def standard_cases(blocks: int = 4) -> list[Case]:
     """The layouts every family must match the single process on (world size 4)."""
-    mixed = ((1, "zero3", False), (2, "ddp", True), (4, "zero2", False), (2, "zero3", True))
+    mixed = (
+        (1, "zero3", False),
+        (2, "ddp", True),
+        (4, "zero2", False),
+        (2, "zero3", True),
+    )
     return [
         uniform("ddp4", blocks, 1, "ddp"),
         uniform("zero2x4", blocks, 1, "zero2"),
         uniform("zero3x4", blocks, 1, "zero3", ckpt=True),
         uniform("tp2_zero3x2", blocks, 2, "zero3"),
         uniform("tp4", blocks, 4, "ddp"),
-        Case("mixed_1242", mixed[:blocks] if blocks == 4 else tuple(mixed[i % 4] for i in range(blocks)), (2, "zero3")),
+        Case(
+            "mixed_1242",
+            mixed[:blocks] if blocks == 4 else tuple(mixed[i % 4] for i in range(blocks)),
+            (2, "zero3"),
+        ),
     ]
 
 
@@ -150,7 +216,12 @@ def reference_run(family: str, steps: int = STEPS, clip: float | None = None) ->
         grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
         optimizer.step()
         optimizer.zero_grad()
-    return {"losses": losses, "grads": grads, "norms": norms, "names": [n for n, _ in model.named_parameters()]}
+    return {
+        "losses": losses,
+        "grads": grads,
+        "norms": norms,
+        "names": [n for n, _ in model.named_parameters()],
+    }
 
 
 # ----- the parallel run (one rank) ------------------------------------------------------------------------
@@ -175,10 +246,16 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case]) -> dict:
                 model = type(model)(model.config)
         pm = parallelize(model, plan, spec=spec, device="cpu", mixed_precision=case.mixed_precision)
         if meta:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+            )
 
-            set_model_state_dict(pm.module, reference_state, options=StateDictOptions(full_state_dict=True,
-                                                                                     strict=False))
+            set_model_state_dict(
+                pm.module,
+                reference_state,
+                options=StateDictOptions(full_state_dict=True, strict=False),
+            )
         optimizer = torch.optim.SGD(pm.parameters(), lr=LR)
         losses, grads, norms = [], [], []
         for step in range(STEPS):

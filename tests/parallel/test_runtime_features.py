@@ -11,12 +11,12 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-import runtime_cases as rc  # noqa: E402
+import runtime_cases as rc
 
-from galvatron_hf.parallel import ParallelDims, count_label_items, parallelize  # noqa: E402
-from galvatron_hf.parallel.relayout import relayout  # noqa: E402
-from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, VocabStrategy  # noqa: E402
-from galvatron_hf.testing.distributed import run_distributed  # noqa: E402
+from galvatron_hf.parallel import ParallelDims, count_label_items, parallelize
+from galvatron_hf.parallel.relayout import relayout
+from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, VocabStrategy
+from galvatron_hf.testing.distributed import run_distributed
 
 pytestmark = pytest.mark.distributed
 MIXED = ((1, "zero3", False), (2, "ddp", True), (4, "zero2", False), (2, "zero3", True))
@@ -30,10 +30,20 @@ def test_meta_build_clipping_and_low_precision():
     """One launch: a meta-device TP2 x ZeRO-3 model loaded through DCP, clipping on a mixed layout, bf16, fp16,
     and gradient accumulation over micro-batches (pp = 1)."""
     cases = [
-        rc.Case("meta_tp2_zero3", tuple((2, "zero3", False) for _ in range(4)), (2, "zero3"), meta=True),
+        rc.Case(
+            "meta_tp2_zero3",
+            tuple((2, "zero3", False) for _ in range(4)),
+            (2, "zero3"),
+            meta=True,
+        ),
         rc.Case("clip_mixed", MIXED, (4, "ddp"), clip=0.5),
         rc.Case("bf16_mixed", MIXED, (2, "zero3"), mixed_precision="bf16"),
-        rc.Case("fp16_zero3", tuple((2, "zero3", True) for _ in range(4)), (1, "zero2"), mixed_precision="fp16"),
+        rc.Case(
+            "fp16_zero3",
+            tuple((2, "zero3", True) for _ in range(4)),
+            (1, "zero2"),
+            mixed_precision="fp16",
+        ),
         rc.Case("accumulate_mixed", MIXED, (2, "ddp"), micro_batches=2),
     ]
     results = run_distributed(rc.parallel_run, 4, "llama", cases, timeout_s=900)[0]
@@ -64,8 +74,15 @@ def _plan(world: int, tps: list[int], pp: int = 1, vocab_tp: int = 1) -> Plan:
     n = world // pp
     stages = [min(i * pp // len(tps), pp - 1) for i in range(len(tps))]
     layers = [LayerStrategy(stage, tp, n // tp) for stage, tp in zip(stages, tps)]
-    return Plan(world_size=world, pp=pp, schedule="gpipe", global_batch_size=8, num_micro_batches=1,
-                layers=layers, vocab=VocabStrategy(vocab_tp, n // vocab_tp))
+    return Plan(
+        world_size=world,
+        pp=pp,
+        schedule="gpipe",
+        global_batch_size=8,
+        num_micro_batches=1,
+        layers=layers,
+        vocab=VocabStrategy(vocab_tp, n // vocab_tp),
+    )
 
 
 def _bad_plans(rank: int, world: int) -> list[str]:
@@ -81,11 +98,22 @@ def _bad_plans(rank: int, world: int) -> list[str]:
     for index, plan in enumerate(bad):
         config = rc.make_config("llama")
         if index == 1:
-            config.num_attention_heads, config.num_key_value_heads, config.hidden_size = 6, 3, 48
+            (
+                config.num_attention_heads,
+                config.num_key_value_heads,
+                config.hidden_size,
+            ) = 6, 3, 48
         if index == 2:
             config.num_hidden_layers = 1
-            plan = Plan(world_size=2, pp=2, schedule="gpipe", global_batch_size=8, num_micro_batches=1,
-                        layers=[LayerStrategy(0, 1, 1), LayerStrategy(1, 1, 1)], vocab=VocabStrategy(1, 1))
+            plan = Plan(
+                world_size=2,
+                pp=2,
+                schedule="gpipe",
+                global_batch_size=8,
+                num_micro_batches=1,
+                layers=[LayerStrategy(0, 1, 1), LayerStrategy(1, 1, 1)],
+                vocab=VocabStrategy(1, 1),
+            )
         import transformers
 
         model = transformers.LlamaForCausalLM(config)
@@ -115,7 +143,12 @@ def _relayout_round_trip(rank: int, world: int) -> dict:
     back = relayout(half, dims, (2, 2), (4, 1))
     (back * (rank + 1)).sum().backward()
     # (3, 2)-layout: tp 3 and 2 share no factor beyond 1, so it goes through tp=1 (slice, then gather)
-    return {"everything": everything.detach(), "half": half.detach(), "back": back.detach(), "grad": local.grad}
+    return {
+        "everything": everything.detach(),
+        "half": half.detach(),
+        "back": back.detach(),
+        "grad": local.grad,
+    }
 
 
 def test_relayout_moves_batch_parts_with_correct_backward():

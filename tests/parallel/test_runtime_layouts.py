@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import runtime_cases as rc  # noqa: E402
+import runtime_cases as rc
 
-from galvatron_hf.testing.distributed import run_distributed  # noqa: E402
+from galvatron_hf.testing.distributed import run_distributed
 
 pytestmark = pytest.mark.distributed
 WORLD = 4
@@ -24,14 +23,10 @@ RTOL = 1e-5
 ATOL = 1e-9
 
 
-def _blocks(family: str) -> int:
-    return 4 if family != "t5" else 4  # T5: 2 encoder + 2 decoder blocks
-
-
 def _check_family(family: str) -> None:
     from galvatron_hf.adapters import describe_model
 
-    cases = rc.standard_cases(_blocks(family))
+    cases = rc.standard_cases(4)  # T5: 2 encoder + 2 decoder blocks
     reference = rc.reference_run(family)
     results = run_distributed(rc.parallel_run, WORLD, family, cases, timeout_s=900)
     model = rc.make_model(family)
@@ -47,8 +42,16 @@ def _check_family(family: str) -> None:
                 grad = got["grads"][step][name]
                 # rtol 1e-5, plus atol 1e-9 for gradients that are mathematically zero (BERT's key bias)
                 error = (grad - ref).norm().item()
-                assert error <= RTOL * ref.norm().item() + ATOL, f"{case.name}: step {step} gradient of {name} off by {error:.2e}"
-        rc.check_shares(spec, case.plan(WORLD), WORLD, [r[case.name]["sizes"] for r in results], aliases)
+                assert error <= RTOL * ref.norm().item() + ATOL, (
+                    f"{case.name}: step {step} gradient of {name} off by {error:.2e}"
+                )
+        rc.check_shares(
+            spec,
+            case.plan(WORLD),
+            WORLD,
+            [r[case.name]["sizes"] for r in results],
+            aliases,
+        )
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "vit", "t5"])

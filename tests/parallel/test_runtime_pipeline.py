@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import runtime_cases as rc  # noqa: E402
+import runtime_cases as rc
 
-from galvatron_hf.testing.distributed import run_distributed  # noqa: E402
+from galvatron_hf.testing.distributed import run_distributed
 
 pytestmark = pytest.mark.distributed
 BLOCKS = ((1, "zero3", False), (2, "ddp", False), (2, "zero2", True), (1, "ddp", False))
