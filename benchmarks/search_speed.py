@@ -121,19 +121,23 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"{meta['load_average']} (the machine is shared: wall times include waiting for a core; CPU time does "
         "not). Search time only (median); analytic costs, built-in hardware.",
         "",
-        "| case | search wall s (target) | CPU s | plan | samples/s | MFU | peak GB/stage | best uniform samples/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | search wall s (target) | CPU s | plan | samples/s | MFU | peak GB/stage | best uniform | plain ZeRO-3 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         p, plan = r["predicted"], r["plan"]
         kinds = sorted({(x["tp"], x["dp_type"], x["checkpoint"]) for x in plan["layer_runs"]})
         layout = "; ".join(f"tp{tp} {dt}{' ckpt' if ck else ''}" for tp, dt, ck in kinds)
         uniform = r["best_uniform"]["samples_per_s"] if r["best_uniform"] else float("nan")
+        zero3 = r["plain_zero3"]
+        zero3_text = "n/a" if zero3 is None else (
+            f"{zero3['samples_per_s']:.2f}" if zero3["fits"] else f"needs {max(zero3['peak_memory_gb']):.0f} GB")
         lines.append(
             f"| {r['model']} {r['num_gpus']} GPUs {r['memory_gb']:g} GB | {r['search_s_median']} ({r['target_s']}) | "
             f"{r['search_cpu_s_median']} | "
             f"pp={plan['pp']} M={plan['num_micro_batches']} B={plan['global_batch_size']} stages={plan['stage_sizes']}: "
-            f"{layout} | {p['samples_per_s']:.2f} | {p['mfu'] * 100:.1f}% | {p['peak_memory_gb']} | {uniform:.2f} |"
+            f"{layout} | {p['samples_per_s']:.2f} | {p['mfu'] * 100:.1f}% | {p['peak_memory_gb']} | {uniform:.2f} | "
+            f"{zero3_text} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": [round(x, 1) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     results = []
     for case in CASES:
