@@ -40,6 +40,9 @@ GRAD_BYTES = 4  # fp32 sharded gradients (reduce_dtype=fp32)
 ADAM_BYTES = 8  # AdamW exp_avg + exp_avg_sq in fp32
 ACCUMULATED_GRAD_BYTES = 4  # unsharded fp32 gradient FSDP2 accumulates while gradient sync is off (M > 1)
 TRANSIENT_GRAD_BYTES = 6  # one layer's unsharded gradient in param dtype (2) + its fp32 copy for the reduce (4)
+# A fused AdamW step reads param, grad, exp_avg, exp_avg_sq and writes param, exp_avg, exp_avg_sq, all fp32:
+# 7 x 4 bytes of memory traffic per parameter (torch.optim.AdamW(fused=True) makes one pass).
+OPTIMIZER_BYTES = 28
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,16 @@ class CostModel:
         measured_stride = max(1, self.hardware.world_size // fit.group_size)
         return self._gpus_per_node_in(fit.group_size, measured_stride)
 
+    def optimizer_step_s(self, params: float) -> float:
+        """AdamW over ``params`` fp32 parameters: memory-bound, ``OPTIMIZER_BYTES`` of HBM traffic each.
+
+        Zero when the profile has no memory bandwidth (it then cannot be priced, and is small anyway).
+        """
+        bandwidth = self.hardware.device.memory_bandwidth_GBps
+        if bandwidth <= 0:
+            return 0.0
+        return params * OPTIMIZER_BYTES / (bandwidth * 1e9)
+
     def overlapped_s(self, window_s: float, comm_s: float) -> float:
         """Extra time when ``comm_s`` runs beside ``window_s`` of compute (slowdowns from the profile)."""
         if comm_s <= 0:
@@ -243,6 +256,7 @@ class CostModel:
             per_micro_batch += forward + tp_forward  # recomputation re-runs the forward and its collectives
         params = self.local_params(layer, tp)
         per_step = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
+        per_step += self.optimizer_step_s(params if dp_type == "ddp" else params / dp)
         time_s = per_micro_batch + per_step / shape.num_micro_batches
         # the LM head gathers its vocab-parallel logits (output_layouts=Replicate): every rank keeps them whole
         activation_tp = 1 if layer.kind == "head" else compute_tp
