@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -77,6 +78,18 @@ def test_dp_search_equals_brute_force(spec_factory, h100, ffn_pattern, memory_gb
     assert result.best.samples_per_s == pytest.approx(expected[0], rel=1e-9)
     assert result.stats.certified
     result.plan.validate(world_size=2, spec=spec)
+
+
+@pytest.mark.parametrize("memory_gb, batch", [(7.0, 4), (10.0, 4), (10.0, 8)])
+def test_dp_search_equals_brute_force_with_pipelines(spec_factory, h100, memory_gb, batch):
+    """4 GPUs, 2 blocks, collectives 100x slower: pipelining wins, stages of 2 GPUs each pick their layout."""
+    slow = replace(h100, collectives=[replace(c, busbw_GBps=c.busbw_GBps / 100) for c in h100.collectives])
+    spec = spec_factory(num_blocks=2, hidden=4096, heads=32, seq=2048, ffn_pattern=(11008, 5504))
+    expected = brute_force(spec, slow, 4, memory_gb, batch=batch)
+    result = search_plan(spec, slow, 4, memory_gb, global_batch_size=batch)
+    assert expected is not None and expected[1].pp == 2
+    assert result.stats.dp_samples_per_s == pytest.approx(expected[0], rel=1e-9)
+    assert result.plan.pp == 2
 
 
 @pytest.mark.parametrize(
