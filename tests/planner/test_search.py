@@ -166,3 +166,16 @@ def test_search_uses_uneven_stages_and_reports_progress(spec_factory):
         assert plan.stage_sizes[-1] < max(plan.stage_sizes)
     times = [s.time_per_micro_batch_s for s in result.best.report.stages]
     assert result.best.report.step_time_s == pytest.approx(sum(times) + (plan.num_micro_batches - 1) * max(times))
+
+
+def test_progress_lines_start_after_one_second():
+    import time
+
+    from galvatron_hf.planner.search import _Reporter
+
+    quiet, chatty = [], []
+    _Reporter(quiet.append, time.perf_counter())("fresh search")
+    late = _Reporter(chatty.append, time.perf_counter() - 2.0)
+    late.last = time.perf_counter() - 1.0
+    late("bounded 3 of 9 step configs")
+    assert quiet == [] and len(chatty) == 1 and "bounded 3 of 9" in chatty[0]
