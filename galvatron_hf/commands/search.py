@@ -153,8 +153,8 @@ def _price_uniform(args, spec, hardware, memory_gb) -> int:
     pp = args.pp or 1
     tp = args.tp or 1
     micro_batches = args.num_micro_batches or 1
-    dp = args.num_gpus // pp // tp if args.num_gpus % (pp * tp) == 0 else 1
-    batch = args.global_batch_size or micro_batches * max(dp, 1)
+    devices = args.num_gpus // pp if args.num_gpus % pp == 0 else 1
+    batch = args.global_batch_size or micro_batches * devices  # splits over every dp of the stage
     schedule = args.schedule or ("1f1b" if micro_batches >= pp else "gpipe")
     plan = uniform_plan(
         spec, args.num_gpus, global_batch_size=batch, pp=pp, tp=tp, dp_type=args.dp_type or "ddp",

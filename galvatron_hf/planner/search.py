@@ -837,6 +837,12 @@ def search_plan(
     configs = step_configs(spec, num_gpus, global_batch_size, max_global_batch_size)
     ctx = _Context(spec, hardware, model, memory_gb)
     solvers = [_ConfigSolver(ctx, c) for c in configs]
+    if not any(solver.feasible for solver in solvers):
+        raise ValueError(
+            f"global_batch_size={global_batch_size} cannot be split over {num_gpus} GPUs by any layout of "
+            f"{spec.name} (every micro-batch must divide over the data-parallel ranks); use a multiple of "
+            f"{num_gpus} or leave --global_batch_size out to search it"
+        )
     found, stats = _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers)
     if found is None:
         minimum = minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter)

@@ -177,3 +177,9 @@ def test_progress_lines_start_after_one_second():
     late.last = time.perf_counter() - 1.0
     late("bounded 3 of 9 step configs")
     assert quiet == [] and len(chatty) == 1 and "bounded 3 of 9" in chatty[0]
+
+
+def test_batch_that_no_layout_can_split_is_named(spec_factory, h100):
+    spec = spec_factory(num_blocks=2, heads=6, hidden=768)  # tp 4 and 8 do not divide 6 heads
+    with pytest.raises(ValueError, match="cannot be split over 8 GPUs"):
+        search_plan(spec, h100, 8, 80, global_batch_size=3)
