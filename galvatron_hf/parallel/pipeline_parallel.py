@@ -374,7 +374,9 @@ class PipelineRunner:
         self._stage = PipelineStage(module, layout.stage, plan.pp, self.device, group=self.pp_group)
         self._schedule = self._build_schedule()
         holds_tied = layout.tied and (layout.is_first or layout.is_last)
-        self._tied = _TiedGradients(module, layout, self.pp_group) if holds_tied else None
+        self._tied = _TiedWeights(module, layout, self.pp_group) if holds_tied else None
+        if self._tied:
+            self._tied.copy_first_to_last()
 
     def _build_schedule(self):
         from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
@@ -489,12 +491,15 @@ def _step_extras(schedule) -> dict:
     return {}
 
 
-class _TiedGradients:
-    """Adds up the gradients of a weight held by both the first and the last stage (tied embeddings).
+class _TiedWeights:
+    """Keeps a weight held by both the first and the last stage (tied embeddings) one weight.
 
-    Exchanges, between the first and the last rank of each pipeline group, the gradient each computed during
-    the step (the part added since :meth:`snapshot`), so gradient accumulation over several steps stays right.
-    Both stages hold the same layout of the weight (same TP / FSDP sharding), so local shards correspond.
+    At start the last stage takes the first stage's values: each stage may have initialised its copy on its
+    own (a meta-device model materialised per stage draws different random numbers). After each step the
+    first and the last rank of each pipeline group exchange the gradient each computed during the step (the
+    part added since :meth:`snapshot`, so gradient accumulation over several steps stays right) and both add
+    the two. Both stages hold the same layout of the weight (same TP / FSDP sharding), so local shards
+    correspond.
     """
 
     def __init__(self, module: nn.Module, layout: StageLayout, pp_group: dist.ProcessGroup) -> None:
@@ -505,6 +510,17 @@ class _TiedGradients:
         self.params = [params[name] for name in names]
         peer_stage = layout.num_stages - 1 if layout.is_first else 0
         self.peer = dist.get_global_rank(pp_group, peer_stage)
+
+    @torch.no_grad()
+    def copy_first_to_last(self) -> None:
+        locals_ = [_local(param) for param in self.params]
+        buffers = [t.contiguous() if self.layout.is_first else torch.empty_like(t).contiguous() for t in locals_]
+        op = dist.isend if self.layout.is_first else dist.irecv
+        for work in dist.batch_isend_irecv([dist.P2POp(op, b, self.peer, self.pp_group) for b in buffers]):
+            work.wait()
+        if self.layout.is_last:
+            for local, received in zip(locals_, buffers):
+                local.copy_(received)
 
     def snapshot(self) -> list[torch.Tensor | None]:
         return [None if p.grad is None else _local(p.grad).clone() for p in self.params]

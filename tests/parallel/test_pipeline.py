@@ -292,9 +292,24 @@ def parallelized_run(family: str, plan: Plan, tied: bool) -> dict:
     return {"losses": losses, "grads": grads, "weights": weights, "eval_loss": eval_losses}
 
 
-def _run_four_rank_cases(rank: int, world_size: int, composed: list, pipelined: list) -> dict:
+def tied_copies_after_meta_init(plan: Plan) -> dict[str, torch.Tensor]:
+    """Tied Llama built on the meta device: each stage initialises its own copy, the runner must unify them."""
+    import transformers as tf
+
+    from galvatron_hf.parallel.runtime import parallelize
+
+    config = build_model("llama", tied=True).config
+    with torch.device("meta"):
+        model = tf.LlamaForCausalLM(config)
+    pm = parallelize(model, plan, spec=describe_model(model), device="cpu", mixed_precision="fp32")
+    wanted = ("model.embed_tokens.weight", "lm_head.weight")
+    return {n: _full(p.detach()).clone() for n, p in pm.module.named_parameters() if n in wanted}
+
+
+def _run_four_rank_cases(rank: int, world_size: int, composed: list, pipelined: list, meta_plan: Plan) -> dict:
     results = {name: parallelized_run(family, plan, tied) for name, family, plan, tied in composed}
     results.update(_run_cases(rank, world_size, pipelined))
+    results["meta-tied"] = tied_copies_after_meta_init(meta_plan)
     return results
 
 
@@ -323,7 +338,7 @@ def composed_plan(kind: str, schedule: str, micro_batches: int, stages: tuple[in
 @pytest.mark.slow
 def test_pipelines_with_tp_zero3_and_four_stages_match_single_process():
     """4 ranks through ``parallelize``: PP2 x TP2 (Llama, T5), PP2 x ZeRO-3 with checkpointing, PP2 with a
-    different (dp, tp) per block; and PP4 for T5 and GPT-2."""
+    different (dp, tp) per block; PP4 for T5 and GPT-2; and tied copies equal after a meta-device init."""
     composed = [
         ("llama/pp2xtp2/1f1b", "llama", composed_plan("tp", "1f1b", 2), False),
         ("llama-tied/pp2xzero3+ckpt/gpipe", "llama", composed_plan("zero3", "gpipe", 2), True),
@@ -335,7 +350,12 @@ def test_pipelines_with_tp_zero3_and_four_stages_match_single_process():
         ("t5/pp4/1f1b", "t5", make_plan(4, [0, 1, 2, 3], "1f1b", 4), True),
         ("gpt2/pp4/gpipe", "gpt2", make_plan(4, [0, 1, 2, 3], "gpipe", 2), True),
     ]
-    results = run_distributed(_run_four_rank_cases, 4, composed, pipelined, timeout_s=900)
+    meta_plan = composed_plan("tp", "gpipe", 2)
+    results = run_distributed(_run_four_rank_cases, 4, composed, pipelined, meta_plan, timeout_s=900)
+    # ranks 0, 1 hold stage 0 (the embedding), ranks 2, 3 stage 1 (the head): one weight, equal copies
+    for first, last in ((0, 2), (1, 3)):
+        embedding = results[first]["meta-tied"]["model.embed_tokens.weight"]
+        assert torch.equal(embedding, results[last]["meta-tied"]["lm_head.weight"]), "tied copies differ"
     for name, family, _plan, tied in composed + pipelined:
         reference = reference_run(family, tied)
         per_rank = [r[name] for r in results]
