@@ -87,10 +87,14 @@ def describe(plan) -> str:
             f"vocab tp{vocab.tp} dp{vocab.dp} {vocab.dp_type}")
 
 
-def entry(name: str, kind: str, plan, fits: bool, plans_dir: Path) -> dict:
+def entry(name: str, kind: str, plan, fits: bool, plans_dir: Path, searched=None) -> dict:
+    """An index entry; ``same_layout_as`` names the searched plan when this one is identical to it (it is then
+    not run again: the searched plan's measurement stands for both)."""
     path = plan.save(plans_dir / f"{name}.json")
     predicted = plan.predicted
+    same = "searched" if searched is not None and same_layout(plan, searched) else None
     return {"name": name, "kind": kind, "plan_file": str(path), "layout": describe(plan), "predicted_fits": fits,
+            "same_layout_as": same,
             "predicted": {"step_time_s": predicted.step_time_s, "tokens_per_s": predicted.tokens_per_s,
                           "mfu": predicted.mfu, "peak_memory_gb": max(predicted.peak_memory_gb),
                           "source": predicted.source}}
@@ -113,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory_gb", type=float, default=None, help="budget per GPU (default: the device's)")
     parser.add_argument("--tp_degrees", type=int, nargs="*", default=None,
                         help="TP degrees of the uniform TP x ZeRO-3 baselines (default: 2, and 4 on 8 GPUs)")
+    parser.add_argument("--cpu", action="store_true", help="CPU dry run (recorded in plans.json)")
+    parser.add_argument("--config_only", action="store_true", help="write OUT/config/config.json and stop")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.config_only:
+        common.llama_config(args.model, args.seq_len).save_pretrained(args.out / "config")
+        return 0
 
     from galvatron_hf.planner import ImpossibleBudgetError, search_plan
     from galvatron_hf.planner.plan import Plan
@@ -125,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = search_plan(spec, hardware, args.num_gpus, memory_gb, global_batch_size=args.global_batch,
                              mixed_precision=args.precision, compute=compute)
-        entries.append(entry("searched", "ours: searched plan", result.plan, True, plans_dir))
+        searched = result.plan
+        entries.append(entry("searched", "ours: searched plan", searched, True, plans_dir))
         search = {"seconds": result.stats.seconds, "configs": result.stats.configs,
                   "certified": result.stats.certified}
     except ImpossibleBudgetError as err:
-        result, search = None, {"error": str(err), "min_memory_gb": err.min_memory_gb}
+        result, searched, search = None, None, {"error": str(err), "min_memory_gb": err.min_memory_gb}
     tp_degrees = args.tp_degrees or [t for t in (2, 4) if t <= args.num_gpus and (t == 2 or args.num_gpus >= 8)]
     layouts = [("uniform_ddp", 1, "ddp"), ("uniform_zero3", 1, "zero3")]
     layouts += [(f"uniform_tp{t}_zero3", t, "zero3") for t in tp_degrees if args.num_gpus % t == 0]
@@ -138,13 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         if plan is None:
             skipped.append({"name": name, "reason": "no micro-batch count splits the batch over the DP ranks"})
             continue
-        entries.append(entry(name, f"ours: uniform {dp_type} tp{tp}", plan, fits, plans_dir))
+        entries.append(entry(name, f"ours: uniform {dp_type} tp{tp}", plan, fits, plans_dir, searched))
     if result is not None and result.best_uniform is not None:
         best = result.best_uniform.plan
         if not any(same_layout(best, Plan.load(e["plan_file"])) for e in entries):
             entries.append(entry("best_uniform", "ours: search's best uniform plan", best, True, plans_dir))
     index = {
         "phase": "plans",
+        "cpu_dry_run": args.cpu,
         "model": {"shape": args.model, **common.MODEL_SHAPES[args.model], "params": spec.total_params},
         "config_dir": str(config_dir),
         "num_gpus": args.num_gpus,
