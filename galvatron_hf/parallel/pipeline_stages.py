@@ -138,8 +138,8 @@ class _DecoderMasks:
         if kind not in self._built:
             from transformers import masking_utils
 
-            helper = masking_utils.create_sliding_window_causal_mask if kind == "sliding_attention" else None
-            helper = helper or masking_utils.create_causal_mask
+            sliding = kind == "sliding_attention"
+            helper = masking_utils.create_sliding_window_causal_mask if sliding else masking_utils.create_causal_mask
             self._built[kind] = _call_mask_helper(
                 helper, self.config, self.hidden, self.attention_mask, position_ids=self.position_ids
             )
