@@ -43,8 +43,14 @@ def plan_summary(plan) -> dict:
     from galvatron_hf.commands.search import layer_runs
 
     runs = [
-        {"blocks": [first, last], "stage": s.stage, "tp": s.tp, "dp": s.dp, "dp_type": s.dp_type,
-         "checkpoint": s.checkpoint}
+        {
+            "blocks": [first, last],
+            "stage": s.stage,
+            "tp": s.tp,
+            "dp": s.dp,
+            "dp_type": s.dp_type,
+            "checkpoint": s.checkpoint,
+        }
         for first, last, s in layer_runs(plan)
     ]
     return {
@@ -102,8 +108,12 @@ def run_case(case: Case, hardware_name: str, repeats: int) -> dict:
         "target_s": case.target_s,
         "within_target": median <= case.target_s,
         "describe_model_s": round(describe_s, 3),
-        "search": {"configs": stats.configs, "relaxed_solves": stats.relaxed_solves,
-                   "exact_solves": stats.exact_solves, "certified": stats.certified},
+        "search": {
+            "configs": stats.configs,
+            "relaxed_solves": stats.relaxed_solves,
+            "exact_solves": stats.exact_solves,
+            "certified": stats.certified,
+        },
         "plan": plan_summary(result.best.plan),
         "predicted": predicted(result.best),
         "best_uniform": predicted(result.best_uniform),
@@ -130,8 +140,11 @@ def markdown(results: list[dict], meta: dict) -> str:
         layout = "; ".join(f"tp{tp} {dt}{' ckpt' if ck else ''}" for tp, dt, ck in kinds)
         uniform = r["best_uniform"]["samples_per_s"] if r["best_uniform"] else float("nan")
         zero3 = r["plain_zero3"]
-        zero3_text = "n/a" if zero3 is None else (
-            f"{zero3['samples_per_s']:.2f}" if zero3["fits"] else f"needs {max(zero3['peak_memory_gb']):.0f} GB")
+        zero3_text = (
+            "n/a"
+            if zero3 is None
+            else (f"{zero3['samples_per_s']:.2f}" if zero3["fits"] else f"needs {max(zero3['peak_memory_gb']):.0f} GB")
+        )
         lines.append(
             f"| {r['model']} {r['num_gpus']} GPUs {r['memory_gb']:g} GB | {r['search_s_median']} ({r['target_s']}) | "
             f"{r['search_cpu_s_median']} | "
@@ -160,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for case in CASES:
         result = run_case(case, args.hardware, args.repeats)
-        print(f"{case.model} on {case.num_gpus} GPUs x {case.memory_gb:g} GB: {result['search_s_median']} s "
-              f"(target {case.target_s} s), {result['predicted']['samples_per_s']:.2f} samples/s", file=sys.stderr)
+        print(
+            f"{case.model} on {case.num_gpus} GPUs x {case.memory_gb:g} GB: {result['search_s_median']} s "
+            f"(target {case.target_s} s), {result['predicted']['samples_per_s']:.2f} samples/s",
+            file=sys.stderr,
+        )
         results.append(result)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -27,25 +27,52 @@ UNIFORM_FLAGS = ("pp", "tp", "dp_type", "checkpoint", "num_micro_batches", "sche
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", required=True,
-                       help="bundled hub id (e.g. meta-llama/Llama-2-7b), config.json or model directory")
+    model.add_argument(
+        "--model_name_or_path",
+        required=True,
+        help="bundled hub id (e.g. meta-llama/Llama-2-7b), config.json or model directory",
+    )
     model.add_argument("--seq_len", type=int, default=None, help="tokens per sample (default: the adapter's)")
     model.add_argument("--decoder_seq_len", type=int, default=None, help="target length (T5 only)")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--num_gpus", type=int, required=True, help="GPUs in total")
-    cluster.add_argument("--num_nodes", type=int, default=None,
-                         help="nodes (default: num_gpus / GPUs per node of the hardware, rounded up)")
-    cluster.add_argument("--memory_gb", type=float, default=None,
-                         help="memory budget per GPU in GB (1e9 bytes; default: the device's memory)")
-    cluster.add_argument("--hardware", default="h100",
-                         help="built-in node (h100, h200, a100) or a JSON profile from `galvatron-hf profile hardware`")
-    cluster.add_argument("--profile", "--model_profile", dest="profile", default=None,
-                         help="model profile JSON (`galvatron-hf profile model`): measured layer costs instead of FLOPs")
+    cluster.add_argument(
+        "--num_nodes",
+        type=int,
+        default=None,
+        help="nodes (default: num_gpus / GPUs per node of the hardware, rounded up)",
+    )
+    cluster.add_argument(
+        "--memory_gb",
+        type=float,
+        default=None,
+        help="memory budget per GPU in GB (1e9 bytes; default: the device's memory)",
+    )
+    cluster.add_argument(
+        "--hardware",
+        default="h100",
+        help="built-in node (h100, h200, a100) or a JSON profile from `galvatron-hf profile hardware`",
+    )
+    cluster.add_argument(
+        "--profile",
+        "--model_profile",
+        dest="profile",
+        default=None,
+        help="model profile JSON (`galvatron-hf profile model`): measured layer costs instead of FLOPs",
+    )
     training = parser.add_argument_group("training")
-    training.add_argument("--global_batch_size", type=int, default=None,
-                          help="samples per optimizer step (default: searched, up to 4M tokens)")
-    training.add_argument("--max_global_batch_size", type=int, default=None,
-                          help="largest batch the search tries when --global_batch_size is absent")
+    training.add_argument(
+        "--global_batch_size",
+        type=int,
+        default=None,
+        help="samples per optimizer step (default: searched, up to 4M tokens)",
+    )
+    training.add_argument(
+        "--max_global_batch_size",
+        type=int,
+        default=None,
+        help="largest batch the search tries when --global_batch_size is absent",
+    )
     training.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default="bf16")
     training.add_argument("--attn_impl", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa")
     uniform = parser.add_argument_group("uniform plan (price one plan instead of searching)")
@@ -116,7 +143,10 @@ def _search(args, spec, hardware, memory_gb) -> int:
 
     compute, sources = _compute(args, spec, hardware)
     result = search_plan(
-        spec, hardware, args.num_gpus, memory_gb,
+        spec,
+        hardware,
+        args.num_gpus,
+        memory_gb,
         global_batch_size=args.global_batch_size,
         mixed_precision=args.mixed_precision,
         attn_impl=args.attn_impl,
@@ -135,8 +165,10 @@ def _search(args, spec, hardware, memory_gb) -> int:
     for line in sources:
         print(f"  {line}")
     stats = result.stats
-    print(f"searched {stats.configs} step configs ({stats.relaxed_solves} bounded, {stats.exact_solves} solved "
-          f"exactly) in {stats.seconds:.2f} s")
+    print(
+        f"searched {stats.configs} step configs ({stats.relaxed_solves} bounded, {stats.exact_solves} solved "
+        f"exactly) in {stats.seconds:.2f} s"
+    )
     print()
     print(format_plan(plan, result.best.report))
     print()
@@ -157,8 +189,15 @@ def _price_uniform(args, spec, hardware, memory_gb) -> int:
     batch = args.global_batch_size or micro_batches * devices  # splits over every dp of the stage
     schedule = args.schedule or ("1f1b" if micro_batches >= pp else "gpipe")
     plan = uniform_plan(
-        spec, args.num_gpus, global_batch_size=batch, pp=pp, tp=tp, dp_type=args.dp_type or "ddp",
-        checkpoint=bool(args.checkpoint), num_micro_batches=micro_batches, schedule=schedule,
+        spec,
+        args.num_gpus,
+        global_batch_size=batch,
+        pp=pp,
+        tp=tp,
+        dp_type=args.dp_type or "ddp",
+        checkpoint=bool(args.checkpoint),
+        num_micro_batches=micro_batches,
+        schedule=schedule,
         mixed_precision=args.mixed_precision,
     )
     compute, sources = _compute(args, spec, hardware)
@@ -179,8 +218,11 @@ def _price_uniform(args, spec, hardware, memory_gb) -> int:
         if args.output and fits:
             print(f"\nplan written to {args.output}")
     if not fits:
-        print(f"this plan needs {report.peak_memory_gb:.1f} GB per GPU, more than the {memory_gb:g} GB budget; "
-              "add --checkpoint, use --dp_type zero3, raise --tp / --pp or --num_micro_batches", file=sys.stderr)
+        print(
+            f"this plan needs {report.peak_memory_gb:.1f} GB per GPU, more than the {memory_gb:g} GB budget; "
+            "add --checkpoint, use --dp_type zero3, raise --tp / --pp or --num_micro_batches",
+            file=sys.stderr,
+        )
         return EXIT_NO_FIT
     return 0
 
@@ -220,7 +262,9 @@ def format_plan(plan: Plan, report) -> str:
     ]
     for first, last, layer in layer_runs(plan):
         blocks = f"block {first}" if first == last else f"blocks {first}-{last}"
-        lines.append(f"  stage {layer.stage}  {blocks:<14} {_strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint)}")
+        lines.append(
+            f"  stage {layer.stage}  {blocks:<14} {_strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint)}"
+        )
     p = plan.predicted
     if p is not None:
         mfu = f", MFU {p.mfu * 100:.1f}%" if p.mfu is not None else ""
@@ -261,7 +305,9 @@ def _comparison(result, spec) -> str:
             lines.append(f"{label:<{width}}  does not fit: needs {peak:.1f} GB per GPU")
             continue
         ratio = best.samples_per_s / p.samples_per_s
-        lines.append(f"{label:<{width}}  {p.samples_per_s:>10.2f} {p.tokens_per_s:>12,.0f} {mfu:>6} {peak:>8.1f}  x{ratio:.2f}")
+        lines.append(
+            f"{label:<{width}}  {p.samples_per_s:>10.2f} {p.tokens_per_s:>12,.0f} {mfu:>6} {peak:>8.1f}  x{ratio:.2f}"
+        )
     return "\n".join(lines)
 
 

@@ -285,9 +285,20 @@ class _Context:
 
 def _signature(layer: LayerSpec) -> tuple:
     """Everything that prices a block (its name and module path do not)."""
-    return (layer.kind, layer.hidden_size, layer.num_heads, layer.num_kv_heads, layer.ffn_size, layer.seq_len,
-            layer.kv_seq_len, layer.params, layer.tp_params, layer.forward_flops, layer.activation,
-            tuple(rule.style for rule in layer.tp_rules))
+    return (
+        layer.kind,
+        layer.hidden_size,
+        layer.num_heads,
+        layer.num_kv_heads,
+        layer.ffn_size,
+        layer.seq_len,
+        layer.kv_seq_len,
+        layer.params,
+        layer.tp_params,
+        layer.forward_flops,
+        layer.activation,
+        tuple(rule.style for rule in layer.tp_rules),
+    )
 
 
 def _prefix_reuse(sig: list[int]) -> list[int]:
@@ -551,8 +562,17 @@ def _relaxed_table(solver, stage, group, unit, floor_work, runs) -> np.ndarray |
         source = ctx.reuse[start] if stage > 0 else start
         key = (k, source)
         if key not in runs:
-            runs[key] = solver.run(source, k, None, unit, RELAXED_UNITS, "floor", math.inf,
-                                   solver.max_blocks(stage, source), exact_memory=True)
+            runs[key] = solver.run(
+                source,
+                k,
+                None,
+                unit,
+                RELAXED_UNITS,
+                "floor",
+                math.inf,
+                solver.max_blocks(stage, source),
+                exact_memory=True,
+            )
         run = runs[key]
         limit = min(len(run.tables), solver.max_blocks(stage, start))
         values = (run.within(avail, limit, budget_bytes) + ends[start + 1 : start + limit + 1]).min(axis=1)
@@ -648,8 +668,9 @@ def _exact_table(solver, stage, vocab, caps, unit, rounding, runs):
         key = (k, source, solver.tps[t_in], cap, rounding)
         if key not in runs:
             init = solver.init_vector(source, solver.tps[t_in])
-            runs[key] = solver.run(source, k, init, unit, EXACT_UNITS, rounding, cap,
-                                   solver.max_blocks(stage, source), exact_memory=True)
+            runs[key] = solver.run(
+                source, k, init, unit, EXACT_UNITS, rounding, cap, solver.max_blocks(stage, source), exact_memory=True
+            )
         return runs[key]
 
     largest = len(caps) - 1
@@ -706,8 +727,9 @@ def _best_partition(tables, m, n, vocab_t):
         total, path = _min_sum(tables, first, n, tau)
         if total is None:
             continue
-        step = total + (m - 1) * max(tables[i][a, b, ti, to] if i else first[b, to]
-                                     for i, (a, b, ti, to) in enumerate(path))
+        step = total + (m - 1) * max(
+            tables[i][a, b, ti, to] if i else first[b, to] for i, (a, b, ti, to) in enumerate(path)
+        )
         if best is None or step < best[0] - 1e-15:
             best = (step, path)
     return best
@@ -856,10 +878,12 @@ def search_plan(
     uniform = best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solvers)
     from_uniform = uniform is not None and uniform.samples_per_s > found.samples_per_s * (1 + 1e-9)
     best = uniform if from_uniform else found
-    baselines = {dp_type: plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type)
-                 for dp_type in ("ddp", "zero3")}
-    stats = replace(stats, seconds=time.perf_counter() - started, from_uniform=from_uniform,
-                    dp_samples_per_s=found.samples_per_s)
+    baselines = {
+        dp_type: plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type) for dp_type in ("ddp", "zero3")
+    }
+    stats = replace(
+        stats, seconds=time.perf_counter() - started, from_uniform=from_uniform, dp_samples_per_s=found.samples_per_s
+    )
     return SearchResult(best=best, best_uniform=uniform, baselines=baselines, stats=stats, memory_gb=memory_gb)
 
 
@@ -946,8 +970,12 @@ def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=Non
             best = evaluated
         reporter(f"solved {exact} configs exactly; best {incumbent:.2f} samples/s")
     stats = SearchStats(
-        configs=len(configs), relaxed_solves=relaxed, exact_solves=exact,
-        pruned=len(configs) - relaxed, seconds=0.0, certified=certified,
+        configs=len(configs),
+        relaxed_solves=relaxed,
+        exact_solves=exact,
+        pruned=len(configs) - relaxed,
+        seconds=0.0,
+        certified=certified,
     )
     return best, stats
 
@@ -1038,8 +1066,15 @@ def best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solve
         if best is not None and quick <= best.samples_per_s * (1 - 1e-6):
             break
         plan = uniform_plan(
-            spec, num_gpus, global_batch_size=config.global_batch_size, pp=config.pp, tp=tp, dp_type=dp_type,
-            checkpoint=checkpoint, num_micro_batches=config.num_micro_batches, schedule=config.schedule,
+            spec,
+            num_gpus,
+            global_batch_size=config.global_batch_size,
+            pp=config.pp,
+            tp=tp,
+            dp_type=dp_type,
+            checkpoint=checkpoint,
+            num_micro_batches=config.num_micro_batches,
+            schedule=config.schedule,
             mixed_precision=model.precision.name,
         )
         report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, cost_model=model)
@@ -1099,12 +1134,25 @@ def plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type) -> E
             continue
         for quick, peak, config, tp, kind, checkpoint in _uniform_candidates(solver):
             if tp == 1 and kind == dp_type and not checkpoint:
-                options.append((peak > solver.ctx.budget * (1 + 1e-6), -quick if peak <= solver.ctx.budget * (1 + 1e-6) else peak, config))
+                options.append(
+                    (
+                        peak > solver.ctx.budget * (1 + 1e-6),
+                        -quick if peak <= solver.ctx.budget * (1 + 1e-6) else peak,
+                        config,
+                    )
+                )
     if not options:
         return None
     _, _, config = min(options, key=lambda o: (o[0], o[1]))
-    plan = uniform_plan(spec, config.world_size, global_batch_size=config.global_batch_size, dp_type=dp_type,
-                        num_micro_batches=config.num_micro_batches, mixed_precision=model.precision.name, vocab_tp=1)
+    plan = uniform_plan(
+        spec,
+        config.world_size,
+        global_batch_size=config.global_batch_size,
+        dp_type=dp_type,
+        num_micro_batches=config.num_micro_batches,
+        mixed_precision=model.precision.name,
+        vocab_tp=1,
+    )
     report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, cost_model=model)
     return Evaluated(plan.with_predicted(report.predicted), report)
 

@@ -31,8 +31,9 @@ def block(index: int, hidden: int, heads: int, ffn: int, seq: int) -> LayerSpec:
         params=params + 2 * hidden,
         tp_params=params,
         forward_flops=2.0 * params * seq + 4.0 * seq * seq * hidden,
-        activation=ActivationModel(replicated=4 * hidden, sharded=4 * hidden + 3 * ffn, fused_attention=2 * hidden,
-                                   checkpointed=hidden),
+        activation=ActivationModel(
+            replicated=4 * hidden, sharded=4 * hidden + 3 * ffn, fused_attention=2 * hidden, checkpointed=hidden
+        ),
         tp_rules=BLOCK_RULES,
     )
 
@@ -51,24 +52,52 @@ def make_spec(
     widths = ffn_pattern or (ffn,)
     blocks = [block(i, hidden, heads, widths[i % len(widths)], seq) for i in range(num_blocks)]
     embedding = LayerSpec(
-        name="embedding", kind="embedding", root="", modules=("model.embed_tokens",), hidden_size=hidden,
-        seq_len=seq, vocab_size=vocab, params=vocab * hidden, tp_params=vocab * hidden,
+        name="embedding",
+        kind="embedding",
+        root="",
+        modules=("model.embed_tokens",),
+        hidden_size=hidden,
+        seq_len=seq,
+        vocab_size=vocab,
+        params=vocab * hidden,
+        tp_params=vocab * hidden,
         tp_rules=(TPRule("model.embed_tokens", "rowwise"),),
     )
     norm = LayerSpec(
-        name="final_norm", kind="final_norm", root="", modules=("model.norm",), hidden_size=hidden, seq_len=seq,
-        params=hidden, activation=ActivationModel(replicated=hidden),
+        name="final_norm",
+        kind="final_norm",
+        root="",
+        modules=("model.norm",),
+        hidden_size=hidden,
+        seq_len=seq,
+        params=hidden,
+        activation=ActivationModel(replicated=hidden),
     )
     head = LayerSpec(
-        name="head", kind="head", root="", modules=("lm_head",), hidden_size=hidden, seq_len=seq,
-        vocab_size=vocab, params=vocab * hidden, tp_params=vocab * hidden,
-        forward_flops=2.0 * vocab * hidden * seq, activation=ActivationModel(replicated=hidden, fp32_sharded=vocab),
+        name="head",
+        kind="head",
+        root="",
+        modules=("lm_head",),
+        hidden_size=hidden,
+        seq_len=seq,
+        vocab_size=vocab,
+        params=vocab * hidden,
+        tp_params=vocab * hidden,
+        forward_flops=2.0 * vocab * hidden * seq,
+        activation=ActivationModel(replicated=hidden, fp32_sharded=vocab),
         tp_rules=(TPRule("lm_head", "colwise"),),
     )
     layers = (embedding, *blocks, norm, head)
     return ModelSpec(
-        name=name, model_type="llama", family="llama", architecture="LlamaForCausalLM", seq_len=seq,
-        hidden_size=hidden, vocab_size=vocab, tie_word_embeddings=False, layers=layers,
+        name=name,
+        model_type="llama",
+        family="llama",
+        architecture="LlamaForCausalLM",
+        seq_len=seq,
+        hidden_size=hidden,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        layers=layers,
     )
 
 

@@ -17,8 +17,18 @@ from galvatron_hf.profiler.hardware_schema import HardwareProfile, HardwareProfi
 @pytest.mark.parametrize("name", ["h100", "h200", "a100"])
 def test_every_figure_has_a_source(name):
     hw = builtin_hardware(name, 2)
-    for figure in ("peak_tflops", "memory", "nvlink", "all_reduce_8", "nic", "matmul_tflops", "inter_node_busbw",
-                   "latency", "reserved_memory_gb", "overlap"):
+    for figure in (
+        "peak_tflops",
+        "memory",
+        "nvlink",
+        "all_reduce_8",
+        "nic",
+        "matmul_tflops",
+        "inter_node_busbw",
+        "latency",
+        "reserved_memory_gb",
+        "overlap",
+    ):
         assert hw.sources.get(figure), f"{name}: no source for {figure}"
     node = BUILTIN_NODES[name]
     assert hw.device.matmul_tflops["bf16"] == pytest.approx(node.peak_tflops["bf16"] * ACHIEVED_FRACTION, abs=0.1)

@@ -73,14 +73,18 @@ def test_checkpointing_trades_activations_for_recomputation(spec_factory):
     forward = AnalyticCompute(model.hardware).forward_time_s(spec.blocks[0], 1, 1)
     assert recomputed.time_s == pytest.approx(kept.time_s + forward)  # one more forward per micro-batch
     # backward re-materialises the whole layer for one micro-batch: transient, not kept
-    assert recomputed.workspace_bytes - kept.workspace_bytes == pytest.approx(kept.activation_bytes - recomputed.activation_bytes)
+    assert recomputed.workspace_bytes - kept.workspace_bytes == pytest.approx(
+        kept.activation_bytes - recomputed.activation_bytes
+    )
 
 
 def test_schedules_differ_in_memory_not_time(spec_factory):
     spec = spec_factory(num_blocks=8)
     hw = builtin_hardware("h100", 1)
-    plans = {s: uniform_plan(spec, 8, global_batch_size=32, pp=4, tp=1, num_micro_batches=8, schedule=s)
-             for s in ("gpipe", "1f1b")}
+    plans = {
+        s: uniform_plan(spec, 8, global_batch_size=32, pp=4, tp=1, num_micro_batches=8, schedule=s)
+        for s in ("gpipe", "1f1b")
+    }
     reports = {s: estimate_plan(p, spec, hw) for s, p in plans.items()}
     assert [st.in_flight for st in reports["1f1b"].stages] == [4, 3, 2, 1]
     assert [st.in_flight for st in reports["gpipe"].stages] == [8, 8, 8, 8]
@@ -92,8 +96,16 @@ def test_pipeline_step_is_paced_by_the_slowest_stage_not_the_last(spec_factory):
     spec = spec_factory(num_blocks=6)
     hw = builtin_hardware("h100", 1)
     layers = [LayerStrategy(stage=0 if i < 5 else 1, tp=1, dp=4) for i in range(6)]
-    plan = Plan(world_size=8, pp=2, schedule="1f1b", global_batch_size=32, num_micro_batches=8, layers=layers,
-                vocab=VocabStrategy(1, 4), seq_len=spec.seq_len)
+    plan = Plan(
+        world_size=8,
+        pp=2,
+        schedule="1f1b",
+        global_batch_size=32,
+        num_micro_batches=8,
+        layers=layers,
+        vocab=VocabStrategy(1, 4),
+        seq_len=spec.seq_len,
+    )
     report = estimate_plan(plan, spec, hw)
     first, last = (s.time_per_micro_batch_s for s in report.stages)
     assert first > last
@@ -114,8 +126,12 @@ def test_layout_changes_cost_one_all_gather_either_way(spec_factory):
     assert grow == pytest.approx(model.collective_s("all_gather", nbytes, 4))
     hw = model.hardware
     same = uniform_plan(spec, 8, global_batch_size=8, tp=2)
-    mixed = Plan(**{**same.__dict__, "layers": [LayerStrategy(0, 2 if i % 2 else 1, 4 if i % 2 else 8)
-                                                for i in range(spec.num_blocks)]})
+    mixed = Plan(
+        **{
+            **same.__dict__,
+            "layers": [LayerStrategy(0, 2 if i % 2 else 1, 4 if i % 2 else 8) for i in range(spec.num_blocks)],
+        }
+    )
     assert estimate_plan(mixed, spec, hw).stages[0].time_per_micro_batch_s > 0
 
 

@@ -55,8 +55,16 @@ def brute_force(spec, hardware, world, memory_gb, batch):
                             continue
                         layers = [LayerStrategy(st, *s) for st, s in zip(stages, combo)]
                         for vocab in vocabs:
-                            plan = Plan(world_size=world, pp=pp, schedule=schedule, global_batch_size=batch,
-                                        num_micro_batches=m, layers=layers, vocab=vocab, seq_len=spec.seq_len)
+                            plan = Plan(
+                                world_size=world,
+                                pp=pp,
+                                schedule=schedule,
+                                global_batch_size=batch,
+                                num_micro_batches=m,
+                                layers=layers,
+                                vocab=vocab,
+                                seq_len=spec.seq_len,
+                            )
                             report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, cost_model=model)
                             if report.fits(memory_gb):
                                 value = report.predicted.samples_per_s
@@ -140,8 +148,9 @@ def test_invalid_inputs_are_named(spec_factory, h100, kwargs, message):
 
 def test_uniform_plan_layout_and_errors(spec_factory):
     spec = spec_factory(num_blocks=7, heads=8)
-    plan = uniform_plan(spec, 8, global_batch_size=16, pp=2, tp=2, dp_type="zero3", checkpoint=True,
-                        num_micro_batches=4)
+    plan = uniform_plan(
+        spec, 8, global_batch_size=16, pp=2, tp=2, dp_type="zero3", checkpoint=True, num_micro_batches=4
+    )
     assert plan.stage_sizes == [4, 3]
     assert {(l.tp, l.dp, l.dp_type, l.checkpoint) for l in plan.layers} == {(2, 2, "zero3", True)}
     assert plan.vocab == VocabStrategy(2, 2, "zero3")

@@ -23,8 +23,18 @@ def test_search_prints_a_plan_and_writes_a_valid_file(tmp_path, capsys, llama_7b
     out = tmp_path / "plan.json"
     assert main(["search", *LLAMA_7B, "--memory_gb", "80", "--output", str(out)]) == 0
     text = capsys.readouterr().out
-    for expected in ("plan: pp=", "vocab (embedding / head)", "samples/s", "tokens/s", "MFU",
-                     "peak memory per stage", "best uniform", "plain DDP", "plain ZeRO-3", f"written to {out}"):
+    for expected in (
+        "plan: pp=",
+        "vocab (embedding / head)",
+        "samples/s",
+        "tokens/s",
+        "MFU",
+        "peak memory per stage",
+        "best uniform",
+        "plain DDP",
+        "plain ZeRO-3",
+        f"written to {out}",
+    ):
         assert expected in text
     plan = Plan.load(out)
     plan.validate(world_size=8, spec=llama_7b_spec)
@@ -56,16 +66,35 @@ def test_impossible_budget_exits_with_the_smallest_budget(capsys):
 
 def test_uniform_flags_price_one_plan(tmp_path, capsys):
     out = tmp_path / "uniform.json"
-    args = ["search", *LLAMA_7B, "--memory_gb", "80", "--pp", "2", "--tp", "2", "--dp_type", "zero3",
-            "--checkpoint", "--num_micro_batches", "4", "--global_batch_size", "16", "--output", str(out)]
+    args = [
+        "search",
+        *LLAMA_7B,
+        "--memory_gb",
+        "80",
+        "--pp",
+        "2",
+        "--tp",
+        "2",
+        "--dp_type",
+        "zero3",
+        "--checkpoint",
+        "--num_micro_batches",
+        "4",
+        "--global_batch_size",
+        "16",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "stage 1" in text and "tp=2 dp=2 zero3 +checkpoint" in text
     plan = Plan.load(out)
     assert (plan.pp, plan.num_micro_batches, plan.global_batch_size) == (2, 4, 16)
     # a uniform plan that cannot fit exits non-zero and says what to change
-    assert main(["search", *LLAMA_7B, "--memory_gb", "20", "--pp", "1", "--dp_type", "ddp",
-                 "--global_batch_size", "8"]) == 3
+    assert (
+        main(["search", *LLAMA_7B, "--memory_gb", "20", "--pp", "1", "--dp_type", "ddp", "--global_batch_size", "8"])
+        == 3
+    )
     assert "more than the 20 GB budget" in capsys.readouterr().err
 
 
@@ -73,8 +102,23 @@ def test_hardware_by_path_and_bad_names(tmp_path, capsys):
     from galvatron_hf.profiler.builtin_hardware import builtin_hardware
 
     path = builtin_hardware("a100", 2).save(tmp_path / "a100.json")
-    assert main(["search", "--model_name_or_path", "gpt2", "--num_gpus", "16", "--hardware", str(path),
-                 "--memory_gb", "40", "--json"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--model_name_or_path",
+                "gpt2",
+                "--num_gpus",
+                "16",
+                "--hardware",
+                str(path),
+                "--memory_gb",
+                "40",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["hardware"] == "builtin:a100" and data["best"]["plan"]["world_size"] == 16
     assert main(["search", *LLAMA_7B, "--hardware", "tpu-v9"]) == 2
