@@ -195,7 +195,10 @@ def tensor_collator(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 def train_and_save(trainer: GalvatronTrainer, args: GalvatronTrainingArguments) -> None:
     """Train (resuming if asked), evaluate when there is an eval set, save the state and the final model."""
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the newest checkpoint-N in output_dir, as Trainer.train(resume_from_checkpoint=True)
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())

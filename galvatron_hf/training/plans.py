@@ -219,7 +219,7 @@ def describe_plan(plan: Plan, source: str, hardware: str) -> str:
     """A short human summary: layout per stage, batch, and the prediction."""
     lines = [
         (
-            f"galvatron plan ({source}): {plan.world_size} processes, pp={plan.pp} ({plan.schedule}), "
+            f"galvatron plan ({source}): {plan.world_size} process{'es' if plan.world_size != 1 else ''}, pp={plan.pp} ({plan.schedule}), "
             f"global batch {plan.global_batch_size} in {plan.num_micro_batches} micro-batch(es), "
             f"{plan.mixed_precision}"
         )

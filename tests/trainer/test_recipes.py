@@ -110,7 +110,7 @@ def test_llama_recipe_as_one_plain_process(tmp_path):
         "--global_tp_deg",
         "1",
     )
-    assert "1 processes" in output
+    assert "1 process," in output
     assert len(_losses(tmp_path)) == STEPS
 
 
