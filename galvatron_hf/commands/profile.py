@@ -150,7 +150,7 @@ def run_model(args: argparse.Namespace) -> int:
 
 
 def analytic_times(hardware: str | None, options):
-    """The planner's default compute cost and a line saying where its matmul rate comes from."""
+    """The planner's default (analytic) compute cost and a line saying where its figures come from."""
     from galvatron_hf.profiler.hardware import DTYPES, matmul_tflops
     from galvatron_hf.profiler.timing import Repeats
 
@@ -165,9 +165,16 @@ def analytic_times(hardware: str | None, options):
         rate = matmul_tflops(device, DTYPES[options.dtype], side, Repeats(warmup=2, repeats=5)) * 1e12
         source = f"matmul rate {rate / 1e12:.3g} TFLOP/s measured now ({side}^3, pass --hardware to use a profile)"
 
+    # the same formula as the planner's AnalyticCompute (layer efficiency, backward factor), so the report
+    # compares measurements with what the search really assumes
+    from galvatron_hf.planner.cost_model import AnalyticCompute
+
+    efficiency, backward_factor = AnalyticCompute.layer_efficiency, AnalyticCompute.backward_factor
+    source += f", layer efficiency {efficiency:g} (planner's AnalyticCompute)"
+
     def times(layer, micro_batch: int) -> tuple[float, float]:
-        forward = layer.forward_flops * micro_batch / rate
-        return forward, 2 * forward
+        forward = layer.forward_flops * micro_batch / (rate * efficiency)
+        return forward, backward_factor * forward
 
     return times, source
 

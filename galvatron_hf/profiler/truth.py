@@ -3,7 +3,7 @@
 Printed by `galvatron-hf profile model` so the analytic model can be corrected where it is off. Per layer
 kind, at the profile's sequence length and the largest profiled micro-batch:
 
-* forward / backward time: measured fit vs the planner's analytic compute cost (FLOPs / matmul rate);
+* forward / backward time: measured fit vs the planner's analytic compute cost (FLOPs / (matmul rate x layer efficiency), as AnalyticCompute);
 * activation bytes per sample (no checkpointing, and checkpointed): measured saved tensors vs the adapter's
   ``ActivationModel``;
 * parameter bytes: measured vs ``LayerSpec.params`` x dtype size.
