@@ -111,7 +111,8 @@ class AnalyticCompute:
 
     def activation_bytes(self, layer: LayerSpec, samples: float, tp: int, checkpoint: bool) -> float:
         dtype_bytes = Precision.of(self.mixed_precision).compute_bytes
-        return samples * layer.activation_bytes(tp, dtype_bytes, checkpoint, self.attn_impl)
+        # per micro-batch, not samples x per-sample: some tensors are kept once per micro-batch (T5's bias)
+        return layer.activation_bytes_per_micro_batch(samples, tp, dtype_bytes, checkpoint, self.attn_impl)
 
 
 # ----- the step a layer is priced in ----------------------------------------------------------------------
