@@ -9,7 +9,7 @@
 # Every phase runs under its own time box and the whole suite under SUITE_BUDGET_S; a phase that fails or
 # times out is recorded in OUT_DIR/phases.tsv and the suite goes on. OUT_DIR/summary.md is written last.
 # Knobs (environment): MODEL (1.3b | 2.7b | 7b | tiny), SEQ_LEN, GLOBAL_BATCH, STEPS, WARMUP, MEMORY_GB,
-# SUITE_BUDGET_S, T_CORRECTNESS, T_HARDWARE, T_MODEL, T_PLANS, T_RUN, HW_EXTRA, MODEL_EXTRA, PYTHON.
+# SUITE_BUDGET_S, T_CORRECTNESS, T_HARDWARE, T_MODEL, T_PLANS, T_RUN, HW_EXTRA, MODEL_EXTRA, PROFILE_CACHE, PYTHON.
 
 # The GPU machines require NVLink multicast off; keep these before anything starts a process group.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -115,7 +115,7 @@ fi
 run_phase profile_model "$T_MODEL" profile_model.log \
   "$PYTHON" -m galvatron_hf.cli profile model --model_name_or_path "$OUT/speed/config" --seq_len "$SEQ_LEN" \
   --attn_implementation sdpa --hardware "$HARDWARE" --output "$OUT/model_profile.json" \
-  --cache_dir "$OUT/profile_cache" "${MODEL_ARGS[@]}"
+  --cache_dir "${PROFILE_CACHE:-$(mktemp -d)}" "${MODEL_ARGS[@]}"
 PROFILE_ARGS=()
 [[ -s $OUT/model_profile.json ]] && PROFILE_ARGS=(--model_profile "$OUT/model_profile.json")
 
