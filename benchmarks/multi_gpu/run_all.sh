@@ -9,7 +9,8 @@
 # Every phase runs under its own time box and the whole suite under SUITE_BUDGET_S; a phase that fails or
 # times out is recorded in OUT_DIR/phases.tsv and the suite goes on. OUT_DIR/summary.md is written last.
 # Knobs (environment): MODEL (1.3b | 2.7b | 7b | tiny), SEQ_LEN, GLOBAL_BATCH, STEPS, WARMUP, MEMORY_GB,
-# SUITE_BUDGET_S, T_CORRECTNESS, T_HARDWARE, T_MODEL, T_PLANS, T_RUN, HW_EXTRA, MODEL_EXTRA, PROFILE_CACHE, PYTHON.
+# SUITE_BUDGET_S, T_CORRECTNESS, T_HARDWARE, T_MODEL, T_PLANS, T_RUN, HW_EXTRA, MODEL_EXTRA, PROFILE_CACHE, PYTHON,
+# BUNDLE (a folder that gets summary.md and multi_gpu_results.tar.gz of everything: for the device tool's $OUT).
 
 # The GPU machines require NVLink multicast off; keep these before anything starts a process group.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -28,7 +29,9 @@ cd "$ROOT" || exit 2
 mkdir -p "$OUT_ARG/logs" "$OUT_ARG/speed/runs" || exit 2
 OUT=$(cd "$OUT_ARG" && pwd)
 HERE=benchmarks/multi_gpu
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}  # the GPU image's torch is in 'python3'
+# the package need not be installed (the GPU image has no galvatron_hf): import it from this checkout
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS")
 PHASES="$OUT/phases.tsv"
 : > "$PHASES"
@@ -159,3 +162,11 @@ printf '%s\t%s\t%s\t%s\t%s\n' "suite" "total" "-" "$(( $(date +%s) - SUITE_START
 "$PYTHON" "$HERE/report.py" --out "$OUT" --phases "$PHASES" --title "$TITLE" > "$OUT/logs/report.log" 2>&1 \
   || echo "report failed: see $OUT/logs/report.log" >&2
 echo "summary: $OUT/summary.md" >&2
+
+# The device tool brings back at most 8 files, 2 folders down: BUNDLE=DIR gets summary.md and one archive.
+if [[ -n ${BUNDLE:-} ]]; then
+  mkdir -p "$BUNDLE"
+  cp "$OUT/summary.md" "$BUNDLE/summary.md"
+  tar -czf "$BUNDLE/multi_gpu_results.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
+  echo "bundle: $BUNDLE/summary.md $BUNDLE/multi_gpu_results.tar.gz" >&2
+fi
