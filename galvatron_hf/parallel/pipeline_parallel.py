@@ -359,8 +359,6 @@ class PipelineRunner:
         dp_group: dist.ProcessGroup | None = None,
         loss_fn: pipeline_stages.Task | None = None,
     ) -> None:
-        from torch.distributed.pipelining import PipelineStage
-
         self.pp_group = pp_group.get_group() if isinstance(pp_group, DeviceMesh) else pp_group
         _check_group(self.pp_group, plan, layout)
         self.module = module
@@ -371,21 +369,36 @@ class PipelineRunner:
         self.device = torch.device(device)
         self.task = loss_fn or pipeline_stages.task_for(spec, module)
         self._items = torch.ones((), device=self.device)
-        self._stage = PipelineStage(module, layout.stage, plan.pp, self.device, group=self.pp_group)
-        self._schedule = self._build_schedule()
+        self._schedule = self._build_schedule(plan.schedule)
+        self._eval_schedule = None  # built on the first evaluate(): see _forward_only_schedule
         holds_tied = layout.tied and (layout.is_first or layout.is_last)
         self._tied = _TiedWeights(module, layout, self.pp_group) if holds_tied else None
         if self._tied:
             self._tied.copy_first_to_last()
 
-    def _build_schedule(self):
-        from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+    def _build_schedule(self, kind: str):
+        """A fresh ``PipelineStage`` over the stage module, driven by a GPipe or 1F1B schedule."""
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-        cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[self.plan.schedule]
+        stage = PipelineStage(self.module, self.layout.stage, self.plan.pp, self.device, group=self.pp_group)
+        cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[kind]
         # our micro-batch losses already sum to the batch loss: the schedule must not divide gradients by the
         # number of micro-batches (older torch releases never did and have no ``scale_grads``)
         extras = {"scale_grads": False} if "scale_grads" in inspect.signature(cls.__init__).parameters else {}
-        return cls(self._stage, self.plan.num_micro_batches, loss_fn=self._loss, **extras)
+        return cls(stage, self.plan.num_micro_batches, loss_fn=self._loss, **extras)
+
+    def _forward_only_schedule(self):
+        """GPipe without backward, on its own ``PipelineStage``.
+
+        Its own stage because a stage prepares its send / receive buffers once, on first use: in the torch
+        releases we run on, a stage first used without backward never gets its gradient buffers, so evaluating
+        before the first training step would break training. ``_has_backward = False`` is what
+        ``schedule.eval`` sets; not every release we run on has ``eval``.
+        """
+        if self._eval_schedule is None:
+            self._eval_schedule = self._build_schedule("gpipe")
+            self._eval_schedule._has_backward = False
+        return self._eval_schedule
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Micro-batch loss: sum of its item losses over the label items of the whole global batch."""
@@ -449,13 +462,8 @@ class PipelineRunner:
         """Forward only over all micro-batches; returns the global mean loss on every rank of the pipeline."""
         args, kwargs, target = self._schedule_inputs(batch, loss_denominator)
         losses: list[torch.Tensor] = []
-        schedule = self._schedule
-        saved = schedule._has_backward  # what ``schedule.eval`` does; the torch 2.11 we also run on lacks it
-        try:
-            schedule._has_backward = False
-            schedule.step(*args, target=target, losses=losses, **_step_extras(schedule), **kwargs)
-        finally:
-            schedule._has_backward = saved
+        schedule = self._forward_only_schedule()
+        schedule.step(*args, target=target, losses=losses, **_step_extras(schedule), **kwargs)
         return self._share_loss(losses)
 
     train_step = step  # the names docs/runtime.md uses
