@@ -48,6 +48,7 @@ RUNS = [
             "save_total_limit": 2,
         },
         "dir": "saved",
+        "logits": True,
     },  # TP2 x ZeRO-3 2, checkpoints at steps 3 and 5
     {
         "flags": {
@@ -128,12 +129,15 @@ def test_export_then_from_pretrained_gives_the_trained_logits(family_runs):
 
     from galvatron_hf.parallel.checkpoint import export_to_hf
 
-    family, workdir, reference, _ = family_runs
+    family, workdir, reference, results = family_runs
     auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
-    exported_by_save_model = auto.from_pretrained(workdir / "exported")
-    torch.testing.assert_close(cases.logits(exported_by_save_model), reference["logits"], rtol=1e-4, atol=1e-5)
+    # `galvatron-hf export` of the TP2 x ZeRO-3 run's last checkpoint: the logits that run's model gave
     export_to_hf(workdir / "saved" / "checkpoint-5", workdir / "exported-checkpoint")
     exported_checkpoint = auto.from_pretrained(workdir / "exported-checkpoint")
+    torch.testing.assert_close(cases.logits(exported_checkpoint), results[0][3]["logits"])
+    # trainer.save_model() after the resumed pipeline run; both agree with the single-process run's model
+    exported_by_save_model = auto.from_pretrained(workdir / "exported")
+    torch.testing.assert_close(cases.logits(exported_by_save_model), reference["logits"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cases.logits(exported_checkpoint), reference["logits"], rtol=1e-4, atol=1e-5)
 
 

@@ -162,6 +162,8 @@ def galvatron_worker(rank: int, world_size: int, family: str, runs: list[dict[st
             "losses": logged_losses(trainer.state.log_history),
             "plan": trainer.plan,
         }
+        if run.get("logits"):  # the parallel model's own logits (pp = 1: every rank holds the whole model)
+            result["logits"] = logits(trainer.model)
         if run.get("evaluate"):
             result["eval_loss"] = trainer.evaluate()["eval_loss"]
         if run.get("export"):
