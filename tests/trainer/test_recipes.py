@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
@@ -66,7 +67,6 @@ def _losses(output_dir: Path) -> list[float]:
 @pytest.mark.parametrize(
     ("recipe", "processes"),
     [
-        ("train_llama.py", 4),
         ("train_bert.py", 2),
         ("train_vit.py", 2),
         ("train_t5.py", 4),
@@ -103,15 +103,24 @@ def test_gpt2_recipe_under_accelerate_launch_saves_and_exports(tmp_path):
     assert model.config.n_layer == 4
 
 
-def test_llama_recipe_as_one_plain_process(tmp_path):
-    output = _launch(
-        [sys.executable, str(RECIPES / "train_llama.py")],
-        tmp_path,
-        "--global_tp_deg",
-        "1",
-    )
-    assert "1 process," in output
-    assert len(_losses(tmp_path)) == STEPS
+@pytest.mark.distributed
+def test_llama_recipe_loads_pretrained_weights_into_any_layout(tmp_path):
+    """A local save_pretrained directory: one plain process and 4 processes with a searched plan (meta-device
+    build, weights loaded shard by shard) train the same steps with the same losses."""
+    sys.path.insert(0, str(RECIPES))
+    from train_llama import tiny_config
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(5)
+    LlamaForCausalLM(tiny_config()).save_pretrained(tmp_path / "pretrained")
+    common = ("--model_name_or_path", str(tmp_path / "pretrained"), "--global_batch_size", "8")
+    alone = _launch([sys.executable, str(RECIPES / "train_llama.py")], tmp_path / "alone", *common)
+    assert "1 process," in alone and "loaded pretrained weights" in alone
+    searched = _launch(_torchrun(4, "train_llama.py"), tmp_path / "searched", *common, "--auto_parallel")
+    assert "galvatron plan (search): 4 processes" in searched and "loaded pretrained weights" in searched
+    expected, actual = _losses(tmp_path / "alone"), _losses(tmp_path / "searched")
+    assert len(expected) == STEPS
+    torch.testing.assert_close(torch.tensor(actual), torch.tensor(expected), rtol=1e-5, atol=0)
 
 
 def test_accelerate_configs_are_valid():
