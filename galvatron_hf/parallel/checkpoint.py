@@ -42,7 +42,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from galvatron_hf.parallel.hf_weights import single_process_dcp_is_intended, tied_weight_sources
+from galvatron_hf.parallel.hf_weights import (
+    raise_on_every_rank_if_any,
+    single_process_dcp_is_intended,
+    tied_weight_sources,
+)
 from galvatron_hf.planner.plan import Plan
 
 CHECKPOINT_FORMAT = "galvatron_hf.checkpoint"
@@ -361,13 +365,19 @@ def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     dcp_dir = path / DCP_DIR
     state = _state_for(model, optimizer)
     wanted = {f"{group}.{key}": (group, key) for group, entries in state.items() for key in entries}
-    names = resolve_stored_names(wanted, stored_keys(dcp_dir), tied_weight_sources(model))
-    missing = [name for name, stored in names.items() if stored is None]
-    if missing:
-        raise CheckpointError(
-            f"{dcp_dir} lacks {len(missing)} entries this model/optimizer needs, e.g. {missing[:6]}; was it "
-            "saved from another model or optimizer?"
-        )
+    names: dict[str, str | None] = {}
+    problem: CheckpointError | None = None
+    try:
+        names = resolve_stored_names(wanted, stored_keys(dcp_dir), tied_weight_sources(model))
+        missing = [name for name, stored in names.items() if stored is None]
+        if missing:
+            problem = CheckpointError(
+                f"{dcp_dir} lacks {len(missing)} entries this model/optimizer needs, e.g. {missing[:6]}; was "
+                "it saved from another model or optimizer?"
+            )
+    except CheckpointError as err:
+        problem = err
+    raise_on_every_rank_if_any(problem, CheckpointError)  # a stage may lack what others have: none may hang
     try:
         _load_by_stored_names(dcp_dir, state, wanted, names)
     except (Exception, CheckpointException) as err:

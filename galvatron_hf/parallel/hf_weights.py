@@ -267,16 +267,21 @@ def load_hf_pretrained(model: nn.Module, pretrained_dir: str | os.PathLike, *, s
     a missing key raises :class:`PretrainedWeightsError` naming the directory and the keys.
     """
     state_dict = get_model_state_dict(model)
-    _refuse_meta_tensors(state_dict)
-    stored = stored_tensors(safetensors_files(pretrained_dir))
-    found, missing = match_model_keys(state_dict.keys(), stored, model)
-    if missing and strict:
-        raise PretrainedWeightsError(
-            f"{pretrained_dir} has no weights for {len(missing)} model keys, e.g. {missing[:8]}; is it the same "
-            f"architecture? Its keys look like {sorted(stored)[:4]}. Pass strict=False to keep those at their "
-            "current values."
-        )
-    _check_shapes(pretrained_dir, found, state_dict)
+    try:
+        _refuse_meta_tensors(state_dict)
+        stored = stored_tensors(safetensors_files(pretrained_dir))
+        found, missing = match_model_keys(state_dict.keys(), stored, model)
+        if missing and strict:
+            raise PretrainedWeightsError(
+                f"{pretrained_dir} has no weights for {len(missing)} model keys, e.g. {missing[:8]}; is it the "
+                f"same architecture? Its keys look like {sorted(stored)[:4]}. Pass strict=False to keep those "
+                "at their current values."
+            )
+        _check_shapes(pretrained_dir, found, state_dict)
+        problem = None
+    except (PretrainedWeightsError, OSError) as err:
+        problem = err
+    raise_on_every_rank_if_any(problem)
     to_load = {key: state_dict[key] for key in found}
     single_process = not (dist.is_available() and dist.is_initialized())
     with single_process_dcp_is_intended():
@@ -284,6 +289,28 @@ def load_hf_pretrained(model: nn.Module, pretrained_dir: str | os.PathLike, *, s
     # DCP wrote into the tensors get_model_state_dict returned; set them too in case a wrapper returned copies
     set_model_state_dict(model, to_load, options=_partial_options())
     return missing
+
+
+def raise_on_every_rank_if_any(
+    error: BaseException | None, error_type: type[Exception] = PretrainedWeightsError
+) -> None:
+    """Before a collective load: if any rank found a problem, every rank raises (none waits forever).
+
+    Ranks may disagree (a pipeline stage misses a key the other stages do not hold), so the errors are
+    exchanged; a rank without one raises the first rank's message.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        if error is not None:
+            raise error
+        return
+    messages: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        raise error_type(f"rank {rank} cannot load: {text}")
 
 
 @contextlib.contextmanager

@@ -181,6 +181,7 @@ def _resume_in_fsdp2_and_in_stages(rank: int, world_size: int, ckpt: str, t5_ckp
     next_model_state, _ = full_states(model, optimizer)
 
     stages = _resume_in_pipeline_stages(rank, ckpt, stage_ckpt)
+    stages["mismatch"] = _load_into_a_stage_the_checkpoint_lacks(rank, ckpt)
 
     torch.manual_seed(5)
     t5 = apply_tp_fsdp(T5ForConditionalGeneration(t5_config()), tp=1, dp=2)
@@ -222,6 +223,19 @@ def _resume_in_pipeline_stages(rank: int, ckpt: str, stage_ckpt: str) -> dict:
     plan = make_plan(2, pp=2, tp=1, dp_type="ddp")
     save_checkpoint(stage_ckpt, model=model, optimizer=optimizer, lr_scheduler=scheduler, plan=plan, step=state.step)
     return {"state": state, "model": model_state, "optim": optim_state}
+
+
+def _load_into_a_stage_the_checkpoint_lacks(rank: int, ckpt: str) -> str | None:
+    """6 blocks split 3 + 3: stage 0's blocks are in the 4-block checkpoint, stage 1's blocks 4 and 5 are not.
+    Only rank 1 finds entries missing; rank 0 must raise too instead of waiting in the collective load."""
+    config = llama_config()
+    config.num_hidden_layers = 6
+    model = prune_llama_to_stage(LlamaForCausalLM(config), stage=rank, num_stages=2)
+    try:
+        load_checkpoint(ckpt, model=model, optimizer=None, restore_rng=False)
+    except CheckpointError as err:
+        return str(err)
+    return None
 
 
 # ----- the runs, once per module -------------------------------------------------------------------------------
@@ -296,6 +310,8 @@ def test_resume_in_a_pipeline_split_gets_each_stage_its_part(runs):
         assert stage["state"].step == SAVED_STEP
         assert differing(stage["model"], saved["model"]) == []
         assert stage["optim"] and differing(stage["optim"], saved["optim"]) == []
+    assert "lacks" in stage1["mismatch"] and "model.layers.4." in stage1["mismatch"]
+    assert stage0["mismatch"].startswith("rank 1 cannot load") and "lacks" in stage0["mismatch"]
     stage_ckpt = runs["stage_ckpt"]
     assert json.loads((stage_ckpt / MANIFEST_NAME).read_text())["world_size"] == 2
 
