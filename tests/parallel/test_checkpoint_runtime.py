@@ -15,7 +15,7 @@ from galvatron_hf.parallel.checkpoint import load_checkpoint, save_checkpoint
 from galvatron_hf.parallel.hf_weights import load_hf_pretrained
 from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
 from galvatron_hf.testing.distributed import run_distributed
-from tests.parallel.runtime_cases import GLOBAL_BATCH, SEQ, make_batch, make_model, split_batch, standard_cases
+from tests.parallel.runtime_cases import GLOBAL_BATCH, SEQ, make_model, split_batch, standard_cases
 from tests.parallel.test_checkpoint import differing, full_states
 from tests.parallel.test_checkpoint_hf_load import full_state
 
@@ -49,7 +49,8 @@ def _runtime_round_trip(rank: int, world: int, hf_dir: str, ckpt: str) -> dict:
     load_differs = [key for key, value in loaded.items() if not torch.equal(value, reference[key])]
 
     optimizer = torch.optim.AdamW(pm.parameters(), lr=1e-2)
-    pm.train_step(split_batch(make_batch("llama", 0), pm.data_rank, pm.data_size))
+    ids = torch.randint(0, 128, (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    pm.train_step(split_batch({"input_ids": ids, "labels": ids}, pm.data_rank, pm.data_size))
     pm.step(optimizer)
     optimizer.zero_grad()
     save_checkpoint(ckpt, model=pm.module, optimizer=optimizer, plan=mixed, step=1)
