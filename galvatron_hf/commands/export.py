@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model_class",
         help="transformers class to build, e.g. LlamaForCausalLM (default: the config's `architectures`)",
     )
-    parser.add_argument("--dtype", choices=DTYPES, help="cast the weights before writing (default: as trained)")
+    parser.add_argument("--dtype", choices=DTYPES, help="dtype of the written weights (default: the config's `dtype`, fp32 if it names none)")
     parser.add_argument("--max_shard_size", default="5GB", help="largest safetensors file (default: 5GB)")
 
 

@@ -573,7 +573,10 @@ def _export_config(path: Path, config: Any) -> Any:
 
 
 def build_empty_model(config: Any, model_class: str | None = None) -> nn.Module:
-    """The HF model for ``config`` on CPU, without spending time on random initialisation."""
+    """The HF model for ``config`` on CPU, without spending time on random initialisation.
+
+    Built in ``config.dtype`` like ``from_pretrained`` would (``export_to_hf(dtype=...)`` casts afterwards).
+    """
     import transformers
 
     name = model_class or (config.architectures or [None])[0]
