@@ -101,7 +101,8 @@ def _all_gather(tensor: torch.Tensor, group: dist.ProcessGroup, dim: int) -> tor
     size = dist.get_world_size(group)
     moved = tensor.movedim(dim, 0).contiguous()
     out = moved.new_empty((size * moved.shape[0], *moved.shape[1:]))
-    dist.all_gather_into_tensor(out, moved, group=group)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # torch 2.13 renamed it
+    gather(out, moved, group=group)
     return out.movedim(0, dim)
 
 

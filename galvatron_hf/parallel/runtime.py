@@ -208,11 +208,51 @@ def check_plan(plan: Plan, spec: ModelSpec, world_size: int) -> None:
         check_pipeline_plan(spec, plan)
 
 
+FULL_MASK_SDPA = "galvatron_sdpa_full_mask"
+
+
 def default_attn_implementation(device: torch.device) -> str:
     """flash_attention_2 on CUDA when flash-attn is installed, SDPA otherwise."""
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def has_layout_changes(plan: Plan) -> bool:
+    """Whether activations change layout somewhere (some layer's TP degree differs from another's)."""
+    return len({s.tp for s in plan.layers} | {plan.vocab.tp}) > 1
+
+
+def attention_for(plan: Plan, device: torch.device, requested: str | None) -> str:
+    """The attention implementation to run.
+
+    HF drops the mask when a rank's batch part has no padding (SDPA's ``is_causal`` fast path, flash
+    attention's unpadded path) and builds one when it has padding: with layout changes the ranks exchanging
+    batch parts would then disagree on what to exchange and hang. Plans with layout changes therefore use
+    SDPA with the mask always built (HF's own ``sdpa_mask`` without the skip, registered under
+    ``FULL_MASK_SDPA``); eager attention always builds its mask and is kept.
+    """
+    chosen = requested or default_attn_implementation(device)
+    if not has_layout_changes(plan) or chosen == "eager":
+        return chosen
+    _register_full_mask_sdpa()
+    return FULL_MASK_SDPA
+
+
+def _register_full_mask_sdpa() -> None:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+
+    def full_sdpa_mask(*args, **kwargs):
+        kwargs["allow_is_causal_skip"] = False
+        if "allow_is_bidirectional_skip" in kwargs:
+            kwargs["allow_is_bidirectional_skip"] = False
+        return sdpa_mask(*args, **kwargs)
+
+    AttentionMaskInterface.register(FULL_MASK_SDPA, full_sdpa_mask)
+    AttentionInterface.register(FULL_MASK_SDPA, ALL_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def set_attn_implementation(model: nn.Module, implementation: str, required: bool = False) -> None:
@@ -452,10 +492,12 @@ def parallelize(
     on_meta = _on_meta(model)
     set_attn_implementation(
         model,
-        attn_implementation or default_attn_implementation(device),
+        attention_for(plan, device, attn_implementation),
         required=attn_implementation is not None,
     )
     _disable_cache(model)
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()  # the plan checkpoints per block; HF's would nest inside ours
     if not on_meta:
         model.to(device)
     dims = ParallelDims.from_plan(plan, device_type=device.type)

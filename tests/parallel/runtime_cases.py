@@ -120,6 +120,13 @@ def make_batch(family: str, step: int, size: int = GLOBAL_BATCH) -> dict[str, to
     if family == "t5":
         target = torch.randint(0, 128, (size, SEQ - 2), generator=gen)
         return {"input_ids": ids, "labels": target}
+    if family in ("llama", "bert"):  # right padding on some samples: the 4-D masks must follow the layouts
+        mask = torch.ones(size, SEQ, dtype=torch.long)
+        for row, pad in enumerate(torch.randint(0, 3, (size,), generator=gen).tolist()):
+            if pad:
+                mask[row, -pad:] = 0
+        labels[mask == 0] = -100
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
     return {"input_ids": ids, "labels": labels}
 
 
