@@ -240,7 +240,10 @@ def attention_for(plan: Plan, device: torch.device, requested: str | None) -> st
 
 
 def _register_full_mask_sdpa() -> None:
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
