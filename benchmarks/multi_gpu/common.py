@@ -80,9 +80,12 @@ def start(cpu_dry_run: bool) -> Launch:
 
 def finish(code: int = 0) -> None:
     """Leave without interpreter teardown: gloo/NCCL processes sometimes abort there after the work is done
-    (reference: pytorch-cpu-distributed-facts.md), which would turn a finished phase into a failed one."""
+    (reference: pytorch-cpu-distributed-facts.md), which would turn a finished phase into a failed one.
+
+    A failing rank (``code != 0``) leaves at once: destroying an NCCL group while the other ranks wait in a
+    collective can block, and torchrun stops the other ranks as soon as this one exits."""
     try:
-        if dist.is_initialized():
+        if code == 0 and dist.is_initialized():
             dist.destroy_process_group()
     finally:
         sys.stdout.flush()

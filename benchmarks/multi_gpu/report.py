@@ -127,7 +127,7 @@ def speed_markdown(index: dict, rows: list[dict], ratio: dict, dry_run: bool) ->
              f"Model {index['model']['shape']} ({index['model']['params'] / 1e9:.3g}B params), seq {index['seq_len']}, "
              f"global batch {index['global_batch_size']}, {index['precision']}, {index['num_gpus']} ranks, budget "
              f"{index['memory_budget_gb']:.1f} GB per rank; MFU against {index['hardware']['peak_tflops']} TFLOP/s "
-             f"({index['hardware']['source']}).", "",
+             f"({Path(index['hardware']['source']).name}).", "",
              "| run | layout | status | step s | tokens/s/GPU | MFU | peak alloc GB | peak reserved GB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
