@@ -189,7 +189,7 @@ class Plan:
         if spec is not None:
             errors.extend(self._model_errors(spec))
         if errors:
-            raise PlanError("invalid plan:\n  - " + "\n  - ".join(errors))
+            raise PlanError("invalid plan:\n  - " + "\n  - ".join(_collapse_layer_errors(errors)))
         return self
 
     def _structural_errors(self) -> list[str]:
@@ -265,14 +265,41 @@ class Plan:
             if not block.supports_tp(strategy.tp):
                 errors.append(
                     f"layer {i}: tp={strategy.tp} does not divide {block.num_heads} heads / "
-                    f"{block.num_kv_heads} KV heads / FFN {block.ffn_size}; use a tp that divides "
-                    f"them (at most {block.max_tp()})"
+                    f"{block.num_kv_heads} KV heads / FFN {block.ffn_size}; valid tp degrees: "
+                    f"{[t for t in range(1, (block.max_tp() or 1) + 1) if block.supports_tp(t)]}"
                 )
         vocab_size = spec.vocab_size
         if self.vocab.tp > 1 and vocab_size % self.vocab.tp:
             errors.append(f"vocab: tp={self.vocab.tp} does not divide the vocabulary size {vocab_size}")
         # A different sequence length changes the predictions, not whether the plan runs: not an error here.
         return errors
+
+
+def _collapse_layer_errors(errors: list[str]) -> list[str]:
+    """One line per distinct problem: "layer 3: X", "layer 4: X" become "layers 3-4: X" (80-layer plans)."""
+    layers_of: dict[str, list[int]] = {}
+    order: list[str] = []
+    for error in errors:
+        head, _, problem = error.partition(": ")
+        index = head.removeprefix("layer ")
+        key = problem if head.startswith("layer ") and index.isdigit() else error
+        if key not in layers_of:
+            layers_of[key] = []
+            order.append(key)
+        if key is problem:
+            layers_of[key].append(int(index))
+    return [f"{_layer_ranges(layers_of[key])}: {key}" if layers_of[key] else key for key in order]
+
+
+def _layer_ranges(indices: list[int]) -> str:
+    runs: list[list[int]] = []
+    for index in sorted(indices):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return ("layer " if len(indices) == 1 else "layers ") + text
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

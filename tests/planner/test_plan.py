@@ -70,3 +70,14 @@ def test_loading_rejects_other_versions_and_unknown_keys():
         Plan.from_dict(bad_layer)
     with pytest.raises(PlanError, match="not valid JSON"):
         Plan.from_json("{")
+
+
+def test_the_same_problem_on_many_layers_is_one_line():
+    layers = [LayerStrategy(stage=0, tp=4, dp=1)] * 6
+    plan = make_plan(world_size=2, pp=1, layers=layers, vocab=VocabStrategy(tp=2, dp=1), global_batch_size=4,
+                     num_micro_batches=1)
+    with pytest.raises(PlanError) as raised:
+        plan.validate()
+    message = str(raised.value)
+    assert "layers 0-5: tp=4 x dp=1 must equal the devices per stage" in message
+    assert message.count("must equal the devices per stage") == 1
