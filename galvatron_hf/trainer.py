@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -449,7 +449,11 @@ def _refuse_unsupported(model: nn.Module | None, trainer_args: tuple, trainer_kw
 def _parallelize(model, args, options: PlanOptions, given_plan: Plan | None, trainer_kwargs, device):
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
+    from galvatron_hf.parallel.runtime import default_attn_implementation
 
+    # plan for the attention kernel the runtime will run (eager attention keeps its scores: more memory)
+    attn_impl = default_attn_implementation(torch.device(device))
+    options = replace(options, attn_impl=attn_impl)
     seq_len, decoder_seq_len = _sequence_lengths(options, trainer_kwargs.get("train_dataset"), model)
     spec = describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
     precision = mixed_precision_of(args)
@@ -462,7 +466,9 @@ def _parallelize(model, args, options: PlanOptions, given_plan: Plan | None, tra
             options.global_batch_size,
         )
         plan = choose_plan(options, spec, dist.get_world_size(), batch, precision)
-    parallel_model = parallelize(model, plan, spec=spec, device=device, mixed_precision=precision)
+    parallel_model = parallelize(
+        model, plan, spec=spec, device=device, mixed_precision=precision, attn_implementation=attn_impl
+    )
     return parallel_model, plan
 
 

@@ -35,6 +35,7 @@ class PlanOptions:
     num_nodes: int | None = None
     model_profile: str | None = None
     seq_length: int | None = None
+    attn_impl: str = "sdpa"  # the kernel the runtime will use (priced differently: eager keeps the scores)
 
     @property
     def uniform_flags_given(self) -> bool:
@@ -162,7 +163,8 @@ def _searched_plan(
     from galvatron_hf.planner.search import search_plan
 
     hardware = load_hardware_profile(options, world_size)
-    memory_gb = options.memory_gb or (hardware.device.memory_gb - hardware.device.reserved_memory_gb)
+    # the cost model already charges device.reserved_memory_gb, so the budget is the device's whole memory
+    memory_gb = options.memory_gb or hardware.device.memory_gb
     global_batch = batch.global_batch_size or batch.geometry(world_size).global_batch_size
     result = search_plan(
         spec,
@@ -171,6 +173,7 @@ def _searched_plan(
         memory_gb,
         global_batch_size=global_batch,
         mixed_precision=precision,
+        attn_impl=options.attn_impl,
         compute=layer_costs(options, spec, hardware, precision),
     )
     plan = result.plan.validate(world_size=world_size, spec=spec)
@@ -200,7 +203,9 @@ def layer_costs(options: PlanOptions, spec: ModelSpec, hardware, precision: str)
         return None
     from galvatron_hf.planner.profiled_costs import profiled_compute
 
-    return profiled_compute(options.model_profile, spec, hardware, mixed_precision=precision)
+    return profiled_compute(
+        options.model_profile, spec, hardware, mixed_precision=precision, attn_impl=options.attn_impl
+    )
 
 
 def with_prediction(plan: Plan, spec: ModelSpec, options: PlanOptions) -> Plan:
@@ -211,7 +216,9 @@ def with_prediction(plan: Plan, spec: ModelSpec, options: PlanOptions) -> Plan:
 
     hardware = load_hardware_profile(options, plan.world_size)
     compute = layer_costs(options, spec, hardware, plan.mixed_precision)
-    report = estimate_plan(plan, spec, hardware, memory_gb=options.memory_gb, compute=compute)
+    report = estimate_plan(
+        plan, spec, hardware, memory_gb=options.memory_gb, attn_impl=options.attn_impl, compute=compute
+    )
     return plan.with_predicted(report.predicted)
 
 
