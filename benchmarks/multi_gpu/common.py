@@ -25,17 +25,41 @@ import torch.distributed as dist
 
 GB = 1e9  # the planner's unit (docs/cost_model.md)
 
-# Llama shapes the suite knows. "tiny" is for the CPU dry run; the others have 16 heads and 16 KV heads so
-# that every TP degree up to 8 divides them (docs: TP must divide num_key_value_heads).
+# Llama shapes the suite knows. "tiny" is for the CPU dry run; every shape has as many KV heads as heads
+# (8, 16 or 32), so that every TP degree up to 8 divides them (docs: TP must divide num_key_value_heads).
 MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=8, vocab_size=512),
-    "1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
-                 num_key_value_heads=16, vocab_size=32000),
-    "2.7b": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, vocab_size=32000),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, vocab_size=32000),
+    "tiny": {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "vocab_size": 512,
+    },
+    "1.3b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5504,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "vocab_size": 32000,
+    },
+    "2.7b": {
+        "hidden_size": 2560,
+        "intermediate_size": 6912,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+    },
+    "7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+    },
 }
 
 
@@ -99,8 +123,12 @@ def llama_config(shape: str, seq_len: int):
 
     if shape not in MODEL_SHAPES:
         raise SystemExit(f"unknown model shape {shape!r}: use one of {sorted(MODEL_SHAPES)}")
-    config = LlamaConfig(**MODEL_SHAPES[shape], max_position_embeddings=max(seq_len, 128), tie_word_embeddings=False,
-                         attention_dropout=0.0)
+    config = LlamaConfig(
+        **MODEL_SHAPES[shape],
+        max_position_embeddings=max(seq_len, 128),
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+    )
     config.architectures = ["LlamaForCausalLM"]
     return config
 

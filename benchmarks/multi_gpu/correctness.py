@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy  # noqa: E402
+from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
 
 SEQ = 32
 GLOBAL_BATCH = 16  # divisible by every DP degree up to 8 and by 4 micro-batches of a PP2 x DP4 stage
@@ -42,7 +42,10 @@ LR = 0.05
 # Per dtype: loss relative error; gradient / weight error per tensor, as a fraction of the reference's norm
 # (TP and micro-batching reorder sums, which moves elements near zero by large fractions of themselves).
 # In bf16 the tensor bound is also at least 3x the bf16 floor measured on this machine (see the docstring).
-TOLERANCE = {"fp32": {"loss": 1e-5, "tensor": 1e-5}, "bf16": {"loss": 5e-3, "tensor": 5e-2}}
+TOLERANCE = {
+    "fp32": {"loss": 1e-5, "tensor": 1e-5},
+    "bf16": {"loss": 5e-3, "tensor": 5e-2},
+}
 FLOOR_FACTOR = 3.0
 
 
@@ -64,32 +67,63 @@ class Case:
             for i, (tp, dp_type, checkpoint) in enumerate(self.blocks)
         ]
         vocab = VocabStrategy(self.vocab[0], per_stage // self.vocab[0], self.vocab[1])
-        return Plan(world_size=world, pp=self.pp, schedule=self.schedule, global_batch_size=GLOBAL_BATCH,
-                    num_micro_batches=self.micro_batches, layers=layers, vocab=vocab, seq_len=SEQ,
-                    mixed_precision=precision)
+        return Plan(
+            world_size=world,
+            pp=self.pp,
+            schedule=self.schedule,
+            global_batch_size=GLOBAL_BATCH,
+            num_micro_batches=self.micro_batches,
+            layers=layers,
+            vocab=vocab,
+            seq_len=SEQ,
+            mixed_precision=precision,
+        )
 
 
 def cases(world: int, blocks: int = 4) -> list[Case]:
     """The matrix for ``world`` ranks; layouts the world cannot hold (PP2 x TP2 on 2 ranks) are left out."""
+
     def same(tp: int, dp_type: str, checkpoint: bool = False) -> tuple:
         return tuple((tp, dp_type, checkpoint) for _ in range(blocks))
 
-    mixed = ((1, "zero3", False), (2, "ddp", True), (world, "zero2", False), (2, "zero3", True))
+    mixed = (
+        (1, "zero3", False),
+        (2, "ddp", True),
+        (world, "zero2", False),
+        (2, "zero3", True),
+    )
     matrix = [
         Case(f"ddp{world}", same(1, "ddp")),
         Case(f"zero2x{world}", same(1, "zero2")),
         Case(f"zero3x{world}+ckpt", same(1, "zero3", True), (1, "zero3")),
         Case(f"tp2_zero3x{world // 2}", same(2, "zero3"), (2, "zero3")),
         Case(f"tp{world}", same(world, "ddp"), (world, "ddp")),
-        Case("mixed_tp_per_layer", tuple(mixed[i % 4] for i in range(blocks)), (2, "zero3")),
+        Case(
+            "mixed_tp_per_layer",
+            tuple(mixed[i % 4] for i in range(blocks)),
+            (2, "zero3"),
+        ),
         Case("pp2_gpipe", same(1, "ddp"), pp=2, schedule="gpipe", micro_batches=2),
         Case("pp2_1f1b", same(1, "ddp"), pp=2, schedule="1f1b", micro_batches=4),
     ]
     if world >= 4:
         matrix += [
-            Case("pp2_x_tp2_1f1b", same(2, "ddp"), (2, "ddp"), pp=2, schedule="1f1b", micro_batches=2),
-            Case("pp2_x_zero3+ckpt_gpipe", same(1, "zero3", True), (1, "zero3"), pp=2, schedule="gpipe",
-                 micro_batches=2),
+            Case(
+                "pp2_x_tp2_1f1b",
+                same(2, "ddp"),
+                (2, "ddp"),
+                pp=2,
+                schedule="1f1b",
+                micro_batches=2,
+            ),
+            Case(
+                "pp2_x_zero3+ckpt_gpipe",
+                same(1, "zero3", True),
+                (1, "zero3"),
+                pp=2,
+                schedule="gpipe",
+                micro_batches=2,
+            ),
         ]
     if world == 2:  # TP2 x ZeRO-3 over one rank is TP over all ranks: keep one
         matrix = [c for c in matrix if not c.name.startswith("tp2_zero3")]
@@ -153,8 +187,14 @@ def parallel_run(case: Case, config, precision: str, launch: common.Launch) -> d
     model = build_model(config)
     spec = describe_model(model, seq_len=SEQ)
     plan = case.plan(launch.world_size, precision)
-    pm = parallelize(model, plan, spec=spec, device=launch.device, mixed_precision=precision,
-                     attn_implementation="sdpa")
+    pm = parallelize(
+        model,
+        plan,
+        spec=spec,
+        device=launch.device,
+        mixed_precision=precision,
+        attn_implementation="sdpa",
+    )
     optimizer = torch.optim.SGD(pm.parameters(), lr=LR)
     losses, grads = [], {}
     for step, batch in enumerate(batches(config.vocab_size)):
@@ -188,14 +228,24 @@ def floor_of(bf16: dict, fp32: dict) -> dict:
 
 
 # ----- main --------------------------------------------------------------------------------------------------
-def run_case(case: Case, config, precision: str, reference: dict, tolerance: dict, launch: common.Launch) -> dict:
+def run_case(
+    case: Case,
+    config,
+    precision: str,
+    reference: dict,
+    tolerance: dict,
+    launch: common.Launch,
+) -> dict:
     begin = time.perf_counter()
     try:
         got = parallel_run(case, config, precision, launch)
         errors = relative_errors(got, reference)
         failure = ""
-    except Exception as err:  # a PlanError or a runtime error on every rank: record it, keep going
-        errors, failure = None, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}"
+    except Exception as err:  # noqa: BLE001 - any failure of a layout is recorded; the next one still runs
+        errors, failure = (
+            None,
+            f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}",
+        )
     seconds = time.perf_counter() - begin
     gathered: list = [None] * launch.world_size
     dist.all_gather_object(gathered, {"errors": errors, "failure": failure})
@@ -213,24 +263,50 @@ def tolerance_for(precision: str, floor: dict | None) -> dict:
 
 def summarise(case: Case, per_rank: list[dict], tolerance: dict, seconds: float) -> dict:
     failures = [f"rank {r}: {d['failure']}" for r, d in enumerate(per_rank) if d["failure"]]
-    row = {"case": case.name, "layout": asdict(case), "seconds": round(seconds, 2), "tolerance": tolerance}
+    row = {
+        "case": case.name,
+        "layout": asdict(case),
+        "seconds": round(seconds, 2),
+        "tolerance": tolerance,
+    }
     if failures:
-        return {**row, "passed": False, "error": failures[0], "failed_ranks": len(failures)}
+        return {
+            **row,
+            "passed": False,
+            "error": failures[0],
+            "failed_ranks": len(failures),
+        }
     loss = max(d["errors"]["loss"] for d in per_rank)
     grad = max((d["errors"]["grads"] for d in per_rank), key=lambda e: e[0])
     weight = max((d["errors"]["weights"] for d in per_rank), key=lambda e: e[0])
     held = [d["errors"]["grads"][2] for d in per_rank]
     passed = loss <= tolerance["loss"] and grad[0] <= tolerance["tensor"] and weight[0] <= tolerance["tensor"]
-    return {**row, "passed": passed, "loss_rel_error": loss, "grad_rel_error": grad[0], "worst_grad": grad[1],
-            "weight_rel_error": weight[0], "worst_weight": weight[1], "params_compared_per_rank": held}
+    return {
+        **row,
+        "passed": passed,
+        "loss_rel_error": loss,
+        "grad_rel_error": grad[0],
+        "worst_grad": grad[1],
+        "weight_rel_error": weight[0],
+        "worst_weight": weight[1],
+        "params_compared_per_rank": held,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON result file (rank 0 writes it)")
-    parser.add_argument("--cpu", action="store_true", help="CPU dry run: gloo, fp32, one thread per rank")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
-                        help="default: bf16 on GPUs, fp32 on CPU")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="CPU dry run: gloo, fp32, one thread per rank",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default=None,
+        help="default: bf16 on GPUs, fp32 on CPU",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="run only these case names")
     args = parser.parse_args(argv)
     launch = common.start(args.cpu)
@@ -238,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     config = common.llama_config("tiny", SEQ)
     config._attn_implementation = "sdpa"
     matrix = [c for c in cases(launch.world_size) if not args.only or c.name in args.only]
-    common.log(launch, f"phase 1: {len(matrix)} layouts on {launch.world_size} ranks, {precision}")
+    common.log(
+        launch,
+        f"phase 1: {len(matrix)} layouts on {launch.world_size} ranks, {precision}",
+    )
 
     payload = [None]
     if launch.is_main:
@@ -253,21 +332,35 @@ def main(argv: list[str] | None = None) -> int:
     for case in matrix:
         rows.append(run_case(case, config, precision, reference, tolerance, launch))
         status = "ok" if rows[-1]["passed"] else "FAILED"
-        common.log(launch, f"  {case.name:28s} {status}  loss {rows[-1].get('loss_rel_error', float('nan')):.2e}"
-                           f"  grad {rows[-1].get('grad_rel_error', float('nan')):.2e}  ({rows[-1]['seconds']} s)")
+        common.log(
+            launch,
+            f"  {case.name:28s} {status}  loss {rows[-1].get('loss_rel_error', float('nan')):.2e}"
+            f"  grad {rows[-1].get('grad_rel_error', float('nan')):.2e}  ({rows[-1]['seconds']} s)",
+        )
     if launch.is_main:
-        common.write_json(args.out, {
-            "phase": "correctness",
-            "cpu_dry_run": args.cpu,
-            "precision": precision,
-            "world_size": launch.world_size,
-            "model": {"shape": "tiny", **common.MODEL_SHAPES["tiny"], "seq_len": SEQ,
-                      "global_batch_size": GLOBAL_BATCH, "steps": STEPS, "optimizer": f"SGD lr={LR}"},
-            "bf16_floor_vs_fp32": None if floor is None else {k: v if k == "loss" else v[0] for k, v in floor.items()},
-            "passed": all(r["passed"] for r in rows),
-            "cases": rows,
-            "environment": common.environment(),
-        })
+        common.write_json(
+            args.out,
+            {
+                "phase": "correctness",
+                "cpu_dry_run": args.cpu,
+                "precision": precision,
+                "world_size": launch.world_size,
+                "model": {
+                    "shape": "tiny",
+                    **common.MODEL_SHAPES["tiny"],
+                    "seq_len": SEQ,
+                    "global_batch_size": GLOBAL_BATCH,
+                    "steps": STEPS,
+                    "optimizer": f"SGD lr={LR}",
+                },
+                "bf16_floor_vs_fp32": None
+                if floor is None
+                else {k: v if k == "loss" else v[0] for k, v in floor.items()},
+                "passed": all(r["passed"] for r in rows),
+                "cases": rows,
+                "environment": common.environment(),
+            },
+        )
     common.finish(0 if all(r["passed"] for r in rows) else 1)
     return 0
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def optimizer_for(module: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -142,7 +142,11 @@ def build_fsdp2(config, args, launch: common.Launch):
         dist.all_reduce(reduced)
         return float(reduced) / launch.world_size
 
-    details = {"how": how, "activation_checkpointing": args.checkpoint, "mixed_precision": args.precision}
+    details = {
+        "how": how,
+        "activation_checkpointing": args.checkpoint,
+        "mixed_precision": args.precision,
+    }
     return args.global_batch, args.seq_len, step, details
 
 
@@ -158,7 +162,12 @@ def measure(launch: common.Launch, args) -> dict:
     setup_s = time.perf_counter() - begin
     batches = [common.random_batch(config.vocab_size, global_batch, seq_len, seed) for seed in range(2)]
     losses: list[float] = []
-    times = common.timed_steps(lambda i: losses.append(step(batches[i % 2])), args.warmup, args.steps, launch.device)
+    times = common.timed_steps(
+        lambda i: losses.append(step(batches[i % 2])),
+        args.warmup,
+        args.steps,
+        launch.device,
+    )
     allocated, reserved = peak_memory_gb(launch.device)
     step_s = common.max_over_ranks(common.median(times), launch.device)
     return {
@@ -185,7 +194,12 @@ def _load_config(path: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="config dir from plans.py")
-    parser.add_argument("--model", default="1.3b", choices=sorted(common.MODEL_SHAPES), help="when no --config")
+    parser.add_argument(
+        "--model",
+        default="1.3b",
+        choices=sorted(common.MODEL_SHAPES),
+        help="when no --config",
+    )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--plan", type=Path, help="a plan file: run it through our runtime")
     which.add_argument("--fsdp2", action="store_true", help="the accelerate FSDP2 baseline")
@@ -195,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="--fsdp2")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--name", default=None, help="name in the result (default: the plan file's stem)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="name in the result (default: the plan file's stem)",
+    )
     parser.add_argument("--cpu", action="store_true", help="CPU dry run (gloo)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -208,21 +226,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = {**head, **measure(launch, args)}
     except torch.OutOfMemoryError as err:  # this rank writes why, then leaves; torchrun stops the other ranks
-        common.write_json(args.out.with_name(f"{args.out.stem}.oom-rank{launch.rank}.json"),
-                          {**head, "status": "oom", "rank": launch.rank, "error": str(err).splitlines()[0]})
+        common.write_json(
+            args.out.with_name(f"{args.out.stem}.oom-rank{launch.rank}.json"),
+            {
+                **head,
+                "status": "oom",
+                "rank": launch.rank,
+                "error": str(err).splitlines()[0],
+            },
+        )
         common.finish(3)
         return 3
-    except Exception as err:
-        common.write_json(args.out.with_name(f"{args.out.stem}.error-rank{launch.rank}.json"),
-                          {**head, "status": "error", "rank": launch.rank, "error": f"{type(err).__name__}: {err}",
-                           "traceback": traceback.format_exc()})
+    except Exception as err:  # noqa: BLE001 - written for the report, then this rank leaves
+        common.write_json(
+            args.out.with_name(f"{args.out.stem}.error-rank{launch.rank}.json"),
+            {
+                **head,
+                "status": "error",
+                "rank": launch.rank,
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(),
+            },
+        )
         common.finish(4)
         return 4
     if launch.is_main:
         result["environment"] = common.environment()
         common.write_json(args.out, result)
-        common.log(launch, f"{name}: median step {result['median_step_s']:.4f} s, "
-                           f"{result['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, peak {result['peak_allocated_gb']} GB")
+        common.log(
+            launch,
+            f"{name}: median step {result['median_step_s']:.4f} s, "
+            f"{result['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, peak {result['peak_allocated_gb']} GB",
+        )
     common.finish(0)
     return 0
 

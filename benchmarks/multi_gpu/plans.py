@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def build_inputs(args):
@@ -57,9 +57,16 @@ def fastest_uniform(spec, hardware, compute, args, memory_gb: float, tp: int, dp
             if (args.global_batch // micro_batches) % dp:
                 continue
             try:
-                plan = uniform_plan(spec, args.num_gpus, global_batch_size=args.global_batch, tp=tp, dp_type=dp_type,
-                                    checkpoint=checkpoint, num_micro_batches=micro_batches,
-                                    mixed_precision=args.precision)
+                plan = uniform_plan(
+                    spec,
+                    args.num_gpus,
+                    global_batch_size=args.global_batch,
+                    tp=tp,
+                    dp_type=dp_type,
+                    checkpoint=checkpoint,
+                    num_micro_batches=micro_batches,
+                    mixed_precision=args.precision,
+                )
             except PlanError:
                 continue
             report = estimate_plan(plan, spec, hardware, memory_gb=memory_gb, compute=compute)
@@ -83,8 +90,10 @@ def describe(plan) -> str:
             runs.append([key, 1])
     blocks = ", ".join(f"{n}x(s{s} tp{t} dp{d} {k}{' +ckpt' if c else ''})" for (s, t, d, k, c), n in runs)
     vocab = plan.vocab
-    return (f"pp={plan.pp} {plan.schedule} M={plan.num_micro_batches} B={plan.global_batch_size}; {blocks}; "
-            f"vocab tp{vocab.tp} dp{vocab.dp} {vocab.dp_type}")
+    return (
+        f"pp={plan.pp} {plan.schedule} M={plan.num_micro_batches} B={plan.global_batch_size}; {blocks}; "
+        f"vocab tp{vocab.tp} dp{vocab.dp} {vocab.dp_type}"
+    )
 
 
 def entry(name: str, kind: str, plan, fits: bool, plans_dir: Path, searched=None) -> dict:
@@ -93,11 +102,21 @@ def entry(name: str, kind: str, plan, fits: bool, plans_dir: Path, searched=None
     path = plan.save(plans_dir / f"{name}.json")
     predicted = plan.predicted
     same = "searched" if searched is not None and same_layout(plan, searched) else None
-    return {"name": name, "kind": kind, "plan_file": str(path), "layout": describe(plan), "predicted_fits": fits,
-            "same_layout_as": same,
-            "predicted": {"step_time_s": predicted.step_time_s, "tokens_per_s": predicted.tokens_per_s,
-                          "mfu": predicted.mfu, "peak_memory_gb": max(predicted.peak_memory_gb),
-                          "source": predicted.source}}
+    return {
+        "name": name,
+        "kind": kind,
+        "plan_file": str(path),
+        "layout": describe(plan),
+        "predicted_fits": fits,
+        "same_layout_as": same,
+        "predicted": {
+            "step_time_s": predicted.step_time_s,
+            "tokens_per_s": predicted.tokens_per_s,
+            "mfu": predicted.mfu,
+            "peak_memory_gb": max(predicted.peak_memory_gb),
+            "source": predicted.source,
+        },
+    }
 
 
 def same_layout(a, b) -> bool:
@@ -110,15 +129,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_gpus", type=int, required=True)
     parser.add_argument("--model", default="1.3b", choices=sorted(common.MODEL_SHAPES))
     parser.add_argument("--seq_len", type=int, default=2048)
-    parser.add_argument("--global_batch", type=int, required=True, help="samples per step, same for every run")
+    parser.add_argument(
+        "--global_batch",
+        type=int,
+        required=True,
+        help="samples per step, same for every run",
+    )
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--hardware", default="h200", help="hardware JSON from phase 2, or a built-in name")
-    parser.add_argument("--model_profile", default=None, help="model profile JSON from phase 2 (optional)")
-    parser.add_argument("--memory_gb", type=float, default=None, help="budget per GPU (default: the device's)")
-    parser.add_argument("--tp_degrees", type=int, nargs="*", default=None,
-                        help="TP degrees of the uniform TP x ZeRO-3 baselines (default: 2, and 4 on 8 GPUs)")
+    parser.add_argument(
+        "--hardware",
+        default="h200",
+        help="hardware JSON from phase 2, or a built-in name",
+    )
+    parser.add_argument(
+        "--model_profile",
+        default=None,
+        help="model profile JSON from phase 2 (optional)",
+    )
+    parser.add_argument(
+        "--memory_gb",
+        type=float,
+        default=None,
+        help="budget per GPU (default: the device's)",
+    )
+    parser.add_argument(
+        "--tp_degrees",
+        type=int,
+        nargs="*",
+        default=None,
+        help="TP degrees of the uniform TP x ZeRO-3 baselines (default: 2, and 4 on 8 GPUs)",
+    )
     parser.add_argument("--cpu", action="store_true", help="CPU dry run (recorded in plans.json)")
-    parser.add_argument("--config_only", action="store_true", help="write OUT/config/config.json and stop")
+    parser.add_argument(
+        "--config_only",
+        action="store_true",
+        help="write OUT/config/config.json and stop",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.config_only:
@@ -132,39 +178,75 @@ def main(argv: list[str] | None = None) -> int:
     plans_dir = args.out / "plans"
     entries, skipped = [], []
     try:
-        result = search_plan(spec, hardware, args.num_gpus, memory_gb, global_batch_size=args.global_batch,
-                             mixed_precision=args.precision, compute=compute)
+        result = search_plan(
+            spec,
+            hardware,
+            args.num_gpus,
+            memory_gb,
+            global_batch_size=args.global_batch,
+            mixed_precision=args.precision,
+            compute=compute,
+        )
         searched = result.plan
         entries.append(entry("searched", "ours: searched plan", searched, True, plans_dir))
-        search = {"seconds": result.stats.seconds, "configs": result.stats.configs,
-                  "certified": result.stats.certified}
+        search = {
+            "seconds": result.stats.seconds,
+            "configs": result.stats.configs,
+            "certified": result.stats.certified,
+        }
     except ImpossibleBudgetError as err:
-        result, searched, search = None, None, {"error": str(err), "min_memory_gb": err.min_memory_gb}
+        result, searched, search = (
+            None,
+            None,
+            {"error": str(err), "min_memory_gb": err.min_memory_gb},
+        )
     tp_degrees = args.tp_degrees or [t for t in (2, 4) if t <= args.num_gpus and (t == 2 or args.num_gpus >= 8)]
     layouts = [("uniform_ddp", 1, "ddp"), ("uniform_zero3", 1, "zero3")]
     layouts += [(f"uniform_tp{t}_zero3", t, "zero3") for t in tp_degrees if args.num_gpus % t == 0]
     for name, tp, dp_type in layouts:
         plan, fits = fastest_uniform(spec, hardware, compute, args, memory_gb, tp, dp_type)
         if plan is None:
-            skipped.append({"name": name, "reason": "no micro-batch count splits the batch over the DP ranks"})
+            skipped.append(
+                {
+                    "name": name,
+                    "reason": "no micro-batch count splits the batch over the DP ranks",
+                }
+            )
             continue
         entries.append(entry(name, f"ours: uniform {dp_type} tp{tp}", plan, fits, plans_dir, searched))
     if result is not None and result.best_uniform is not None:
         best = result.best_uniform.plan
         if not any(same_layout(best, Plan.load(e["plan_file"])) for e in entries):
-            entries.append(entry("best_uniform", "ours: search's best uniform plan", best, True, plans_dir))
+            entries.append(
+                entry(
+                    "best_uniform",
+                    "ours: search's best uniform plan",
+                    best,
+                    True,
+                    plans_dir,
+                )
+            )
     index = {
         "phase": "plans",
         "cpu_dry_run": args.cpu,
-        "model": {"shape": args.model, **common.MODEL_SHAPES[args.model], "params": spec.total_params},
+        "model": {
+            "shape": args.model,
+            **common.MODEL_SHAPES[args.model],
+            "params": spec.total_params,
+        },
         "config_dir": str(config_dir),
         "num_gpus": args.num_gpus,
         "seq_len": args.seq_len,
         "global_batch_size": args.global_batch,
         "precision": args.precision,
         "memory_budget_gb": memory_gb,
-        "hardware": {"source": str(args.hardware), "name": hardware.name, "device": hardware.device.name,
-                     "peak_tflops": hardware.device.peak_tflops, "memory_gb": hardware.device.memory_gb},
+        "hardware": {
+            "source": str(args.hardware),
+            "name": hardware.name,
+            "device": hardware.device.name,
+            "peak_tflops": hardware.device.peak_tflops,
+            "memory_gb": hardware.device.memory_gb,
+        },
         "model_profile": args.model_profile,
         "cost_sources": notes,
         "forward_flops_per_sample": spec.forward_flops,
@@ -176,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     common.write_json(args.out / "plans.json", index)
     for e in entries:
         p = e["predicted"]
-        print(f"{e['name']:22s} fits={e['predicted_fits']!s:5s} step {p['step_time_s']:.3f} s  "
-              f"peak {p['peak_memory_gb']:.2f} GB  {e['layout']}", file=sys.stderr)
+        print(
+            f"{e['name']:22s} fits={e['predicted_fits']!s:5s} step {p['step_time_s']:.3f} s  "
+            f"peak {p['peak_memory_gb']:.2f} GB  {e['layout']}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def load_runs(runs_dir: Path) -> dict[str, dict]:
@@ -60,14 +60,26 @@ def speed_rows(index: dict, runs: dict[str, dict]) -> list[dict]:
         run = runs.get(name, {"status": "not run"})
         twin = plans.get(name, {}).get("same_layout_as")
         if twin and name not in runs and runs.get(twin, {}).get("status") == "ok":
-            run = {**runs[twin], "status": f"ok (same layout as {twin}: its measurement)"}
-        row = {"name": name, "kind": plans.get(name, {}).get("kind", "baseline: accelerate FSDP2 (plain HF model)"),
-               "layout": plans.get(name, {}).get("layout") or run.get("how", ""), "status": run.get("status", "?")}
+            run = {
+                **runs[twin],
+                "status": f"ok (same layout as {twin}: its measurement)",
+            }
+        row = {
+            "name": name,
+            "kind": plans.get(name, {}).get("kind", "baseline: accelerate FSDP2 (plain HF model)"),
+            "layout": plans.get(name, {}).get("layout") or run.get("how", ""),
+            "status": run.get("status", "?"),
+        }
         if run.get("status", "").startswith("ok"):
-            row.update(median_step_s=run["median_step_s"], tokens_per_s_per_gpu=run["tokens_per_s_per_gpu"],
-                       mfu=mfu(run, index), peak_allocated_gb=run.get("peak_allocated_gb"),
-                       peak_reserved_gb=run.get("peak_reserved_gb"), first_loss=run["losses"][0],
-                       last_loss=run["losses"][-1])
+            row.update(
+                median_step_s=run["median_step_s"],
+                tokens_per_s_per_gpu=run["tokens_per_s_per_gpu"],
+                mfu=mfu(run, index),
+                peak_allocated_gb=run.get("peak_allocated_gb"),
+                peak_reserved_gb=run.get("peak_reserved_gb"),
+                first_loss=run["losses"][0],
+                last_loss=run["losses"][-1],
+            )
         elif "error" in run:
             row["error"] = run["error"]
         rows.append(row)
@@ -87,12 +99,17 @@ def ratios(rows: list[dict]) -> dict:
         different = {n: v for n, v in others.items() if n not in twins}
         if different:
             best_different = max(different, key=different.get)
-            result.update(best_different_layout=best_different,
-                          ours_over_best_different_layout=ok["searched"] / different[best_different])
+            result.update(
+                best_different_layout=best_different,
+                ours_over_best_different_layout=ok["searched"] / different[best_different],
+            )
         fsdp = {n: v for n, v in others.items() if n.startswith("accelerate_fsdp2")}
         if fsdp:
             best_fsdp = max(fsdp, key=fsdp.get)
-            result.update(best_fsdp2=best_fsdp, ours_over_accelerate_fsdp2=ok["searched"] / fsdp[best_fsdp])
+            result.update(
+                best_fsdp2=best_fsdp,
+                ours_over_accelerate_fsdp2=ok["searched"] / fsdp[best_fsdp],
+            )
     return result
 
 
@@ -100,9 +117,14 @@ def cost_model_rows(index: dict, runs: dict[str, dict]) -> list[dict]:
     rows = []
     for plan in index["plans"]:
         run, predicted = runs.get(plan["name"], {}), plan["predicted"]
-        row = {"name": plan["name"], "status": run.get("status", "not run"), "predicted_fits": plan["predicted_fits"],
-               "predicted_step_s": predicted["step_time_s"], "predicted_peak_gb": predicted["peak_memory_gb"],
-               "source": predicted["source"]}
+        row = {
+            "name": plan["name"],
+            "status": run.get("status", "not run"),
+            "predicted_fits": plan["predicted_fits"],
+            "predicted_step_s": predicted["step_time_s"],
+            "predicted_peak_gb": predicted["peak_memory_gb"],
+            "source": predicted["source"],
+        }
         twin = plan.get("same_layout_as")
         if not run and twin:
             run = {**runs.get(twin, {}), "status": f"same layout as {twin}"} if runs.get(twin) else {}
@@ -123,23 +145,33 @@ def _fmt(value, pattern: str = "{:.3g}") -> str:
 
 def speed_markdown(index: dict, rows: list[dict], ratio: dict, dry_run: bool) -> str:
     label = "CPU DRY RUN (gloo, tiny model): not GPU numbers" if dry_run else index["hardware"]["device"]
-    lines = [f"## Speed: {label}", "",
-             f"Model {index['model']['shape']} ({index['model']['params'] / 1e9:.3g}B params), seq {index['seq_len']}, "
-             f"global batch {index['global_batch_size']}, {index['precision']}, {index['num_gpus']} ranks, budget "
-             f"{index['memory_budget_gb']:.1f} GB per rank; MFU against {index['hardware']['peak_tflops']} TFLOP/s "
-             f"({Path(index['hardware']['source']).name}).", "",
-             "| run | layout | status | step s | tokens/s/GPU | MFU | peak alloc GB | peak reserved GB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Speed: {label}",
+        "",
+        (
+            f"Model {index['model']['shape']} ({index['model']['params'] / 1e9:.3g}B params), seq {index['seq_len']}, "
+            f"global batch {index['global_batch_size']}, {index['precision']}, {index['num_gpus']} ranks, budget "
+            f"{index['memory_budget_gb']:.1f} GB per rank; MFU against {index['hardware']['peak_tflops']} TFLOP/s "
+            f"({Path(index['hardware']['source']).name})."
+        ),
+        "",
+        "| run | layout | status | step s | tokens/s/GPU | MFU | peak alloc GB | peak reserved GB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['layout']} | {r['status']} | {_fmt(r.get('median_step_s'), '{:.4f}')} | "
-                     f"{_fmt(r.get('tokens_per_s_per_gpu'), '{:,.0f}')} | {_fmt(r.get('mfu'), '{:.1%}')} | "
-                     f"{_fmt(r.get('peak_allocated_gb'), '{:.2f}')} | {_fmt(r.get('peak_reserved_gb'), '{:.2f}')} |")
+        lines.append(
+            f"| {r['name']} | {r['layout']} | {r['status']} | {_fmt(r.get('median_step_s'), '{:.4f}')} | "
+            f"{_fmt(r.get('tokens_per_s_per_gpu'), '{:,.0f}')} | {_fmt(r.get('mfu'), '{:.1%}')} | "
+            f"{_fmt(r.get('peak_allocated_gb'), '{:.2f}')} | {_fmt(r.get('peak_reserved_gb'), '{:.2f}')} |"
+        )
     lines.append("")
     if "ours_over_best_other" in ratio:
         lines.append(f"ours / best other ({ratio['best_other']}): **x{ratio['ours_over_best_other']:.3f}**")
     if "ours_over_best_different_layout" in ratio and ratio["best_different_layout"] != ratio.get("best_other"):
-        lines.append(f"ours / best run of a different layout ({ratio['best_different_layout']}): "
-                     f"**x{ratio['ours_over_best_different_layout']:.3f}**")
+        lines.append(
+            f"ours / best run of a different layout ({ratio['best_different_layout']}): "
+            f"**x{ratio['ours_over_best_different_layout']:.3f}**"
+        )
     if "ours_over_accelerate_fsdp2" in ratio:
         lines.append(f"ours / accelerate FSDP2 ({ratio['best_fsdp2']}): **x{ratio['ours_over_accelerate_fsdp2']:.3f}**")
     if "ours_over_best_other" not in ratio:
@@ -148,14 +180,22 @@ def speed_markdown(index: dict, rows: list[dict], ratio: dict, dry_run: bool) ->
 
 
 def cost_markdown(rows: list[dict]) -> str:
-    lines = ["## Cost model: predicted vs measured (error = predicted / measured - 1)", "",
-             "| plan | source | fits (predicted) | status | step s pred | step s meas | step error | "
-             "peak GB pred | peak GB meas | memory error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Cost model: predicted vs measured (error = predicted / measured - 1)",
+        "",
+        (
+            "| plan | source | fits (predicted) | status | step s pred | step s meas | step error | "
+            "peak GB pred | peak GB meas | memory error |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['source']} | {r['predicted_fits']} | {r['status']} | "
-                     f"{r['predicted_step_s']:.4f} | {_fmt(r.get('measured_step_s'), '{:.4f}')} | "
-                     f"{_fmt(r.get('step_time_error'), '{:+.1%}')} | {r['predicted_peak_gb']:.2f} | "
-                     f"{_fmt(r.get('measured_peak_gb'), '{:.2f}')} | {_fmt(r.get('peak_memory_error'), '{:+.1%}')} |")
+        lines.append(
+            f"| {r['name']} | {r['source']} | {r['predicted_fits']} | {r['status']} | "
+            f"{r['predicted_step_s']:.4f} | {_fmt(r.get('measured_step_s'), '{:.4f}')} | "
+            f"{_fmt(r.get('step_time_error'), '{:+.1%}')} | {r['predicted_peak_gb']:.2f} | "
+            f"{_fmt(r.get('measured_peak_gb'), '{:.2f}')} | {_fmt(r.get('peak_memory_error'), '{:+.1%}')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -164,24 +204,38 @@ def correctness_markdown(path: Path) -> str:
         return "## Phase 1: correctness\n\nno result file (the phase failed or was not run; see its log)\n"
     data = json.loads(path.read_text())
     floor = data.get("bf16_floor_vs_fp32")
-    lines = [f"## Phase 1: correctness ({data['precision']}, {data['world_size']} ranks): "
-             f"{'all passed' if data['passed'] else 'FAILURES'}", ""]
+    verdict = "all passed" if data["passed"] else "FAILURES"
+    lines = [
+        f"## Phase 1: correctness ({data['precision']}, {data['world_size']} ranks): {verdict}",
+        "",
+    ]
     if floor:
-        lines += [f"bf16 floor (one process, bf16 vs fp32): loss {floor['loss']:.2e}, gradients {floor['grads']:.2e}",
-                  ""]
-    lines += ["| layout | passed | loss rel err | worst grad rel err | worst weight rel err | s |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            f"bf16 floor (one process, bf16 vs fp32): loss {floor['loss']:.2e}, gradients {floor['grads']:.2e}",
+            "",
+        ]
+    lines += [
+        "| layout | passed | loss rel err | worst grad rel err | worst weight rel err | s |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in data["cases"]:
-        lines.append(f"| {c['case']} | {c['passed']} | {_fmt(c.get('loss_rel_error'), '{:.1e}')} | "
-                     f"{_fmt(c.get('grad_rel_error'), '{:.1e}')} | {_fmt(c.get('weight_rel_error'), '{:.1e}')} | "
-                     f"{c['seconds']} |" + (f" error: {c['error'].splitlines()[0]}" if c.get("error") else ""))
+        lines.append(
+            f"| {c['case']} | {c['passed']} | {_fmt(c.get('loss_rel_error'), '{:.1e}')} | "
+            f"{_fmt(c.get('grad_rel_error'), '{:.1e}')} | {_fmt(c.get('weight_rel_error'), '{:.1e}')} | "
+            f"{c['seconds']} |" + (f" error: {c['error'].splitlines()[0]}" if c.get("error") else "")
+        )
     return "\n".join(lines) + "\n"
 
 
 def phases_markdown(path: Path | None) -> str:
     if path is None or not path.is_file():
         return ""
-    lines = ["## Phases", "", "| phase | status | exit code | seconds | log |", "|---|---|---|---|---|"]
+    lines = [
+        "## Phases",
+        "",
+        "| phase | status | exit code | seconds | log |",
+        "|---|---|---|---|---|",
+    ]
     for line in path.read_text().splitlines():
         name, status, code, seconds, log = line.split("\t")
         lines.append(f"| {name} | {status} | {code} | {seconds} | {log} |")
@@ -204,11 +258,37 @@ def main(argv: list[str] | None = None) -> int:
         runs = load_runs(args.out / "speed" / "runs")
         rows, costs = speed_rows(index, runs), cost_model_rows(index, runs)
         ratio = ratios(rows)
-        common.write_json(args.out / "speed.json", {"phase": "speed", "cpu_dry_run": dry_run, "setup": {
-            k: index[k] for k in ("model", "num_gpus", "seq_len", "global_batch_size", "precision", "memory_budget_gb",
-                                  "hardware", "cost_sources", "search")}, "runs": rows, "ratio": ratio})
-        common.write_json(args.out / "cost_model.json", {"phase": "cost_model", "cpu_dry_run": dry_run, "plans": costs})
-        speed_md, cost_md = speed_markdown(index, rows, ratio, dry_run), cost_markdown(costs)
+        common.write_json(
+            args.out / "speed.json",
+            {
+                "phase": "speed",
+                "cpu_dry_run": dry_run,
+                "setup": {
+                    k: index[k]
+                    for k in (
+                        "model",
+                        "num_gpus",
+                        "seq_len",
+                        "global_batch_size",
+                        "precision",
+                        "memory_budget_gb",
+                        "hardware",
+                        "cost_sources",
+                        "search",
+                    )
+                },
+                "runs": rows,
+                "ratio": ratio,
+            },
+        )
+        common.write_json(
+            args.out / "cost_model.json",
+            {"phase": "cost_model", "cpu_dry_run": dry_run, "plans": costs},
+        )
+        speed_md, cost_md = (
+            speed_markdown(index, rows, ratio, dry_run),
+            cost_markdown(costs),
+        )
         (args.out / "speed.md").write_text(speed_md)
         (args.out / "cost_model.md").write_text(cost_md)
         sections += [speed_md, cost_md]

@@ -24,8 +24,15 @@ SUITE = ROOT / "benchmarks" / "multi_gpu" / "run_all.sh"
 def test_cpu_dry_run_of_the_whole_suite(tmp_path):
     out = tmp_path / "dry"
     env = {**os.environ, "PYTHON": sys.executable, "STEPS": "2", "WARMUP": "1"}
-    result = subprocess.run(["bash", str(SUITE), "2", str(out), "--cpu-dry-run"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=900, check=False)
+    result = subprocess.run(
+        ["bash", str(SUITE), "2", str(out), "--cpu-dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
     phases = [line.split("\t") for line in (out / "phases.tsv").read_text().splitlines()]
@@ -37,12 +44,23 @@ def test_cpu_dry_run_of_the_whole_suite(tmp_path):
 
     correctness = json.loads((out / "correctness.json").read_text())
     assert correctness["passed"] and correctness["precision"] == "fp32" and correctness["cpu_dry_run"]
-    assert {c["case"] for c in correctness["cases"]} >= {"ddp2", "zero3x2+ckpt", "tp2", "pp2_1f1b"}
+    assert {c["case"] for c in correctness["cases"]} >= {
+        "ddp2",
+        "zero3x2+ckpt",
+        "tp2",
+        "pp2_1f1b",
+    }
 
     speed = json.loads((out / "speed.json").read_text())
     assert speed["cpu_dry_run"] is True
     runs = {row["name"]: row for row in speed["runs"]}
-    assert {"searched", "uniform_ddp", "uniform_zero3", "uniform_tp2_zero3", "accelerate_fsdp2"} <= set(runs)
+    assert {
+        "searched",
+        "uniform_ddp",
+        "uniform_zero3",
+        "uniform_tp2_zero3",
+        "accelerate_fsdp2",
+    } <= set(runs)
     for name, row in runs.items():
         assert row["status"].startswith("ok"), f"{name}: {row}"
         assert row["tokens_per_s_per_gpu"] > 0 and row["mfu"] > 0
