@@ -76,6 +76,33 @@ def _sum_partial(tensor: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
     return summed.to_local()
 
 
+def _contiguous(placements) -> list:
+    return [Shard(p.dim) if isinstance(p, _StridedShard) else p for p in placements]
+
+
+def _checkpoint_contiguous(module: nn.Module, name: str) -> None:
+    """State dicts see the strided-split parameter as a plain ``Shard`` DTensor (same values).
+
+    torch.distributed.checkpoint stores one contiguous chunk per rank and rejects a strided shard
+    ("overlapping chunks"); on save we redistribute to the contiguous layout, on load back to the strided one.
+    """
+
+    def on_save(mod, state_dict, prefix, local_metadata):
+        key = prefix + name
+        value = state_dict.get(key)
+        if isinstance(value, DTensor) and _contiguous(value.placements) != list(value.placements):
+            state_dict[key] = value.redistribute(value.device_mesh, _contiguous(value.placements))
+
+    def on_load(mod, state_dict, prefix, *args):
+        key, param = prefix + name, getattr(mod, name)
+        value = state_dict.get(key)
+        if isinstance(value, DTensor) and isinstance(param, DTensor) and value.placements != param.placements:
+            state_dict[key] = value.redistribute(param.device_mesh, param.placements)
+
+    module.register_state_dict_post_hook(on_save)
+    module._register_load_state_dict_pre_hook(on_load, with_module=True)
+
+
 class Conv1DColwiseParallel(ParallelStyle):
     """Column split of GPT-2's ``Conv1D`` (weight (in, out)); ``fused`` equal output parts split one by one."""
 
@@ -88,6 +115,8 @@ class Conv1DColwiseParallel(ParallelStyle):
         if module.bias is not None:
             module.bias = self._bias(module.bias, device_mesh)
         module.nf = module.nf // device_mesh.size()
+        if self.fused > 1:
+            _checkpoint_contiguous(module, "weight")
 
         def forward(hidden: torch.Tensor) -> torch.Tensor:
             hidden = _replicated_input(hidden, device_mesh)
