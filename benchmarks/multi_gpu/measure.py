@@ -112,13 +112,11 @@ def build_fsdp2(config, args, launch: common.Launch):
     with torch.device(launch.device):
         model = LlamaForCausalLM(config)
     model.config.use_cache = False
-    how = f"accelerator.prepare ({accelerator.distributed_type})"
-    if launch.device.type == "cuda":
-        if accelerator.distributed_type != DistributedType.FSDP:
-            raise RuntimeError(f"accelerate did not select FSDP (got {accelerator.distributed_type})")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    if accelerator.distributed_type == DistributedType.FSDP:  # GPUs: the path HF Trainer takes
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=launch.device.type == "cuda")
         model, optimizer = accelerator.prepare(model, optimizer)
-    else:  # CPU dry run: accelerate leaves FSDP off on CPU; apply its FSDP2 wrapping directly
+        how = "accelerator.prepare with FullyShardedDataParallelPlugin(fsdp_version=2)"
+    else:  # accelerate leaves FSDP off (on CPU it always does): apply its own FSDP2 wrapping directly
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
         accelerator.state.fsdp_plugin = plugin
@@ -128,7 +126,10 @@ def build_fsdp2(config, args, launch: common.Launch):
             model = fsdp2_apply_ac(accelerator, model)
         model = fsdp2_prepare_model(accelerator, model)
         optimizer = optimizer_for(model, launch.device)
-        how = "accelerate.utils.fsdp_utils.fsdp2_prepare_model (CPU: accelerate applies no FSDP plugin there)"
+        how = (
+            f"accelerate.utils.fsdp_utils.fsdp2_prepare_model (accelerate chose {accelerator.distributed_type} on "
+            f"{launch.device.type}, not FSDP, so its FSDP2 wrapping is applied directly)"
+        )
     data_parts, data_rank = launch.world_size, launch.rank
 
     def step(batch: dict) -> float:
@@ -153,13 +154,13 @@ def build_fsdp2(config, args, launch: common.Launch):
 # ----- main --------------------------------------------------------------------------------------------------
 def measure(launch: common.Launch, args) -> dict:
     config = common.llama_config(args.model, args.seq_len) if args.config is None else _load_config(args.config)
-    reset_memory(launch.device)
     begin = time.perf_counter()
     if args.fsdp2:
         global_batch, seq_len, step, details = build_fsdp2(config, args, launch)
     else:
         global_batch, seq_len, step, details = build_ours(config, args.plan, launch)
     setup_s = time.perf_counter() - begin
+    reset_memory(launch.device)  # the peak of training steps, not of building (the baseline builds a full model)
     batches = [common.random_batch(config.vocab_size, global_batch, seq_len, seed) for seed in range(2)]
     losses: list[float] = []
     times = common.timed_steps(
