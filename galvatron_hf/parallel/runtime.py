@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -532,8 +533,11 @@ def parallelize(
 
 
 def _default_device() -> torch.device:
+    """This process's GPU (``LOCAL_RANK`` under torchrun / accelerate), made current for NCCL; else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
+        index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
