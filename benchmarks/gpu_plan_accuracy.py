@@ -91,7 +91,12 @@ def run_plan(config, plan, device, steps: int, warmup: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss))
 
-    times = time_steps(step, steps, warmup, device)
+    try:
+        times = time_steps(step, steps, warmup, device)
+    except torch.OutOfMemoryError:
+        allocated, reserved = peak_memory(device)
+        del pm, model, optimizer
+        return {"error": "out of memory", "peak_allocated_gb": allocated, "peak_reserved_gb": reserved}
     allocated, reserved = peak_memory(device)
     del pm, model, optimizer
     return {"step_times_s": times, "median_step_s": statistics.median(times), "peak_allocated_gb": allocated,
@@ -134,6 +139,8 @@ def compare(name: str, plan, measured: dict, plain: dict) -> dict:
     row = {"plan": name, "global_batch_size": plan.global_batch_size, "seq_len": plan.seq_len,
            "checkpointed_layers": sum(layer.checkpoint for layer in plan.layers), "measured": measured,
            "plain_hf": plain}
+    if "median_step_s" not in measured:
+        return row
     if predicted is not None:
         row["predicted"] = {"step_time_s": predicted.step_time_s, "peak_memory_gb": max(predicted.peak_memory_gb),
                             "source": predicted.source}
