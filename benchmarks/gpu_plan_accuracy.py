@@ -14,6 +14,7 @@ so the runtime's overhead shows as a ratio. Results go to stdout and, with ``--o
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -30,6 +31,8 @@ GB = 1e9  # the planner's GB
 def init_single_process(device: torch.device) -> None:
     if dist.is_initialized():
         return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # memory statistics need an initialised CUDA context
     store = os.path.join(tempfile.mkdtemp(prefix="plan_accuracy_"), "store")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{store}", rank=0,
                             world_size=1)
@@ -41,6 +44,7 @@ def sync(device: torch.device) -> None:
 
 
 def reset_memory(device: torch.device) -> None:
+    gc.collect()  # FSDP modules and DTensors form reference cycles: free the previous run's memory first
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -86,7 +86,7 @@ class GalvatronTrainingArguments(TrainingArguments):
     )
     memory_gb: float | None = field(
         default=None,
-        metadata={"help": "Memory budget per device for the search (GB = 1e9 bytes; default: the device's)."},
+        metadata={"help": "Memory budget per device for the search (GB = 1e9 bytes; default: the device's memory less 8 percent headroom)."},
     )
     hardware: str = field(
         default="h100",

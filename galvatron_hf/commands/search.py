@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--memory_gb",
         type=float,
         default=None,
-        help="memory budget per GPU in GB (1e9 bytes; default: the device's memory)",
+        help="memory budget per GPU in GB (1e9 bytes; default: the device's memory less 8%% headroom for allocator fragmentation)",
     )
     cluster.add_argument(
         "--hardware",
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 # ----- inputs -------------------------------------------------------------------------------------------
 def _inputs(args):
     from galvatron_hf.adapters import describe_model
+    from galvatron_hf.planner.search import default_memory_gb
     from galvatron_hf.profiler.builtin_hardware import load_hardware
 
     if args.num_gpus < 1:
@@ -114,7 +115,7 @@ def _inputs(args):
     if args.num_nodes is None:
         nodes = max(1, math.ceil(args.num_gpus / hardware.gpus_per_node))
         hardware = load_hardware(args.hardware, nodes)
-    memory_gb = args.memory_gb if args.memory_gb is not None else hardware.device.memory_gb
+    memory_gb = args.memory_gb if args.memory_gb is not None else default_memory_gb(hardware)
     spec = describe_model(args.model_name_or_path, seq_len=args.seq_len, decoder_seq_len=args.decoder_seq_len)
     return spec, hardware, memory_gb
 

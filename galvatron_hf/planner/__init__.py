@@ -32,6 +32,7 @@ _EXPORTS = {
     "SearchStats": "search",
     "Evaluated": "search",
     "ImpossibleBudgetError": "search",
+    "default_memory_gb": "search",
 }
 __all__ = sorted(_EXPORTS)
 

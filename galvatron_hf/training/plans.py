@@ -160,11 +160,11 @@ def _searched_plan(
     batch: BatchRequest,
     precision: str,
 ) -> Plan:
-    from galvatron_hf.planner.search import search_plan
+    from galvatron_hf.planner.search import default_memory_gb, search_plan
 
     hardware = load_hardware_profile(options, world_size)
-    # the cost model already charges device.reserved_memory_gb, so the budget is the device's whole memory
-    memory_gb = options.memory_gb or hardware.device.memory_gb
+    # the cost model already charges device.reserved_memory_gb; the default keeps the search's headroom
+    memory_gb = options.memory_gb or default_memory_gb(hardware)
     global_batch = batch.global_batch_size or batch.geometry(world_size).global_batch_size
     result = search_plan(
         spec,
