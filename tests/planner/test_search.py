@@ -102,7 +102,7 @@ def test_dp_search_equals_brute_force_with_pipelines(spec_factory, h100, memory_
 
 @pytest.mark.parametrize(
     "num_blocks, world, memory_gb, batch",
-    [(8, 8, 40.0, None), (8, 8, 12.0, 64), (12, 16, 30.0, 128), (6, 4, 10.0, 16)],
+    [(8, 8, 40.0, None), (8, 8, 12.0, 64), (12, 16, 30.0, 128), (6, 4, 10.5, 16)],
 )
 def test_search_never_worse_than_best_uniform(spec_factory, num_blocks, world, memory_gb, batch):
     from galvatron_hf.profiler.builtin_hardware import builtin_hardware
