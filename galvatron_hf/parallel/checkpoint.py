@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from galvatron_hf.parallel.tensor_parallel import is_strided, to_contiguous
 from galvatron_hf.parallel.hf_weights import (
     raise_on_every_rank_if_any,
     single_process_dcp_is_intended,
@@ -128,7 +129,9 @@ def _dcp_save(staging: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     try:
         with single_process_dcp_is_intended():
             writer = dcp.FileSystemWriter(str(dcp_dir))
-            dcp.save(_state_for(model, optimizer), storage_writer=writer, no_dist=not _distributed())
+            state = _state_for(model, optimizer)
+            _relay_strided_optimizer_state(state)
+            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
     except (Exception, CheckpointException) as err:  # DCP's collective error is a BaseException
         raise CheckpointError(
             f"writing model/optimizer shards into {dcp_dir} failed ({err}); the previous checkpoint, if any, "
@@ -361,9 +364,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _relay_strided_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Store strided TP shards (GPT-2's fused c_attn) contiguously, as the model's state-dict hook does for the
+    parameter itself: DCP rejects a strided shard ("overlapping chunks"). Returns the originals (key -> DTensor)
+    so a load can put the values back into the optimizer's own layout."""
+    optim_state = state.get(OPTIM_KEY, {})
+    originals = {key: value for key, value in optim_state.items() if is_strided(value)}
+    for key, value in originals.items():
+        optim_state[key] = to_contiguous(value)
+    return originals
+
+
+def _restore_strided_optimizer_state(state: dict[str, Any], originals: dict[str, Any]) -> None:
+    optim_state = state[OPTIM_KEY]
+    for key, original in originals.items():
+        optim_state[key] = optim_state[key].redistribute(original.device_mesh, original.placements)
+
+
 def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     dcp_dir = path / DCP_DIR
     state = _state_for(model, optimizer)
+    strided = _relay_strided_optimizer_state(state)
     wanted = {f"{group}.{key}": (group, key) for group, entries in state.items() for key in entries}
     names: dict[str, str | None] = {}
     problem: CheckpointError | None = None
@@ -387,6 +408,7 @@ def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     if optimizer is None:
         set_model_state_dict(model, state[MODEL_KEY], options=STATE_DICT_OPTIONS)
     else:
+        _restore_strided_optimizer_state(state, strided)
         set_state_dict(
             model,
             optimizer,

@@ -80,6 +80,16 @@ def _contiguous(placements) -> list:
     return [Shard(p.dim) if isinstance(p, _StridedShard) else p for p in placements]
 
 
+def is_strided(value: object) -> bool:
+    """A DTensor split part by part (GPT-2's fused q|k|v): DCP cannot store it as it is."""
+    return isinstance(value, DTensor) and any(isinstance(p, _StridedShard) for p in value.placements)
+
+
+def to_contiguous(value: DTensor) -> DTensor:
+    """The same values as one contiguous chunk per rank (``Shard``), the layout DCP stores."""
+    return value.redistribute(value.device_mesh, _contiguous(value.placements))
+
+
 def _checkpoint_contiguous(module: nn.Module, name: str) -> None:
     """State dicts see the strided-split parameter as a plain ``Shard`` DTensor (same values).
 
