@@ -8,9 +8,11 @@ in plain words what is wrong before any process group exists.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from galvatron_hf.jsonfile import ordered_dict, to_json, write_json_atomic
 
 if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
     from galvatron_hf.adapters.spec import ModelSpec
@@ -109,22 +111,13 @@ class Plan:
 
     # ----- (de)serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        # put the identifying keys first so a person reading the file sees them at once
-        ordered = {"version": data.pop("version")}
-        ordered.update(data)
-        return ordered
+        return ordered_dict(self, ("version",))
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return to_json(self.to_dict(), indent)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)  # atomic: a reader never sees half a plan
-        return path
+        return write_json_atomic(path, self.to_json())  # a reader never sees half a plan
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from galvatron_hf.jsonfile import ordered_dict, to_json, write_json_atomic
+
 MODEL_PROFILE_SCHEMA = "galvatron-hf/model-profile"
 MODEL_PROFILE_VERSION = 1
 
@@ -195,21 +197,13 @@ class ModelProfile:
 
     # ----- (de)serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        ordered = {"schema": data.pop("schema"), "version": data.pop("version")}
-        ordered.update(data)
-        return ordered
+        return ordered_dict(self, ("schema", "version"))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return to_json(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelProfile:
