@@ -337,14 +337,22 @@ def composed_plan(kind: str, schedule: str, micro_batches: int, stages: tuple[in
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_pipelines_with_tp_zero3_and_four_stages_match_single_process():
-    """4 ranks through ``parallelize``: PP2 x TP2 (Llama, T5), PP2 x ZeRO-3 with checkpointing, PP2 with a
-    different (dp, tp) per block; PP4 for T5 and GPT-2; and tied copies equal after a meta-device init."""
+    """4 ranks through ``parallelize``: PP2 x TP2 and PP2 x ZeRO-3 with checkpointing for all five families, PP2
+    with a different (dp, tp) per block; PP4 for T5 and GPT-2; and tied copies equal after a meta-device init."""
     composed = [
         ("llama/pp2xtp2/1f1b", "llama", composed_plan("tp", "1f1b", 2), False),
         ("llama-tied/pp2xzero3+ckpt/gpipe", "llama", composed_plan("zero3", "gpipe", 2), True),
         # T5's encoder position bias crosses the stage boundary and each TP block takes its heads of it
         ("t5/pp2xtp2/uneven", "t5", composed_plan("tp", "1f1b", 2, (0, 1, 1, 1)), True),
         ("llama-tied/pp2-mixed-layouts/1f1b", "llama", composed_plan("mixed", "1f1b", 2), True),
+        # the other families under both compositions (GPT-2's fused q|k|v split per part across stages)
+        ("gpt2/pp2xtp2/1f1b", "gpt2", composed_plan("tp", "1f1b", 2), True),
+        ("gpt2/pp2xzero3+ckpt/gpipe", "gpt2", composed_plan("zero3", "gpipe", 2), True),
+        ("bert/pp2xtp2/gpipe", "bert", composed_plan("tp", "gpipe", 2), True),
+        ("bert/pp2xzero3+ckpt/1f1b", "bert", composed_plan("zero3", "1f1b", 2), True),
+        ("vit/pp2xtp2/1f1b", "vit", composed_plan("tp", "1f1b", 2), True),
+        ("vit/pp2xzero3+ckpt/gpipe", "vit", composed_plan("zero3", "gpipe", 2), True),
+        ("t5/pp2xzero3+ckpt/1f1b", "t5", composed_plan("zero3", "1f1b", 2), True),
     ]
     pipelined = [
         ("t5/pp4/1f1b", "t5", make_plan(4, [0, 1, 2, 3], "1f1b", 4), True),
