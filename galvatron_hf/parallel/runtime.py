@@ -493,6 +493,12 @@ def parallelize(
     check_plan(plan, spec, dist.get_world_size())
     device = torch.device(device) if device is not None else _default_device()
     precision = mixed_precision or plan.mixed_precision
+    if precision == "fp16" and plan.pp > 1:
+        # the pipeline computes its loss inside the schedule, unscaled: unscaling its gradients would shrink them
+        raise PlanError(
+            "fp16 loss scaling is not supported with pipeline parallelism (pp > 1) yet: train this plan in bf16 "
+            "(--bf16), or pick a plan with pp = 1 for fp16"
+        )
     on_meta = _on_meta(model)
     set_attn_implementation(
         model,
