@@ -8,6 +8,7 @@ both are TP attributes of ``attention.self`` so either release runs after a colu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
@@ -100,30 +101,15 @@ class BertAdapter(FamilyAdapter):
         )
 
     def block(self, config: Any, prefix: str, hidden: int, seq_len: int, index: int) -> LayerSpec:
-        heads = int(config.num_attention_heads)
-        ffn = int(config.intermediate_size)
-        split = 3 * linear_params(hidden, hidden, True) + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
-        replicated = 2 * hidden + 2 * 2 * hidden  # rowwise biases, two LayerNorms
-        flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
-        attn_dropout = float(config.attention_probs_dropout_prob or 0.0) > 0
-        hidden_dropout = float(config.hidden_dropout_prob or 0.0) > 0
-        return LayerSpec(
-            name=f"encoder_block.{index}",
-            kind="encoder_block",
+        return encoder_block_spec(
+            config,
+            index=index,
             root=f"{prefix}.encoder.layer.{index}".lstrip("."),
             modules=("attention", "intermediate", "output"),
-            hidden_size=hidden,
-            num_heads=heads,
-            num_kv_heads=heads,
-            head_dim=hidden // heads,
-            ffn_size=ffn,
+            hidden=hidden,
             seq_len=seq_len,
-            params=split + replicated,
-            tp_params=split,
-            forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
-            activation=encoder_block_activation(
-                hidden, heads, ffn, attn_dropout, hidden_dropout, str(config.hidden_act)
-            ),
+            qkv_bias=True,
+            activation_of=encoder_block_activation,
             tp_rules=BLOCK_RULES,
             tp_attributes=BLOCK_ATTRIBUTES,
         )
@@ -183,3 +169,48 @@ class BertAdapter(FamilyAdapter):
             params=linear_params(hidden, labels, True),
             forward_flops=linear_flops(1, hidden, labels),  # one pooled vector per sample
         )
+
+
+def encoder_block_spec(
+    config: Any,
+    *,
+    index: int,
+    root: str,
+    modules: tuple[str, ...],
+    hidden: int,
+    seq_len: int,
+    qkv_bias: bool,
+    activation_of: Callable[..., ActivationModel],
+    tp_rules: tuple[TPRule, ...],
+    tp_attributes: tuple[TPAttribute, ...],
+) -> LayerSpec:
+    """A BERT-style encoder block (q/k/v/o attention, one FFN, two LayerNorms): BERT and ViT share its numbers.
+
+    ``activation_of(hidden, heads, ffn, attn_dropout, hidden_dropout, hidden_act)`` gives what it keeps for
+    backward (post-LN BERT and pre-LN ViT keep different tensors).
+    """
+    heads = int(config.num_attention_heads)
+    ffn = int(config.intermediate_size)
+    split = 3 * linear_params(hidden, hidden, qkv_bias) + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
+    replicated = 2 * hidden + 2 * 2 * hidden  # rowwise biases, two LayerNorms
+    flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
+    attn_dropout = float(config.attention_probs_dropout_prob or 0.0) > 0
+    hidden_dropout = float(config.hidden_dropout_prob or 0.0) > 0
+    return LayerSpec(
+        name=f"encoder_block.{index}",
+        kind="encoder_block",
+        root=root,
+        modules=modules,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        ffn_size=ffn,
+        seq_len=seq_len,
+        params=split + replicated,
+        tp_params=split,
+        forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
+        activation=activation_of(hidden, heads, ffn, attn_dropout, hidden_dropout, str(config.hidden_act)),
+        tp_rules=tp_rules,
+        tp_attributes=tp_attributes,
+    )

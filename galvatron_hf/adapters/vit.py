@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
-from .bert import LAYERNORM_STATS
+from ._common import FamilyAdapter, linear_flops, linear_params
+from .bert import LAYERNORM_STATS, encoder_block_spec
 from .gpt2 import gelu_kept
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
 
@@ -153,31 +153,15 @@ class ViTAdapter(FamilyAdapter):
         )
 
     def block(self, config: Any, layout: ViTLayout, prefix: str, hidden: int, seq_len: int, index: int) -> LayerSpec:
-        heads = int(config.num_attention_heads)
-        ffn = int(config.intermediate_size)
-        qkv = 3 * linear_params(hidden, hidden, bool(config.qkv_bias))
-        split = qkv + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
-        replicated = 2 * hidden + 2 * 2 * hidden  # rowwise biases, two LayerNorms
-        flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
-        attn_dropout = float(config.attention_probs_dropout_prob or 0.0) > 0
-        hidden_dropout = float(config.hidden_dropout_prob or 0.0) > 0
-        return LayerSpec(
-            name=f"encoder_block.{index}",
-            kind="encoder_block",
+        return encoder_block_spec(
+            config,
+            index=index,
             root=f"{prefix}.{layout.blocks}.{index}".lstrip("."),
             modules=("",),
-            hidden_size=hidden,
-            num_heads=heads,
-            num_kv_heads=heads,
-            head_dim=hidden // heads,
-            ffn_size=ffn,
+            hidden=hidden,
             seq_len=seq_len,
-            params=split + replicated,
-            tp_params=split,
-            forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
-            activation=vit_block_activation(
-                hidden, heads, ffn, attn_dropout, hidden_dropout, str(config.hidden_act)
-            ),
+            qkv_bias=bool(config.qkv_bias),
+            activation_of=vit_block_activation,
             tp_rules=layout.rules,
             tp_attributes=layout.attributes,
         )
