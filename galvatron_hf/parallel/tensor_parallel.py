@@ -100,8 +100,8 @@ def _checkpoint_contiguous(module: nn.Module, name: str) -> None:
     def on_save(mod, state_dict, prefix, local_metadata):
         key = prefix + name
         value = state_dict.get(key)
-        if isinstance(value, DTensor) and _contiguous(value.placements) != list(value.placements):
-            state_dict[key] = value.redistribute(value.device_mesh, _contiguous(value.placements))
+        if is_strided(value):
+            state_dict[key] = to_contiguous(value)
 
     def on_load(mod, state_dict, prefix, *args):
         key, param = prefix + name, getattr(mod, name)
