@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--warmup", type=int, default=2)
     model.add_argument("--repeats", type=int, default=5)
     model.add_argument(
+        "--synchronised_timing",
+        action="store_true",
+        help="time each layer pass alone, host waiting (launch-bound at small sizes); default: host queued ahead",
+    )
+    model.add_argument(
         "--hardware", default=None, help="hardware JSON or built-in name for the truth report's analytic side"
     )
     model.set_defaults(run_target=run_model)
@@ -135,6 +140,7 @@ def run_model(args: argparse.Namespace) -> int:
         attn_implementation=args.attn_implementation,
         repeats=Repeats(warmup=args.warmup, repeats=args.repeats),
         device=args.device,
+        queue_ahead=not args.synchronised_timing,
     )
     key = profile_key(config, spec, options, options.torch_device())
     cache_path = Path(args.cache_dir) / f"{key.digest()}.json"

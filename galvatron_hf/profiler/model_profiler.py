@@ -39,7 +39,7 @@ from galvatron_hf.profiler.model_schema import (
     ProfileKey,
     config_hash,
 )
-from galvatron_hf.profiler.timing import DeviceTimer, Progress, Repeats, synchronize
+from galvatron_hf.profiler.timing import DeviceTimer, Progress, QueueAhead, Repeats, synchronize
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYER_COUNT_FIELDS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer")
@@ -61,6 +61,7 @@ class ModelProfileOptions:
     repeats: Repeats = field(default_factory=lambda: Repeats(warmup=2, repeats=5))
     device: str = ""  # "" -> cuda when available, else cpu
     progress: bool = True
+    queue_ahead: bool = True  # time GPU work with the host ahead, as in training (timing.QueueAhead)
 
     def sweep_seq_lens(self) -> tuple[int, ...]:
         if self.seq_lens:
@@ -101,7 +102,7 @@ def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) ->
         micro_batch_sizes=sorted({b for b, _ in points}),
         seq_lens=sorted({s for _, s in points}),
         layers=profiles,
-        timer="cuda events" if device.type == "cuda" else "perf_counter",
+        timer=_timer_name(device, options),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sources={
             "time": f"measured: median of {options.repeats.repeats} after {options.repeats.warmup} warm-up, fitted",
@@ -127,7 +128,9 @@ def measure_sweep(
         calls = capture_calls(model, spec, layers, micro_batch, seq, device)
         for layer in layers:
             layer_seq, kv_seq = scaled_lengths(layer, spec, seq)
-            point = measure_layer(layer, calls[layer.name], micro_batch, layer_seq, kv_seq, device, options.repeats)
+            point = measure_layer(
+                layer, calls[layer.name], micro_batch, layer_seq, kv_seq, device, options.repeats, options.queue_ahead
+            )
             measurements[layer.kind].append(point)
         progress.step(f"micro-batch {micro_batch}, seq {seq}: " + _summary(measurements))
         del calls  # frees the captured activations before the next, larger point
@@ -155,6 +158,7 @@ def profile_key(config: Any, spec: ModelSpec, options: ModelProfileOptions, devi
         device=device_label(device),
         attn_implementation=options.attn_implementation,
         library_versions=library_versions(),
+        timing=_timer_name(device, options),
     )
 
 
@@ -180,6 +184,12 @@ def library_versions() -> dict[str, str]:
 
 
 # ----- building the small model --------------------------------------------------------------------------------
+def _timer_name(device: torch.device, options: ModelProfileOptions) -> str:
+    if device.type != "cuda":
+        return "perf_counter"
+    return "cuda events, host queued ahead" if options.queue_ahead else "cuda events, synchronised"
+
+
 def reduced_config(config: Any, attn_implementation: str) -> Any:
     """A copy of ``config`` with one layer per stack, no KV cache, and the requested attention kernel."""
     small = copy.deepcopy(config)
@@ -367,27 +377,31 @@ def _backward(outputs: list[torch.Tensor]) -> None:
     torch.autograd.backward(outputs, grads)
 
 
-def _timed(device: torch.device, work: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(device: torch.device, work: Callable[[], Any], queue: QueueAhead | None, region: str) -> tuple[float, Any]:
     synchronize(device)
+    host_start = queue.before(region) if queue else 0.0
     timer = DeviceTimer(device)
     timer.start()
     result = work()
+    if queue:
+        queue.after(region, host_start)
     return timer.stop(), result
 
 
 def _time_pass(
-    layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool
+    layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool, queue: QueueAhead | None
 ) -> tuple[float, float]:
     """(forward seconds, backward seconds) of one run."""
-    forward_s, outputs = _timed(device, lambda: _forward(layer, calls, checkpointed))
-    backward_s, _ = _timed(device, lambda: _backward(outputs))
+    tag = f"{layer.name}:{'ckpt' if checkpointed else 'plain'}"
+    forward_s, outputs = _timed(device, lambda: _forward(layer, calls, checkpointed), queue, tag + ":forward")
+    backward_s, _ = _timed(device, lambda: _backward(outputs), queue, tag + ":backward")
     return forward_s, backward_s
 
 
-def _median_pass(layer, calls, device, checkpointed: bool, repeats: Repeats) -> tuple[float, float]:
+def _median_pass(layer, calls, device, checkpointed: bool, repeats: Repeats, queue: QueueAhead | None):
     for _ in range(repeats.warmup):
-        _time_pass(layer, calls, device, checkpointed)
-    runs = [_time_pass(layer, calls, device, checkpointed) for _ in range(max(repeats.repeats, 1))]
+        _time_pass(layer, calls, device, checkpointed, queue)
+    runs = [_time_pass(layer, calls, device, checkpointed, queue) for _ in range(max(repeats.repeats, 1))]
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
@@ -399,11 +413,15 @@ def measure_layer(
     kv_seq: int,
     device: torch.device,
     repeats: Repeats,
+    queue_ahead: bool = True,
 ) -> LayerMeasurement:
+    """Time and measure one layer at one point. ``queue_ahead`` times GPU work as training sees it (see
+    :class:`~galvatron_hf.profiler.timing.QueueAhead`); ``False`` gives the synchronised, launch-bound times."""
     if not calls:
         raise ModelProfilerError(f"layer {layer.name} was never called during the forward pass; cannot time it")
-    forward_s, backward_s = _median_pass(layer, calls, device, False, repeats)
-    ckpt_forward_s, ckpt_backward_s = _median_pass(layer, calls, device, True, repeats)
+    queue = QueueAhead(device, queue_ahead)
+    forward_s, backward_s = _median_pass(layer, calls, device, False, repeats, queue)
+    ckpt_forward_s, ckpt_backward_s = _median_pass(layer, calls, device, True, repeats, queue)
     saved, held, peak = measure_memory(layer, calls, device)
     ckpt_held = ckpt_peak = None
     if device.type == "cuda":  # CPU has no allocator statistics: nothing more to learn

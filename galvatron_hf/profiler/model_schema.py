@@ -71,6 +71,7 @@ class ProfileKey:
     device: str  # e.g. "NVIDIA H100 80GB HBM3", "cpu (x86_64, 2 threads)"
     attn_implementation: str  # "sdpa", "eager", "flash_attention_2"
     library_versions: dict[str, str] = field(default_factory=dict)
+    timing: str = ""  # how layers were timed (model_profiler's timer name): a cache must not mix methods
 
     def digest(self) -> str:
         """Short name for cache files."""

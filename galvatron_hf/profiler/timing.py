@@ -41,6 +41,52 @@ class DeviceTimer:
         return time.perf_counter() - self._start_time
 
 
+class QueueAhead:
+    """Times device work the way training runs it: with the host already ahead of the GPU.
+
+    In a training step the host enqueues kernels while the GPU is still busy with earlier ones, so a
+    layer costs its GPU time. Timed alone and synchronised, a small layer instead costs the host's launch
+    time (tens of microseconds per kernel): micro-batch 2 can then look faster than micro-batch 1, and a
+    fit through such points gets a large intercept and too small a slope. Before each timed region this
+    keeps the GPU busy (``torch.cuda._sleep``) for longer than the host needs to enqueue the region, so the
+    start event fires only when the whole region is queued. The host's enqueue time is learned per region
+    name from the previous run. On CPU it does nothing.
+    """
+
+    MARGIN = 1.5  # sleep this multiple of the host's enqueue time ...
+    MINIMUM_S = 1e-3  # ... and at least this long
+
+    def __init__(self, device: torch.device, enabled: bool = True) -> None:
+        self.device = device
+        self.enabled = enabled and device.type == "cuda" and hasattr(torch.cuda, "_sleep")
+        self._host_s: dict[str, float] = {}
+        self._cycles_per_s: float | None = None
+
+    def before(self, region: str) -> float:
+        """Queue the GPU sleep for ``region``; returns the host clock to pass to :meth:`after`."""
+        if self.enabled:
+            seconds = max(self.MINIMUM_S, self.MARGIN * self._host_s.get(region, 0.02))
+            torch.cuda._sleep(int(seconds * self.cycles_per_s()))
+        return time.perf_counter()
+
+    def after(self, region: str, host_start: float) -> None:
+        """Record how long the host took to enqueue ``region`` (call before synchronising)."""
+        self._host_s[region] = time.perf_counter() - host_start
+
+    def cycles_per_s(self) -> float:
+        """GPU clock cycles per second of ``torch.cuda._sleep``, measured once with events."""
+        if self._cycles_per_s is None:
+            cycles = 10_000_000
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(cycles // 10)  # warm-up
+            start.record()
+            torch.cuda._sleep(cycles)
+            end.record()
+            end.synchronize()
+            self._cycles_per_s = cycles / (start.elapsed_time(end) / 1e3)
+        return self._cycles_per_s
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
