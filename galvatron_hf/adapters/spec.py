@@ -25,6 +25,7 @@ BLOCK_KINDS: frozenset[str] = frozenset({"encoder_block", "decoder_block", "cros
 
 TPStyle = Literal["colwise", "rowwise"]
 AttentionImpl = Literal["eager", "sdpa", "flash_attention_2"]
+Device = Literal["cuda", "cpu"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,52 @@ class TPAttribute:
     attribute: str
 
 
+def dropout_mask_bytes(device: Device, dtype_bytes: int) -> int:
+    """Bytes of one dropout-mask element: CUDA's fused dropout keeps a bool mask; CPU dropout multiplies by a
+    noise tensor of the input's dtype and keeps that."""
+    return 1 if device == "cuda" else dtype_bytes
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One ``scaled_dot_product_attention`` call whose kernel, and so what it keeps, depends on the device.
+
+    SDPA runs a fused kernel (flash, memory-efficient, cuDNN: q, k, v, output and a logsumexp) where one accepts
+    the inputs, else the math kernel (``_scaled_dot_product_attention_math`` in PyTorch's
+    aten/src/ATen/native/transformers/attention.cpp). The math kernel is plain autograd ops: it casts bf16/fp16
+    q, k, v to fp32 first (unless ``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)``, off by
+    default), so its matmuls keep the scaled fp32 q and k and the fp32 v instead of the dtype tensors, softmax
+    keeps its fp32 output and, with dropout, the matmul keeps the fp32 dropped probabilities and dropout its mask
+    (CUDA: bool; CPU: the fp32 noise it multiplied by). It does not keep the float mask it adds.
+    T5 is the case: its relative position bias is the SDPA mask, it needs grad (CPU's fused kernel refuses that)
+    and some transformers releases hand it over with a strided last dimension (CUDA's fused kernels refuse that).
+
+    The call's q, k, v are counted in the layer's ``sharded`` in the activation dtype; the math kernel adds
+    ``4 - dtype_bytes`` per element. Everything here is split by TP.
+    """
+
+    math_on: tuple[Device, ...] = ()  # devices where PyTorch picks the math kernel for this call
+    qkv: float = 0.0  # per token: q, k, v elements (cross-attention: k, v of every key, per query token)
+    scores: float = 0.0  # per token and key (of the layer's kv_seq_len): fp32 probabilities the math kernel keeps
+    scores_mask: float = 0.0  # per token and key: dropout-mask elements the math kernel keeps
+    fused: float = 0.0  # per token: activation-dtype elements a fused kernel keeps besides q, k, v, output
+    batch_fused: float = 0.0  # per micro-batch, TOTAL activation-dtype elements a fused kernel keeps (its float mask)
+
+    def runs_math(self, device: Device) -> bool:
+        return device in self.math_on
+
+    def bytes_per_token(self, tp: int, dtype_bytes: int, kv_len: int, device: Device) -> float:
+        """Bytes per token this call adds under SDPA, on top of the q, k, v the layer counts in its dtype."""
+        if not self.runs_math(device):
+            return self.fused / tp * dtype_bytes
+        upcast = self.qkv * (4 - dtype_bytes)  # fp32 copies replace the dtype q, k, v; nothing more in fp32
+        per_key = self.scores * 4 + self.scores_mask * dropout_mask_bytes(device, 4)
+        return (upcast + per_key * kv_len) / tp
+
+    def bytes_per_micro_batch(self, tp: int, dtype_bytes: int, device: Device) -> float:
+        return 0.0 if self.runs_math(device) else self.batch_fused / tp * dtype_bytes
+
+
 @dataclass(frozen=True)
 class ActivationModel:
     """Bytes a layer keeps for backward, per sample, as linear terms.
@@ -87,6 +134,9 @@ class ActivationModel:
     batch_index: float = 0.0  # int64 elements, not split, without checkpointing (position buckets)
     batch_fused: float = 0.0  # dtype elements split by TP, SDPA without checkpointing (bias handed to the kernel)
     batch_checkpointed: float = 0.0  # dtype elements split by TP, when checkpointed (bias passed between blocks)
+    # SDPA calls whose kernel depends on the device (T5's biased attention); under SDPA they replace
+    # ``fused_attention`` / ``batch_fused`` for those calls:
+    sdpa_calls: tuple[AttentionCall, ...] = ()
 
     def bytes_per_sample(
         self,
@@ -96,15 +146,21 @@ class ActivationModel:
         checkpoint: bool = False,
         attn_impl: AttentionImpl = "sdpa",
         kv_seq_len: int | None = None,
-        mask_bytes: int = 1,
+        mask_bytes: int | None = None,
+        device: Device = "cuda",
     ) -> float:
         """Bytes one sample keeps between forward and backward on one TP rank.
 
-        ``mask_bytes`` is the size of one dropout-mask element: 1 on CUDA (a bool mask); CPU dropout keeps
-        a mask of the activation dtype instead (pass ``dtype_bytes``).
+        ``device`` is where the layer runs: the planner plans for GPUs, so the default is ``"cuda"``; the CPU
+        tests pass ``"cpu"`` because PyTorch keeps other tensors there (dropout masks in the dtype instead of
+        bool, and SDPA calls such as T5's run its math kernel on CPU where CUDA has a fused one).
+        ``mask_bytes`` is the size of one dropout-mask element; ``None`` takes the device's (CUDA 1, CPU
+        ``dtype_bytes``).
         """
         if checkpoint:
             return self.checkpointed * seq_len * dtype_bytes
+        if mask_bytes is None:
+            mask_bytes = dropout_mask_bytes(device, dtype_bytes)
         kv_len = kv_seq_len if kv_seq_len is not None else seq_len
         cast_bytes = 0 if dtype_bytes == 4 else dtype_bytes  # casting fp32 to fp32 returns the same tensor
         upcast_bytes = 0 if dtype_bytes == 4 else 4
@@ -120,6 +176,7 @@ class ActivationModel:
             per_token += per_key * kv_len / tp
         else:
             per_token += self.fused_attention / tp * dtype_bytes
+            per_token += sum(call.bytes_per_token(tp, dtype_bytes, kv_len, device) for call in self.sdpa_calls)
         return per_token * seq_len
 
     def bytes_per_micro_batch(
@@ -131,15 +188,21 @@ class ActivationModel:
         checkpoint: bool = False,
         attn_impl: AttentionImpl = "sdpa",
         kv_seq_len: int | None = None,
-        mask_bytes: int = 1,
+        mask_bytes: int | None = None,
+        device: Device = "cuda",
     ) -> float:
         """Bytes one micro-batch of ``samples`` keeps on one TP rank: the per-sample bytes times ``samples``
         plus what the samples share (T5's position bias), which ``bytes_per_sample`` leaves out."""
-        per_sample = self.bytes_per_sample(seq_len, tp, dtype_bytes, checkpoint, attn_impl, kv_seq_len, mask_bytes)
+        per_sample = self.bytes_per_sample(
+            seq_len, tp, dtype_bytes, checkpoint, attn_impl, kv_seq_len, mask_bytes, device
+        )
         if checkpoint:
             shared = self.batch_checkpointed / tp * dtype_bytes
+        elif attn_impl == "eager":
+            shared = self.batch_index * 8
         else:
-            shared = self.batch_index * 8 + (self.batch_fused / tp * dtype_bytes if attn_impl != "eager" else 0)
+            shared = self.batch_index * 8 + self.batch_fused / tp * dtype_bytes
+            shared += sum(call.bytes_per_micro_batch(tp, dtype_bytes, device) for call in self.sdpa_calls)
         return samples * per_sample + shared
 
 
@@ -176,11 +239,13 @@ class LayerSpec:
         dtype_bytes: int = 2,
         checkpoint: bool = False,
         attn_impl: AttentionImpl = "sdpa",
-        mask_bytes: int = 1,
+        mask_bytes: int | None = None,
+        device: Device = "cuda",
     ) -> float:
-        """Activation bytes saved for backward per sample on one TP rank (see ``ActivationModel``)."""
+        """Activation bytes saved for backward per sample on one TP rank (see ``ActivationModel``; ``device``
+        defaults to the GPU the planner plans for)."""
         return self.activation.bytes_per_sample(
-            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes
+            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes, device
         )
 
     def activation_bytes_per_micro_batch(
@@ -190,11 +255,13 @@ class LayerSpec:
         dtype_bytes: int = 2,
         checkpoint: bool = False,
         attn_impl: AttentionImpl = "sdpa",
-        mask_bytes: int = 1,
+        mask_bytes: int | None = None,
+        device: Device = "cuda",
     ) -> float:
         """Activation bytes of a micro-batch of ``samples`` on one TP rank, shared per-batch tensors included."""
         return self.activation.bytes_per_micro_batch(
-            samples, self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes
+            samples, self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes,
+            device,
         )
 
     def max_tp(self) -> int:

@@ -12,11 +12,13 @@ aliases (as it re-ties the LM head).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from ._common import FamilyAdapter, attention_core_flops, linear_flops
-from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
+from .spec import ActivationModel, AttentionCall, Device, LayerSpec, TPAttribute, TPRule
 
 T5_NORM_STAT = 1  # fp32 1/rms per token
 # f-sized tensors an activation keeps besides its output ("gelu_new" is written out in Python).
@@ -89,22 +91,74 @@ def norm_activation(d: T5Dims, count: int) -> dict[str, float]:
     }
 
 
+@lru_cache(maxsize=1)
+def bias_mask_is_strided() -> bool:
+    """Whether the installed transformers hands T5's position bias to SDPA with a strided last dimension.
+
+    ``compute_bias`` returns a permuted view (last-dimension stride ``num_heads``) and the causal ``torch.where``
+    keeps that layout. transformers' ``create_position_bias_mask`` (integrations/sdpa_attention.py) passes it on
+    as is in 5.17 and calls ``.contiguous()`` in later releases. CUDA's fused kernels require a mask whose last
+    dimension has stride 1 (``check_last_dim_stride_equals_1_dense`` in PyTorch's sdp_utils_cpp.h), so with a
+    strided mask every biased call runs the math kernel. Read as text, as ``vit.installed_layout`` does, so the
+    package does not import torch; without the file, assume the strided (costlier) form.
+    """
+    spec = importlib.util.find_spec("transformers.integrations.sdpa_attention")
+    if spec is None or spec.origin is None:
+        return True
+    with open(spec.origin, encoding="utf-8") as handle:
+        source = handle.read()
+    return "position_bias_mask.contiguous()" not in source
+
+
+def self_attention_call(d: T5Dims, keys_per_layer_key: float, bias_copy: float) -> AttentionCall:
+    """T5 self-attention under SDPA: its mask is the relative position bias, which needs grad.
+
+    CPU always runs it with the math kernel (CPU flash refuses a mask that needs grad: ``check_attn_mask_shape``);
+    CUDA does too while the mask is strided, else the memory-efficient kernel takes it and keeps the
+    contiguous copy of the bias each block makes (``bias_copy``, per micro-batch). ``keys_per_layer_key``
+    rescales per-key terms to the layer's ``kv_seq_len`` (the decoder's self-attention has ``t`` keys, its layer
+    ``s``).
+    """
+    math_on: tuple[Device, ...] = ("cpu", "cuda") if bias_mask_is_strided() else ("cpu",)
+    return AttentionCall(
+        math_on=math_on,
+        qkv=3 * d.inner,
+        scores=d.heads * (2 if d.dropout else 1) * keys_per_layer_key,  # probabilities; dropped probabilities
+        scores_mask=d.heads * keys_per_layer_key if d.dropout else 0,
+        fused=d.heads,  # logsumexp
+        batch_fused=bias_copy,
+    )
+
+
+def cross_attention_call(d: T5Dims, kv_per_token: float, bias: float) -> AttentionCall:
+    """T5 cross-attention under SDPA: its mask is a zero bias (no grad, contiguous), so CUDA runs a fused kernel,
+    which keeps that bias (one tensor shared by the decoder blocks: ``bias`` is non-zero for block 0 only).
+    CPU's fused kernel has no dropout: with dropout CPU runs the math kernel."""
+    return AttentionCall(
+        math_on=("cpu",) if d.dropout else (),
+        qkv=d.inner + 2 * d.inner * kv_per_token,  # q per decoder token; k, v per encoder token
+        scores=d.heads * (2 if d.dropout else 1),
+        scores_mask=d.heads if d.dropout else 0,
+        fused=d.heads,
+        batch_fused=bias,
+    )
+
+
 def encoder_block_activation(d: T5Dims, seq_len: int, index: int) -> ActivationModel:
     """Block 0 computes the relative position bias all encoder blocks share (one per micro-batch): it keeps
-    the int64 buckets; SDPA keeps the bias it is handed and checkpointed blocks keep it as an input."""
+    the int64 buckets; checkpointed blocks keep the bias as an input. Under SDPA see ``self_attention_call``."""
     norms = norm_activation(d, 2)
-    bias = d.heads * seq_len * seq_len if index == 0 else 0
+    bias = d.heads * seq_len * seq_len
     return ActivationModel(
         batch_index=seq_len * seq_len if index == 0 else 0,
-        batch_fused=bias,
-        batch_checkpointed=bias,
+        batch_checkpointed=bias if index == 0 else 0,
         replicated=norms["replicated"],
         upcast_replicated=norms["upcast_replicated"],
         fp32_replicated=norms["fp32_replicated"],
         sharded=4 * d.inner + ffn_kept(d) * d.ffn,  # q, k, v, attention output; feed-forward
         bool_replicated=2 * d.hidden if d.dropout else 0,
         bool_sharded=d.ffn if d.dropout else 0,
-        fused_attention=d.heads,
+        sdpa_calls=(self_attention_call(d, 1.0, bias),),
         eager_scores=d.heads * (2 if d.dropout else 1),
         eager_scores_bool=d.heads if d.dropout else 0,
         checkpointed=d.hidden,
@@ -116,19 +170,17 @@ def decoder_block_activation(d: T5Dims, seq_len: int, kv_seq_len: int, index: in
     are rescaled to the layer's lengths, since per-key terms are multiplied by ``kv_seq_len``.
 
     Per micro-batch: block 0 keeps the buckets; the self-attention bias and the (zero) cross-attention bias
-    are shared by the blocks (SDPA, checkpointing), and under SDPA every block keeps its own causal-masked
-    copy of the self-attention bias.
+    are shared by the blocks and kept as inputs by checkpointed blocks. Under SDPA see the two calls.
     """
     norms = norm_activation(d, 3)
     self_bias = d.heads * seq_len * seq_len
-    shared = self_bias + d.heads * seq_len * kv_seq_len if index == 0 else 0
+    cross_bias = d.heads * seq_len * kv_seq_len
     kv_per_token = kv_seq_len / seq_len
     self_keys_per_cross_key = seq_len / kv_seq_len
     probs = d.heads * (2 if d.dropout else 1)
     return ActivationModel(
         batch_index=seq_len * seq_len if index == 0 else 0,
-        batch_fused=shared + self_bias,
-        batch_checkpointed=shared,
+        batch_checkpointed=self_bias + cross_bias if index == 0 else 0,
         replicated=norms["replicated"],
         upcast_replicated=norms["upcast_replicated"],
         fp32_replicated=norms["fp32_replicated"],
@@ -136,7 +188,10 @@ def decoder_block_activation(d: T5Dims, seq_len: int, kv_seq_len: int, index: in
         sharded=4 * d.inner + 2 * d.inner + 2 * d.inner * kv_per_token + ffn_kept(d) * d.ffn,
         bool_replicated=3 * d.hidden if d.dropout else 0,
         bool_sharded=d.ffn if d.dropout else 0,
-        fused_attention=2 * d.heads,
+        sdpa_calls=(
+            self_attention_call(d, self_keys_per_cross_key, self_bias),  # a causal-masked copy per block
+            cross_attention_call(d, kv_per_token, cross_bias if index == 0 else 0),
+        ),
         eager_scores=probs * (1 + self_keys_per_cross_key),
         eager_scores_bool=d.heads * (1 + self_keys_per_cross_key) if d.dropout else 0,
         checkpointed=d.hidden,  # the encoder output every block reads is kept once, by the encoder final norm
