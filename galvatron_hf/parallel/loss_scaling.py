@@ -1,7 +1,10 @@
 """fp16 loss scaling for sharded, multi-mesh gradients (``torch.amp.GradScaler`` semantics).
 
 ``GradScaler`` checks for infs per device, not across ranks, and cannot see DTensor shards on several meshes;
-here the check is one all-reduce (MAX) over the world so every rank skips the same steps.
+here the check is one all-reduce (MAX) over the world so every rank skips the same steps. That matters most
+with pipeline parallelism: only the last stage multiplies the loss by the scale, an overflow may show up on one
+stage (or one ZeRO shard) only, yet every rank unscales with its own copy of the scale and must skip the same
+step and back off identically. The same all-reduce also checks that all ranks hold the same scale.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class LossScaler:
         self.growth_factor = growth_factor
         self.backoff_factor = backoff_factor
         self.growth_interval = growth_interval
-        self.found_inf = False
+        self.found_inf = False  # the world's verdict on the last backward (what ``step`` acts on)
+        self.local_found_inf = False  # whether this rank's own gradients held inf/NaN (diagnostics)
         self._good_steps = 0
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
@@ -47,15 +51,32 @@ class LossScaler:
 
     @torch.no_grad()
     def unscale_(self, parameters: Iterable[nn.Parameter]) -> bool:
-        """Divide gradients by the scale; return (and remember) whether any rank saw inf/NaN."""
+        """Divide gradients by the scale; return (and remember) whether any rank of the world saw inf/NaN.
+
+        One all-reduce (MAX) over the world carries this rank's inf flag and its scale (as ``scale`` and
+        ``-scale``): a rank whose scale differs from the others' (a scaler built or restored differently)
+        would unscale by the wrong factor, so every rank raises instead.
+        """
         grads = [_local(p.grad) for p in parameters if p.grad is not None]
-        bad = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else "cpu")
+        device = grads[0].device if grads else "cpu"
+        bad = torch.zeros((), dtype=torch.float32, device=device)
         for grad in grads:
             bad = torch.maximum(bad, (~torch.isfinite(grad)).any().float())
             grad.mul_(1.0 / self.scale)
+        self.local_found_inf = bool(bad.item())
+        verdict = torch.tensor(
+            [float(self.local_found_inf), self.scale, -self.scale], dtype=torch.float64, device=device
+        )
         if dist.is_initialized():
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        self.found_inf = bool(bad.item())
+            dist.all_reduce(verdict, op=dist.ReduceOp.MAX)
+        found_inf, largest, smallest = bool(verdict[0].item()), verdict[1].item(), -verdict[2].item()
+        if largest != smallest:
+            raise RuntimeError(
+                f"the fp16 loss scale differs across ranks (from {smallest:g} to {largest:g}; this rank "
+                f"{self.scale:g}): give every rank the same LossScaler settings and restore the same scale "
+                "everywhere when resuming"
+            )
+        self.found_inf = found_inf
         return self.found_inf
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:

@@ -346,6 +346,12 @@ class PipelineRunner:
     data_group``; None without DP): the label items and the returned loss are summed over it. ``loss_fn`` is a
     :class:`pipeline_stages.Task` (``loss_sum(output, labels)`` and ``count(labels)``); by default the family's
     HF loss.
+
+    fp16: ``step(..., loss_scale=scaler.scale)`` multiplies each micro-batch loss by the loss scale before its
+    backward (on the last stage, the only one with a loss; the other stages receive scaled activation gradients
+    through the schedule). Unscaling, the world-wide overflow check and the skipped step stay with the caller
+    (``ParallelModel.train_step`` / ``step`` and ``LossScaler``), as without pipelining; the loss :meth:`step`
+    returns is divided by the scale again (exact for the power-of-two scales ``LossScaler`` uses).
     """
 
     def __init__(
@@ -369,6 +375,7 @@ class PipelineRunner:
         self.device = torch.device(device)
         self.task = loss_fn or pipeline_stages.task_for(spec, module)
         self._items = torch.ones((), device=self.device)
+        self._loss_scale = 1.0  # fp16: set for one training step
         self._schedule = self._build_schedule(plan.schedule)
         self._eval_schedule = None  # built on the first evaluate(): see _forward_only_schedule
         holds_tied = layout.tied and (layout.is_first or layout.is_last)
@@ -401,8 +408,13 @@ class PipelineRunner:
         return self._eval_schedule
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Micro-batch loss: sum of its item losses over the label items of the whole global batch."""
-        return self.task.loss_sum(output, target) / self._items
+        """Micro-batch loss: sum of its item losses over the label items of the whole global batch, times the
+        fp16 loss scale during a training step (the schedule back-propagates what this returns).
+
+        The schedule may also call this on placeholder tensors while it infers shapes (torch 2.13 does, on the
+        first step): its own ``losses`` list, not a record kept here, holds exactly one loss per micro-batch.
+        """
+        return self.task.loss_sum(output, target) / self._items * self._loss_scale
 
     def _data_parallel(self) -> bool:
         return self.dp_group is not None and dist.get_world_size(self.dp_group) > 1
@@ -439,21 +451,30 @@ class PipelineRunner:
         return args, kwargs, target
 
     def step(
-        self, batch: Mapping[str, torch.Tensor], loss_denominator: float | torch.Tensor | None = None
+        self,
+        batch: Mapping[str, torch.Tensor],
+        loss_denominator: float | torch.Tensor | None = None,
+        loss_scale: float = 1.0,
     ) -> torch.Tensor:
         """Forward + backward over all micro-batches; gradients accumulate into the stage's parameters.
 
-        Returns the global mean loss (a detached fp32 scalar) on every rank of the pipeline. ``loss_denominator``
-        is the number of label items of the global batch when the caller has counted them already (else the
-        last stage counts them over ``dp_group``).
+        Returns the global mean loss (a detached fp32 scalar, never scaled) on every rank of the pipeline.
+        ``loss_denominator`` is the number of label items of the global batch when the caller has counted them
+        already (else the last stage counts them over ``dp_group``). ``loss_scale`` (fp16: ``LossScaler.scale``,
+        the same on every rank) multiplies each micro-batch loss before its backward, so every stage's gradients
+        come out scaled; the caller unscales them.
         """
         args, kwargs, target = self._schedule_inputs(batch, loss_denominator)
         before = self._tied.snapshot() if self._tied else None
         losses: list[torch.Tensor] = []
-        self._schedule.step(*args, target=target, losses=losses, **_step_extras(self._schedule), **kwargs)
+        self._loss_scale = float(loss_scale)
+        try:
+            self._schedule.step(*args, target=target, losses=losses, **_step_extras(self._schedule), **kwargs)
+        finally:
+            self._loss_scale = 1.0
         if self._tied:
             self._tied.add_peer_gradients(before)
-        return self._share_loss(losses)
+        return self._share_loss(losses, loss_scale)
 
     @torch.no_grad()
     def evaluate(
@@ -469,10 +490,11 @@ class PipelineRunner:
     train_step = step  # the names docs/runtime.md uses
     eval_step = evaluate
 
-    def _share_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
-        """Sum the micro-batch losses (last stage), over the data-loading ranks, then send to every stage."""
+    def _share_loss(self, losses: list[torch.Tensor], loss_scale: float = 1.0) -> torch.Tensor:
+        """Unscale and sum the micro-batch losses (last stage), over the data-loading ranks, then send to every
+        stage."""
         if self.layout.is_last:
-            loss = torch.stack([loss.detach().float() for loss in losses]).sum()
+            loss = torch.stack([loss.detach().float() / loss_scale for loss in losses]).sum()
             if self._data_parallel():
                 dist.all_reduce(loss, group=self.dp_group)
         else:
@@ -554,4 +576,3 @@ class _TiedWeights:
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (FSDP2 / TP), or the tensor itself."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-

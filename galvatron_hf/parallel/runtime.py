@@ -340,8 +340,9 @@ class ParallelModel:
         global_items = self._global_items(batch)
         if self.scaler is not None:
             self.scaler.rescale_existing(self.module.parameters())
-        if self.pipeline is not None:
-            loss = self.pipeline.step(batch, loss_denominator=global_items)
+        if self.pipeline is not None:  # the last stage scales each micro-batch loss, as _accumulate does
+            loss_scale = self.scaler.scale if self.scaler is not None else 1.0
+            loss = self.pipeline.step(batch, loss_denominator=global_items, loss_scale=loss_scale)
         else:
             loss = self._sum_over_data(self._accumulate(batch, global_items))
         if self.scaler is not None:
@@ -493,12 +494,6 @@ def parallelize(
     check_plan(plan, spec, dist.get_world_size())
     device = torch.device(device) if device is not None else _default_device()
     precision = mixed_precision or plan.mixed_precision
-    if precision == "fp16" and plan.pp > 1:
-        # the pipeline computes its loss inside the schedule, unscaled: unscaling its gradients would shrink them
-        raise PlanError(
-            "fp16 loss scaling is not supported with pipeline parallelism (pp > 1) yet: train this plan in bf16 "
-            "(--bf16), or pick a plan with pp = 1 for fp16"
-        )
     on_meta = _on_meta(model)
     set_attn_implementation(
         model,
