@@ -137,6 +137,62 @@ def _wrap_in_checkpoint(block: torch.nn.Module, stack: ExitStack, enter: Callabl
     stack.callback(lambda: delattr(block, "forward"))
 
 
+@dataclass(frozen=True)
+class SdpaCallRecord:
+    """One ``scaled_dot_product_attention`` call: where it ran, the backend PyTorch picked for it, and the mask
+    properties that decide between a fused kernel and the math one."""
+
+    layer: str  # the spec layer running when the call was made
+    backend: str  # torch.nn.attention.SDPBackend name: MATH, FLASH_ATTENTION, EFFICIENT_ATTENTION, CUDNN_ATTENTION
+    query_shape: tuple[int, ...]
+    key_shape: tuple[int, ...]
+    mask_shape: tuple[int, ...] | None
+    mask_last_stride: int | None  # CUDA's fused kernels need 1
+    mask_requires_grad: bool  # CPU's fused kernel (and cuDNN) refuse a mask that needs grad
+    dropout_p: float
+
+
+def record_sdpa_backends(model: torch.nn.Module, spec: ModelSpec, run: Callable[[], Any]) -> list[SdpaCallRecord]:
+    """Run ``run()`` and record, for every SDPA call, the backend PyTorch picks (``torch._fused_sdp_choice``, the
+    dispatcher SDPA itself asks). The adapters price the math kernel and the fused ones differently
+    (``AttentionCall``); this says which one really ran, on the device and transformers release at hand.
+    """
+    from torch.nn.attention import SDPBackend
+
+    names = {int(value): name for name, value in SDPBackend.__members__.items()}
+    original = torch.nn.functional.scaled_dot_product_attention
+    current = {"layer": "outside"}
+    records: list[SdpaCallRecord] = []
+
+    def recording(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
+                  dropout_p: float = 0.0, is_causal: bool = False, **kwargs: Any) -> torch.Tensor:
+        choice = torch._fused_sdp_choice(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs
+        )
+        mask = attn_mask if isinstance(attn_mask, torch.Tensor) else None
+        records.append(SdpaCallRecord(
+            layer=current["layer"],
+            backend=names.get(int(choice), str(choice)),
+            query_shape=tuple(query.shape),
+            key_shape=tuple(key.shape),
+            mask_shape=tuple(mask.shape) if mask is not None else None,
+            mask_last_stride=mask.stride(-1) if mask is not None else None,
+            mask_requires_grad=bool(mask is not None and mask.requires_grad),
+            dropout_p=float(dropout_p),
+        ))
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    with ExitStack() as stack:
+        for layer in spec.layers:
+            for module in layer_modules(model, layer):
+                handle = module.register_forward_pre_hook(lambda *_, name=layer.name: current.update(layer=name))
+                stack.callback(handle.remove)
+        torch.nn.functional.scaled_dot_product_attention = recording
+        stack.callback(setattr, torch.nn.functional, "scaled_dot_product_attention", original)
+        run()
+    return records
+
+
 def build_model(config: Any, architecture: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The HF model ``architecture`` with random weights (``device="meta"`` allocates nothing)."""
     import transformers

@@ -4,7 +4,8 @@
 forward with loss, once per storage, attributed to the layer running when it was first saved. Each block and
 the whole model must be within 10 % of ``LayerSpec.activation_bytes`` (block 0 of a stack is checked through
 the total only: it is the first to save tensors shared by the whole stack, e.g. T5's encoder output).
-CPU dropout keeps masks of the activation dtype (CUDA: 1 byte), hence ``mask_bytes=dtype_bytes``.
+Predictions are for the device measured on (``device=``): CPU dropout keeps masks of the activation dtype
+(CUDA: 1 byte) and SDPA picks other kernels there (T5's cross-attention with dropout runs the math kernel).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import pytest
 import torch
 import transformers
 
-from galvatron_hf.adapters import describe_model
-from galvatron_hf.adapters.validate import build_model, measure_saved_bytes
+from galvatron_hf.adapters import describe_model, t5
+from galvatron_hf.adapters.spec import AttentionCall
+from galvatron_hf.adapters.validate import build_model, measure_saved_bytes, record_sdpa_backends
 
 TOLERANCE = 0.10
 BATCH = 2
@@ -45,7 +47,7 @@ def compare(config, architecture, batch_fn, seq_len, attn_impl, dtype=torch.floa
     predicted = {
         layer.name: layer.activation_bytes_per_micro_batch(
             batch, dtype_bytes=dtype_bytes, checkpoint=checkpoint and layer.is_block, attn_impl=attn_impl,
-            mask_bytes=dtype_bytes if device == "cpu" else 1,  # CUDA dropout keeps bool masks
+            device=device,
         )
         for layer in spec.layers
     }
@@ -172,8 +174,9 @@ def test_vit_bf16_eager():
 
 
 # ----- T5 -------------------------------------------------------------------------------------------------
-# CPU SDPA runs T5's self-attention (a float position-bias mask) with the math kernel, which keeps the
-# probabilities; the adapter prices SDPA as the fused CUDA kernels, so T5 is checked with eager attention.
+# Under SDPA T5's position bias is the attention mask. It needs grad, so CPU runs the self-attention with the
+# math kernel (fp32 q/k/v copies and probabilities in bf16); the cross-attention's zero bias does not, so CPU's
+# fused kernel takes it unless there is dropout. The adapter prices each call per device (``AttentionCall``).
 
 
 def t5_config(**overrides):
@@ -212,6 +215,87 @@ def test_t5_per_micro_batch_terms_are_what_block_0_adds():
     assert predicted["encoder_block.0"] == measured.per_layer["encoder_block.0"]
 
 
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_t5_sdpa_on_cpu(dtype, dropout):
+    compare(t5_config(dropout_rate=dropout), "T5ForConditionalGeneration", seq2seq_batch, 32, "sdpa", dtype=dtype)
+
+
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+def test_t5_sdpa_calls_run_the_kernels_the_adapter_prices(dropout):
+    """PyTorch's own backend choice for every SDPA call, against ``AttentionCall.runs_math`` (CPU here; the
+    GPU test below does the same on CUDA)."""
+    assert_kernels_as_priced(t5_config(dropout_rate=dropout), torch.bfloat16, "cpu")
+
+
+def assert_kernels_as_priced(config, dtype, device):
+    config._attn_implementation = "sdpa"
+    model = build_model(config, "T5ForConditionalGeneration").to(device=device, dtype=dtype).train()
+    spec = describe_model(model, seq_len=32)
+    inputs = {key: value.to(device) for key, value in seq2seq_batch(config, 32, BATCH).items()}
+    records = record_sdpa_backends(model, spec, lambda: model(**inputs).loss)
+    ran = [(r.layer, r.backend == "MATH") for r in records]
+    priced = [(layer.name, call.runs_math(device)) for layer in spec.blocks for call in layer.activation.sdpa_calls]
+    assert ran == priced, records
+
+
+def saved_bytes_of(fn) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn()`` runs (no model: a bare SDPA call)."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_math_kernel_bytes_of_one_sdpa_call(dtype, dropout):
+    """The math kernel forced on a bare call with a mask that needs grad: fp32 q, k, v, probabilities (and
+    dropped probabilities, fp32 CPU noise) whatever the dtype, nothing of the mask. Hand count for bf16 with
+    dropout, per token of 2 x 32 (4 heads x 16): q, k, v 3 x 64 x 4 = 768; per key 32: probabilities, dropped
+    and noise 3 x 4 heads x 4 bytes = 48."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    batch, heads, tokens, head_dim = 2, 4, 32, 16
+    q, k, v = (torch.randn(batch, tokens, heads, head_dim, dtype=dtype, requires_grad=True).transpose(1, 2)
+               for _ in range(3))
+    mask = torch.randn(1, heads, tokens, tokens, dtype=dtype, requires_grad=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        measured = saved_bytes_of(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, dropout))
+    inner, dtype_bytes = heads * head_dim, torch.finfo(dtype).bits // 8
+    call = AttentionCall(math_on=("cpu", "cuda"), qkv=3 * inner, scores=heads * (2 if dropout else 1),
+                         scores_mask=heads if dropout else 0)
+    per_token = call.bytes_per_token(1, dtype_bytes, tokens, "cpu") + 3 * inner * dtype_bytes  # + dtype q, k, v
+    assert measured == per_token * batch * tokens
+    if dtype == torch.bfloat16 and dropout:
+        assert measured == batch * tokens * (768 + 48 * tokens)
+    # CUDA keeps a bool dropout mask instead of the fp32 noise: 3 bytes less per score
+    cuda = call.bytes_per_token(1, dtype_bytes, tokens, "cuda") + 3 * inner * dtype_bytes
+    assert (per_token - cuda) * batch * tokens == (3 * batch * heads * tokens * tokens if dropout else 0)
+
+
+def test_t5_sdpa_cuda_prediction_with_a_strided_bias(monkeypatch):
+    """The GPU test case (bf16, dropout 0.1, 2 x 32 tokens, d_model 64, 4 heads x 16) under transformers 5.17,
+    which hands CUDA a strided bias: encoder block 1 keeps the eager tensors plus fp32 q, k, v (3 x 64 x 2 extra
+    bytes per token) and fp32 instead of bf16 probabilities and dropped probabilities (2 x 4 x 32 keys x 2
+    extra bytes per token): 205,312 + 24,576 + 32,768 = 262,656 bytes, what the H100 measured."""
+    monkeypatch.setattr(t5, "bias_mask_is_strided", lambda: True)
+    block = describe_model(t5_config(), seq_len=32).blocks[1]
+    eager = block.activation_bytes_per_micro_batch(BATCH, dtype_bytes=2, attn_impl="eager")
+    assert eager == 205_312
+    assert block.activation_bytes_per_micro_batch(BATCH, dtype_bytes=2) == eager + 24_576 + 32_768 == 262_656
+    monkeypatch.setattr(t5, "bias_mask_is_strided", lambda: False)  # contiguous bias: memory-efficient kernel
+    fused = describe_model(t5_config(), seq_len=32).blocks[1]
+    # q, k, v, output and logsumexp in bf16 plus its own contiguous copy of the bias (4 x 32 x 32 per batch)
+    assert fused.activation_bytes_per_micro_batch(BATCH, dtype_bytes=2) == 164_864 + 4 * 32 * 32 * 2
+
+
 # ----- bf16 (CPU supports it): the fp32 upcasts, casts and loss dtypes the adapters price ------------------
 
 
@@ -246,6 +330,14 @@ GPU_CASES = {
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", sorted(GPU_CASES))
 def test_cuda_bf16_with_dropout(family, attn_impl, checkpoint):
+    """The CUDA prediction (the planner's default device): T5's biased SDPA calls priced with the kernel CUDA
+    picks for them on the installed transformers (see ``t5.bias_mask_is_strided``)."""
     make_config, architecture, batch_fn, seq_len = GPU_CASES[family]
     compare(make_config(), architecture, batch_fn, seq_len, attn_impl, dtype=torch.bfloat16, checkpoint=checkpoint,
             check_blocks=not (family == "t5" and checkpoint), device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+def test_cuda_t5_sdpa_calls_run_the_kernels_the_adapter_prices(dropout):
+    assert_kernels_as_priced(t5_config(dropout_rate=dropout), torch.bfloat16, "cuda")
