@@ -52,15 +52,29 @@ def total_grad_norm(
             local = torch.maximum(local, _local(grad).detach().abs().max().float())
         dist.all_reduce(local, op=dist.ReduceOp.MAX)
         return local
-    total = torch.zeros((), device=device, dtype=torch.float64)
+    # one foreach norm per group of equal copy count: a loop of per-tensor norms (and fp64 copies of every
+    # gradient) took 20 ms for a 1.2B model on an H100, 2.4x torch's own clip_grad_norm_
+    groups: dict[float, list[torch.Tensor]] = {}
     for param, grad in grads:
         copies = dims.stage_size / _distinct_shards(grad)
         if copies_scale:
             copies *= copies_scale.get(id(param), 1)
-        piece = torch.linalg.vector_norm(_local(grad).detach().double(), norm_type) ** norm_type
-        total += piece / copies
+        groups.setdefault(copies, []).append(_local(grad).detach())
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for copies, tensors in groups.items():
+        for same_dtype in _by_device_and_dtype(tensors):
+            norms = torch._foreach_norm(same_dtype, norm_type)
+            total += (torch.stack(norms).double() ** norm_type).sum() / copies
     dist.all_reduce(total)
     return (total ** (1.0 / norm_type)).float()
+
+
+def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """foreach kernels need one device and dtype per list."""
+    buckets: dict[tuple, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        buckets.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    return list(buckets.values())
 
 
 @torch.no_grad()
@@ -75,7 +89,7 @@ def clip_grad_norm_(
     parameters = list(parameters)
     norm = total_grad_norm(parameters, dims, norm_type, copies_scale)
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    for param in parameters:
-        if param.grad is not None:
-            _local(param.grad).mul_(coef.to(_local(param.grad).dtype))
+    grads = [_local(param.grad) for param in parameters if param.grad is not None]
+    for same_dtype in _by_device_and_dtype(grads):
+        torch._foreach_mul_(same_dtype, coef.to(same_dtype[0].device, same_dtype[0].dtype))
     return norm
