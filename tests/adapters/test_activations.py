@@ -16,7 +16,11 @@ import transformers
 
 from galvatron_hf.adapters import describe_model, t5
 from galvatron_hf.adapters.spec import AttentionCall
-from galvatron_hf.adapters.validate import build_model, measure_saved_bytes, record_sdpa_backends
+from galvatron_hf.adapters.validate import (
+    build_model,
+    measure_saved_bytes,
+    record_sdpa_backends,
+)
 
 TOLERANCE = 0.10
 BATCH = 2
