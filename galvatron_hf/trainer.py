@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -27,11 +28,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import find_batch_size
 from transformers.trainer_utils import seed_worker
 
 from galvatron_hf.planner.plan import Plan
 from galvatron_hf.training.batching import BatchGeometry, merge_micro_batches
 from galvatron_hf.training.data import sharded_loader
+from galvatron_hf.training.evaluation import (
+    CountingIterable,
+    EvalProgress,
+    EvaluationError,
+    check_rows,
+    forward_eval_batch,
+    has_length,
+    is_causal_lm,
+)
 from galvatron_hf.training.launch import ensure_process_group
 from galvatron_hf.training.plans import (
     BatchRequest,
@@ -45,6 +56,12 @@ from galvatron_hf.training.scheduler_state import load_scheduler_state
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_NAME = "training_args.bin"
+PIPELINE_LOGITS_MESSAGE = (
+    "GalvatronTrainer returns logits (compute_metrics, predict) only for plans with pp = 1: with pipeline "
+    "parallelism they live on the last stage. Evaluate the loss only (no compute_metrics, or "
+    "prediction_loss_only=True), evaluate an exported model (trainer.save_model(dir) then from_pretrained), "
+    "or use a plan with pp = 1"
+)
 
 
 @dataclass
@@ -178,6 +195,8 @@ class GalvatronTrainer(Trainer):
         self.accelerator.scaler = None  # the runtime scales fp16 losses itself (LossScaler)
         self._wrapped = ParallelModule(self.parallel_model)
         self._pending: list[dict[str, Any]] = []
+        self._eval_progress: EvalProgress | None = None
+        self.last_step_skipped = False  # fp16: whether the loss scaler skipped the last optimizer step
         self._resumed_rng: dict[str, Any] | None = None
         self.plan_report = PlanReportCallback(self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0)
         self.add_callback(self.plan_report)
@@ -230,7 +249,24 @@ class GalvatronTrainer(Trainer):
         eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if eval_dataset is None:
             raise ValueError("GalvatronTrainer: evaluation requires an eval_dataset.")
-        dataset, collator = self._dataset_and_collator(eval_dataset, "evaluation")
+        return self._evaluation_loader(eval_dataset, "evaluation")
+
+    def get_test_dataloader(self, test_dataset):
+        return self._evaluation_loader(test_dataset, "test")
+
+    def _evaluation_loader(self, dataset, description: str):
+        """In order, sharded by data-parallel group (``training/evaluation.py`` gathers the groups back)."""
+        dataset, collator = self._dataset_and_collator(dataset, description)
+        if isinstance(dataset, torch.utils.data.IterableDataset) and not has_length(dataset):
+            if self.args.dataloader_num_workers == 0:
+                dataset = CountingIterable(dataset)  # its length, for the last step's fillers
+            else:
+                logger.warning(
+                    "GalvatronTrainer: an unsized iterable %s dataset read by workers: the last step's filler "
+                    "samples (repeated from the start) stay in the predictions; use dataloader_num_workers=0 or "
+                    "give the dataset a __len__",
+                    description,
+                )
         return sharded_loader(
             dataset,
             batch_size=self.args.per_device_eval_batch_size,
@@ -260,8 +296,21 @@ class GalvatronTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         scaler = self.parallel_model.scaler
         if scaler is not None and not getattr(optimizer, "_galvatron_scaled", False):
-            _skip_steps_on_overflow(_unwrap_optimizer(optimizer), scaler)
+            _skip_steps_on_overflow(_unwrap_optimizer(optimizer), scaler, self._record_optimizer_step)
         return optimizer
+
+    def _record_optimizer_step(self, stepped: bool) -> None:
+        """fp16: tell the Trainer loop whether the scaler skipped the step (overflow).
+
+        The loop steps the LR scheduler only ``if not accelerator.optimizer_step_was_skipped``, which reads the
+        accelerate optimizer wrapper's overflow flag; accelerate sets it only with its own GradScaler, which
+        the runtime's ``LossScaler`` replaces. Setting it here makes a skipped step leave the schedule where
+        it was, as the plain Trainer does with fp16.
+        """
+        self.last_step_skipped = not stepped
+        wrapper = self.optimizer
+        if wrapper is not None and hasattr(wrapper, "_is_overflow"):
+            wrapper._is_overflow = not stepped
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
         """Collect the step's loader batches; on the last one run the whole step through the runtime.
@@ -292,17 +341,103 @@ class GalvatronTrainer(Trainer):
             grad_norm = self.parallel_model.clip_grad_norm_(float("inf"))
         return grad_norm
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Forward-only loss under the runtime's contract (pipelines included); logits are not gathered."""
-        if not prediction_loss_only:
-            raise ValueError(
-                "GalvatronTrainer evaluates the loss only (logits stay sharded over TP/PP ranks): drop "
-                "compute_metrics / set prediction_loss_only=True, or evaluate an exported model"
+    # ----- evaluation and prediction ----------------------------------------------------------------------
+    def evaluation_loop(
+        self,
+        dataloader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ):
+        """The Trainer's loop, gathering predictions over the data-parallel group only (once per sample).
+
+        ``eval_loss``: each step's loss is the mean over that step's real samples (the runtime's contract);
+        steps are weighted by their real samples, as the plain Trainer does. It equals what one process
+        evaluating ``data_size x per_device_eval_batch_size`` samples per step reports.
+        """
+        loss_only = prediction_loss_only if prediction_loss_only is not None else self.args.prediction_loss_only
+        self._check_evaluation(loss_only)
+        pm = self.parallel_model
+        progress = EvalProgress.for_loader(dataloader, pm.data_rank, pm.data_size, pm.data_group)
+        trainer_gather = self.gather_function
+        self._eval_progress, self.gather_function = progress, progress.gather
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
-        if "labels" not in inputs:
-            raise ValueError("GalvatronTrainer evaluation needs 'labels' in the batch (the loss is the metric)")
-        loss = self.parallel_model.eval_step(inputs)
-        return loss.detach().to(self.args.device), None, None
+        finally:
+            self._eval_progress, self.gather_function = None, trainer_gather
+        loss = progress.mean_loss(drop_non_finite=self.args.logging_nan_inf_filter)
+        if loss is not None:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
+        if progress.total is None:  # an iterable: the Trainer would count this rank's rows only
+            output = output._replace(num_samples=progress.real_samples)
+        return output
+
+    def _check_evaluation(self, prediction_loss_only: bool) -> None:
+        """Refuse, on every rank before any collective, what this layout cannot evaluate."""
+        if self.plan.pp > 1 and not prediction_loss_only:
+            raise EvaluationError(PIPELINE_LOGITS_MESSAGE)
+        if "loss" in (getattr(self.args, "include_for_metrics", None) or []):
+            raise EvaluationError(
+                "GalvatronTrainer reports eval_loss per step (the mean over the data-parallel groups), not per "
+                "sample: drop 'loss' from include_for_metrics"
+            )
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Forward one evaluation batch; the loss follows the runtime's contract (global mean of the step).
+
+        pp = 1: returns this rank's logits and labels (the head's output is replicated over TP ranks; the
+        evaluation loop gathers them over the data-parallel group). Inside ``evaluation_loop`` the step's
+        loss is kept for ``eval_loss`` and None is returned for it (the Trainer would gather it over all ranks).
+        pp > 1: the loss only (``PipelineRunner.evaluate``); logits stay on the last stage.
+        """
+        has_labels = bool(self.label_names) and all(inputs.get(k) is not None for k in self.label_names)
+        if has_labels and "labels" not in inputs:
+            raise EvaluationError(
+                f"GalvatronTrainer computes the loss from 'labels' (docs/runtime.md); this batch has labels "
+                f"{self.label_names}: rename the label column to 'labels'"
+            )
+        progress = self._eval_progress
+        rows = find_batch_size(inputs)
+        if progress is not None:
+            progress.begin_step(rows)
+        if self.plan.pp > 1:
+            loss = self._pipeline_loss(inputs, prediction_loss_only, has_labels)
+        else:
+            keep = progress.local_real_rows(rows) if progress is not None else rows
+            step = forward_eval_batch(self.parallel_model, inputs, keep, is_causal_lm(self.parallel_model.spec))
+            loss = step.loss
+        if progress is not None and loss is not None:
+            progress.add_loss(loss)
+            loss = None
+        elif loss is not None:
+            loss = loss.detach().to(self.args.device)
+        if prediction_loss_only:
+            return loss, None, None
+        labels = None
+        if has_labels:
+            labels = tuple(inputs[k].detach() for k in self.label_names)
+            labels = labels[0] if len(labels) == 1 else labels
+        return loss, self._logits(step.outputs, rows, ignore_keys), labels
+
+    def _pipeline_loss(self, inputs, prediction_loss_only: bool, has_labels: bool) -> torch.Tensor:
+        if not prediction_loss_only:
+            raise EvaluationError(PIPELINE_LOGITS_MESSAGE)
+        if not has_labels:
+            raise EvaluationError("GalvatronTrainer evaluation with pp > 1 needs 'labels' (the loss is the metric)")
+        return self.parallel_model.eval_step(inputs)
+
+    def _logits(self, outputs: dict[str, Any], rows: int, ignore_keys: list[str] | None):
+        """The model outputs the Trainer calls logits: all but the loss and ``ignore_keys`` (one -> unwrapped)."""
+        if ignore_keys is None:
+            config = getattr(self.model, "config", None)
+            ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", None) or ["past_key_values", "cache"])
+        kept = {k: v for k, v in outputs.items() if k not in ignore_keys}
+        check_rows(kept, rows)
+        logits = tuple(kept.values())
+        return logits[0] if len(logits) == 1 else logits
 
     # ----- checkpoints -----------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -514,15 +649,16 @@ def _unwrap_optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def _skip_steps_on_overflow(optimizer: torch.optim.Optimizer, scaler) -> None:
-    """fp16: the Trainer calls ``optimizer.step()``; route it through the runtime's loss scaler."""
+def _skip_steps_on_overflow(optimizer: torch.optim.Optimizer, scaler, on_step: Callable[[bool], None]) -> None:
+    """fp16: the Trainer calls ``optimizer.step()``; route it through the runtime's loss scaler and report
+    to ``on_step`` whether it stepped."""
     plain_step = optimizer.step
 
     class _Plain:
         step = staticmethod(plain_step)
 
     def step(closure=None):
-        scaler.step(_Plain)
+        on_step(scaler.step(_Plain))
 
     optimizer.step = step
     optimizer._galvatron_scaled = True
