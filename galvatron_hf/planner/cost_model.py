@@ -43,6 +43,9 @@ TRANSIENT_GRAD_BYTES = 6  # one layer's unsharded gradient in param dtype (2) + 
 # A fused AdamW step reads param, grad, exp_avg, exp_avg_sq and writes param, exp_avg, exp_avg_sq, all fp32:
 # 7 x 4 bytes of memory traffic per parameter (torch.optim.AdamW(fused=True) makes one pass).
 OPTIMIZER_BYTES = 28
+# Gradient clipping (the HF Trainer clips by default, max_grad_norm=1.0): one foreach norm reads every local
+# fp32 gradient (4 bytes), one foreach scale reads and writes it (8 bytes).
+CLIP_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -219,10 +222,35 @@ class CostModel:
 
         Zero when the profile has no memory bandwidth (it then cannot be priced, and is small anyway).
         """
+        return self.memory_traffic_s(params * OPTIMIZER_BYTES)
+
+    def clip_s(self, params: float) -> float:
+        """Gradient clipping over ``params`` local fp32 gradients (norm, then scale)."""
+        return self.memory_traffic_s(params * CLIP_BYTES)
+
+    def memory_traffic_s(self, nbytes: float) -> float:
+        """Seconds of memory-bound work moving ``nbytes`` through HBM (0 without a measured bandwidth)."""
         bandwidth = self.hardware.device.memory_bandwidth_GBps
         if bandwidth <= 0:
             return 0.0
-        return params * OPTIMIZER_BYTES / (bandwidth * 1e9)
+        return nbytes / (bandwidth * 1e9)
+
+    def fsdp_copy_s(self, params: float, dp: int, dp_type: str, shape: StepShape) -> float:
+        """FSDP2's casts and copies around its collectives, per step, on the compute stream's memory.
+
+        They happen at every degree, dp = 1 included: each all-gather casts the fp32 shard into the bf16
+        gather buffer (copy-in) and copies the gathered buffer out into the unsharded parameters; each
+        gradient reduction casts the bf16 gradient into an fp32 reduce buffer and accumulates its shard into
+        the sharded gradient; with M > 1 and sync off, each micro-batch adds its gradient into the unsharded
+        fp32 accumulator. Measured on one H100 (benchmarks/results/h100-step-breakdown) these copies were
+        most of the gap between our runtime's step and the sum of its layers' compute.
+        """
+        act = self.precision.compute_bytes
+        forward_gathers, backward_gathers = self._gathers_per_step("zero2" if dp_type == "ddp" else dp_type, shape)
+        gather = params / dp * (MASTER_BYTES + act) + params * 2 * act
+        reduce = params * (act + GRAD_BYTES) + params / dp * 2 * GRAD_BYTES
+        accumulate = (shape.num_micro_batches - 1) * params * (act + 2 * ACCUMULATED_GRAD_BYTES)
+        return self.memory_traffic_s((forward_gathers + backward_gathers) * gather + reduce + accumulate)
 
     def overlapped_s(self, window_s: float, comm_s: float) -> float:
         """Extra time when ``comm_s`` runs beside ``window_s`` of compute (slowdowns from the profile)."""
@@ -266,7 +294,9 @@ class CostModel:
             per_micro_batch += forward + tp_forward  # recomputation re-runs the forward and its collectives
         params = self.local_params(layer, tp)
         per_step = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
-        per_step += self.optimizer_step_s(params if dp_type == "ddp" else params / dp)
+        sharded_params = params if dp_type == "ddp" else params / dp
+        per_step += self.optimizer_step_s(sharded_params) + self.clip_s(sharded_params)
+        per_step += self.fsdp_copy_s(params, dp, dp_type, shape)
         time_s = per_micro_batch + per_step / shape.num_micro_batches
         # the LM head gathers its vocab-parallel logits (output_layouts=Replicate): every rank keeps them whole
         activation_tp = 1 if layer.kind == "head" else compute_tp

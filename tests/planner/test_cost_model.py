@@ -54,7 +54,11 @@ def test_tp_splits_parameters_and_adds_megatron_all_reduces(spec_factory):
     forward = compute.forward_time_s(layer, samples, 2)
     all_reduce = model.collective_s("all_reduce", samples * layer.seq_len * layer.hidden_size * 2, 2)
     dp_part = split.time_s - 3 * forward - 4 * all_reduce  # 2 all-reduces forward + 2 backward
-    assert 0 <= dp_part < 0.2 * split.time_s
+    params = model.local_params(layer, 2)
+    per_step = model._dp_comm_exposed_s(params, 2, 2, "zero3", forward, 2 * forward, shape)
+    per_step += model.optimizer_step_s(params / 2) + model.clip_s(params / 2) + model.fsdp_copy_s(params, 2, "zero3", shape)
+    assert dp_part == pytest.approx(per_step)
+    assert 0 < dp_part < 0.3 * split.time_s
     recomputed = model.layer_cost(layer, 2, 2, "zero3", True, shape)
     assert recomputed.time_s == pytest.approx(split.time_s + forward + 2 * all_reduce)
     # tp=2 x dp=2 gives each rank twice the samples of tp=1 x dp=4, with its sharded activations halved
@@ -175,7 +179,10 @@ def test_compute_source_is_pluggable(spec_factory):
     analytic = estimate_plan(plan, spec, hw)
     slower = estimate_plan(plan, spec, hw, compute=HalfSpeedCompute(AnalyticCompute(hw)))
     assert isinstance(HalfSpeedCompute(AnalyticCompute(hw)), LayerCostSource)
-    optimizer = CostModel(spec, hw).optimizer_step_s(spec.total_params)  # the only non-compute time on 1 GPU
+    model = CostModel(spec, hw)
+    one_gpu = StepShape(pp=1, num_micro_batches=1, micro_batch_size=2, devices_per_stage=1)
+    params = spec.total_params  # on 1 GPU the only non-compute time: AdamW, clipping, FSDP2's casts
+    optimizer = model.optimizer_step_s(params) + model.clip_s(params) + model.fsdp_copy_s(params, 1, "ddp", one_gpu)
     assert optimizer > 0
     assert slower.step_time_s - optimizer == pytest.approx(2 * (analytic.step_time_s - optimizer))
     assert slower.predicted.source == "half-speed"
@@ -196,3 +203,20 @@ def test_prediction_fields(spec_factory):
     assert stage.reserved_gb == hw.device.reserved_memory_gb
     assert stage.peak_memory_gb == pytest.approx(stage.static_gb + stage.activation_gb + stage.workspace_gb + 3.0)
     assert report.peak_memory_gb * GB > 0
+
+
+def test_per_step_memory_traffic_terms(spec_factory):
+    """Clipping, AdamW and FSDP2's casts/copies are priced as HBM traffic at the profile's bandwidth."""
+    spec = spec_factory()
+    model = model_for(spec)
+    bandwidth = model.hardware.device.memory_bandwidth_GBps * 1e9
+    p = 1e8
+    assert model.clip_s(p) == pytest.approx(12 * p / bandwidth)
+    assert model.optimizer_step_s(p) == pytest.approx(28 * p / bandwidth)
+    one = StepShape(pp=1, num_micro_batches=1, micro_batch_size=8, devices_per_stage=1)
+    # dp = 1 still casts: gather copy-in 6 + copy-out 4, reduce copy-in 6 + shard accumulate 8 (bytes/param)
+    assert model.fsdp_copy_s(p, 1, "ddp", one) == pytest.approx(24 * p / bandwidth)
+    four = StepShape(pp=1, num_micro_batches=4, micro_batch_size=8, devices_per_stage=8)
+    # zero3 with 4 micro-batches gathers 4 times forward and 4 backward; 3 unsynchronised accumulations
+    expected = 8 * (6 * p / 8 + 4 * p) + (6 * p + 8 * p / 8) + 3 * 10 * p
+    assert model.fsdp_copy_s(p, 8, "zero3", four) == pytest.approx(expected / bandwidth)
