@@ -1,7 +1,8 @@
 """Predicted vs measured: run searched 1-GPU plans for real and compare with what the planner promised.
 
 For each plan file (written by ``galvatron-hf search --output``), build the model from a local config on
-the meta device, apply the plan with ``parallelize``, train a few AdamW steps on random tokens and measure
+the meta device, apply the plan with ``parallelize``, train a few fused-AdamW steps (the HF Trainer's default
+optimizer) on random tokens and measure
 the median step time and the peak memory (``torch.cuda.max_memory_allocated``, which counts tensors only,
 as the planner does; reserved memory is reported beside it). The same batch also runs through the plain
 HF model (bf16 autocast, the plan's checkpointing through ``gradient_checkpointing_enable``) as a baseline,
@@ -84,7 +85,7 @@ def run_plan(config, plan, device, steps: int, warmup: int) -> dict:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     pm = parallelize(model, plan, device=device)
-    optimizer = torch.optim.AdamW(pm.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(pm.parameters(), lr=1e-5, fused=device.type == "cuda")
     batches = [random_batch(config.vocab_size, plan.global_batch_size, plan.seq_len, device, s) for s in range(2)]
     losses = []
 
@@ -116,7 +117,7 @@ def run_plain_hf(config, plan, device, steps: int, warmup: int) -> dict:
     model.config.use_cache = False
     if any(layer.checkpoint for layer in plan.layers):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     batches = [random_batch(config.vocab_size, plan.global_batch_size, plan.seq_len, device, s) for s in range(2)]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.mixed_precision)
 
