@@ -42,6 +42,7 @@ from galvatron_hf.training.evaluation import (
     forward_eval_batch,
     has_length,
     is_causal_lm,
+    mask_rows,
 )
 from galvatron_hf.training.launch import ensure_process_group
 from galvatron_hf.training.plans import (
@@ -403,10 +404,10 @@ class GalvatronTrainer(Trainer):
         rows = find_batch_size(inputs)
         if progress is not None:
             progress.begin_step(rows)
+        keep = progress.local_real_rows(rows) if progress is not None else rows
         if self.plan.pp > 1:
-            loss = self._pipeline_loss(inputs, prediction_loss_only, has_labels)
+            loss = self._pipeline_loss(inputs, keep, prediction_loss_only, has_labels)
         else:
-            keep = progress.local_real_rows(rows) if progress is not None else rows
             step = forward_eval_batch(self.parallel_model, inputs, keep, is_causal_lm(self.parallel_model.spec))
             loss = step.loss
         if progress is not None and loss is not None:
@@ -422,11 +423,17 @@ class GalvatronTrainer(Trainer):
             labels = labels[0] if len(labels) == 1 else labels
         return loss, self._logits(step.outputs, rows, ignore_keys), labels
 
-    def _pipeline_loss(self, inputs, prediction_loss_only: bool, has_labels: bool) -> torch.Tensor:
+    def _pipeline_loss(self, inputs, keep_rows: int, prediction_loss_only: bool, has_labels: bool) -> torch.Tensor:
+        """The step's loss through ``ParallelModel.eval_step``. Token labels of the last step's fillers are
+        set to -100 (the runtime and the pipeline then leave them out of the loss); per-sample labels are
+        counted per row by the runtime, so the fillers of a classifier's last step stay in its loss."""
         if not prediction_loss_only:
             raise EvaluationError(PIPELINE_LOGITS_MESSAGE)
         if not has_labels:
             raise EvaluationError("GalvatronTrainer evaluation with pp > 1 needs 'labels' (the loss is the metric)")
+        labels = inputs["labels"]
+        if labels.dim() >= 2 and not labels.is_floating_point():
+            inputs = {**inputs, "labels": mask_rows(labels, keep_rows)}
         return self.parallel_model.eval_step(inputs)
 
     def _logits(self, outputs: dict[str, Any], rows: int, ignore_keys: list[str] | None):

@@ -5,6 +5,11 @@ accelerate's own ``prepare_data_loader`` (the same sampler, seed handling and ``
 the Trainer relies on), with ``num_processes=data_size`` and ``process_index=data_rank``. Group ``k`` takes
 loader batches ``k, k + data_size, ...`` of one seeded permutation, so one step's global batch is the same
 contiguous run of samples a single process with ``data_size`` times the batch would read.
+
+An ``IterableDataset`` (no sampler, no shuffling) goes through accelerate's ``IterableDatasetShard``: every
+group reads the whole stream and keeps its slice of each run of ``data_size`` loader batches, so a step
+reads the same samples as one process would. The stream must yield the same samples in the same order in
+every process (seed any randomness in it).
 """
 
 from __future__ import annotations
@@ -42,10 +47,10 @@ def sharded_loader(
         "collate_fn": collate_fn,
         "num_workers": num_workers,
         "pin_memory": pin_memory,
+        "drop_last": drop_last,  # an iterable's shards read it too (IterableDatasetShard)
     }
     if not isinstance(dataset, IterableDataset):
         params["sampler"] = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        params["drop_last"] = drop_last
         if worker_init_fn is not None:
             params["worker_init_fn"] = worker_init_fn
     loader = DataLoader(dataset, **params)

@@ -268,7 +268,8 @@ def _micro_batches(batch: dict[str, Any], count: int) -> list[dict[str, Any]]:
             f"this rank's {rows} evaluation samples do not split into the plan's {count} micro-batches: make "
             f"per_device_eval_batch_size a multiple of {count}"
         )
-    return [{k: v.chunk(count)[i] if isinstance(v, torch.Tensor) else v for k, v in batch.items()} for i in range(count)]
+    chunks = {k: v.chunk(count) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    return [{k: chunks[k][i] if k in chunks else v for k, v in batch.items()} for i in range(count)]
 
 
 def _concat_outputs(outputs: list[dict[str, Any]]) -> dict[str, Any]:

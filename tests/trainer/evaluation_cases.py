@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import trainer_cases as cases
 from torch.utils.data import IterableDataset
 from transformers import TrainerCallback
-
-import trainer_cases as cases
 
 EVAL_SAMPLES = 13  # 13 = 8 + 5 and 4 + 4 + 4 + 1: the last step is uneven in every layout below
 EVAL_BATCH = 2  # per data-parallel group
@@ -102,9 +101,13 @@ def mixed_plan(world: int = 4):
 
 LAYOUTS: dict[str, dict[str, Any]] = {
     "zero3x4": {"flags": {"dp_type": "zero3"}, "data_size": 4},
-    "tp2_zero3x2": {"flags": {"global_tp_deg": 2, "dp_type": "zero3"}, "data_size": 2},
+    # accumulation 2: the plan runs 2 micro-batches per step (training and evaluation batches are cut in two)
+    "tp2_zero3x2": {"flags": {"global_tp_deg": 2, "dp_type": "zero3", "gradient_accumulation_steps": 2}, "data_size": 2},
     "mixed_tp": {"plan": "mixed", "data_size": 2},
 }
+
+
+PIPELINE_LAYOUT = {"flags": {"pp_deg": 2, "dp_type": "ddp", "num_micro_batches": 2}, "data_size": 2}
 
 
 def _arguments(output_dir: str, galvatron: bool, **overrides: Any):
@@ -224,7 +227,7 @@ def _fp16_run(workdir: str) -> dict[str, Any]:
 
 
 def evaluation_worker(rank: int, world_size: int, runs: list[dict[str, Any]], workdir: str) -> list[Any]:
-    """Each run: ``kind`` "evaluate" (family, layout), "iterable" (train from a Stream) or "fp16"."""
+    """Each run: ``kind`` "evaluate" (family, layout), "iterable" (train from a Stream), "pipeline" or "fp16"."""
     results = []
     for index, run in enumerate(runs):
         output_dir = os.path.join(workdir, f"run{index}")
@@ -243,6 +246,26 @@ def evaluation_worker(rank: int, world_size: int, runs: list[dict[str, Any]], wo
             )
             trainer.train()
             results.append({"losses": cases.logged_losses(trainer.state.log_history)})
+        elif run["kind"] == "pipeline":
+            results.append(_pipeline_run(output_dir))
         else:
             results.append(_fp16_run(workdir))
     return results
+
+
+def _pipeline_run(output_dir: str) -> dict[str, Any]:
+    """pp = 2: evaluate() reports the loss (uneven last step included); logits are refused with the fix."""
+    from galvatron_hf.training.evaluation import EvaluationError
+
+    trainer = _galvatron_trainer(
+        "llama", PIPELINE_LAYOUT, output_dir, eval_dataset=make_dataset("llama", EVAL_SAMPLES, seed=2)
+    )
+    result = {"metrics": {k: v for k, v in trainer.evaluate().items() if k == "eval_loss"}, "errors": []}
+    trainer.compute_metrics = compute_metrics
+    for call in (trainer.evaluate, lambda: trainer.predict(make_dataset("llama", EVAL_SAMPLES, seed=3))):
+        try:
+            call()
+            result["errors"].append(None)
+        except EvaluationError as error:
+            result["errors"].append(str(error))
+    return result

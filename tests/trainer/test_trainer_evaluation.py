@@ -33,6 +33,7 @@ EVAL_RUNS = [
 RUNS = EVAL_RUNS + [
     {"kind": "iterable", "layout": "zero3x4"},
     {"kind": "iterable", "layout": "tp2_zero3x2"},
+    {"kind": "pipeline"},
     {"kind": "fp16"},
 ]
 
@@ -107,3 +108,13 @@ def test_fp16_overflow_skips_the_scheduler_step(launch):
     assert got["rates"] == pytest.approx(rates, rel=1e-12)
     assert got["scheduler_steps"] == cases.STEPS - 1
     assert len(got["losses"]) == cases.STEPS and all(np.isfinite(got["losses"]))
+
+
+def test_pipeline_evaluates_the_loss_and_refuses_logits(launch):
+    _, results, references = launch
+    got = results[0][-2]
+    expected = references[("llama", ec.PIPELINE_LAYOUT["data_size"])]["metrics"]["eval_loss"]
+    assert got["metrics"]["eval_loss"] == pytest.approx(expected, rel=RTOL)
+    assert len(got["errors"]) == 2
+    for message in got["errors"]:  # evaluate() with compute_metrics, predict()
+        assert message is not None and "pp = 1" in message and "exported model" in message
