@@ -146,16 +146,20 @@ class LayerCost:
     """One layer under one strategy.
 
     ``time_s`` is per micro-batch, with the once-per-step costs (gradient sync, parameter gathers) spread
-    over the M micro-batches; ``static_bytes`` stays resident all step (parameters, gradients, optimizer
-    states, buffers FSDP2 keeps); ``activation_bytes`` is kept per micro-batch in flight; ``workspace_bytes``
-    is transient (recomputation, gathered parameters, unsharded gradients before their reduce): a stage
-    needs the largest of its layers' workspaces on top of the rest.
+    over the M micro-batches; ``static_bytes`` stays resident through forward and backward (parameters,
+    optimizer states, buffers FSDP2 keeps); ``activation_bytes`` is kept per micro-batch in flight;
+    ``workspace_bytes`` is transient (recomputation, gathered parameters, unsharded gradients before their
+    reduce): a stage needs the largest of its layers' workspaces on top of the rest. ``grad_bytes`` are the
+    sharded fp32 gradients: the optimizer step needs them, but at the backward peak (its start, when every
+    activation is still held) they do not exist yet (``zero_grad`` freed the last step's), so they are a
+    second, separate peak (see :attr:`StageCost.peak_memory_gb`).
     """
 
     time_s: float
     static_bytes: float
     activation_bytes: float
     workspace_bytes: float
+    grad_bytes: float = 0.0
 
 
 class CostModel:
@@ -302,7 +306,8 @@ class CostModel:
         activation_tp = 1 if layer.kind == "head" else compute_tp
         activation = self.compute.activation_bytes(layer, samples, activation_tp, checkpoint)
         workspace = self._workspace_bytes(layer, params, compute_tp, samples, dp_type, checkpoint, activation, shape)
-        return LayerCost(time_s, self._static_bytes(params, dp, dp_type, shape), activation, workspace)
+        grads = GRAD_BYTES * (params if dp_type == "ddp" else params / dp)
+        return LayerCost(time_s, self._static_bytes(params, dp, dp_type, shape), activation, workspace, grads)
 
     def _tp_comm_s(self, layer: LayerSpec, tp: int, samples: float) -> tuple[float, float]:
         """Blocking TP collectives of one micro-batch: (forward, backward) seconds."""
@@ -355,9 +360,10 @@ class CostModel:
         return 0, 0
 
     def _static_bytes(self, params: float, dp: int, dp_type: str, shape: StepShape) -> float:
-        """Resident bytes: sharded fp32 state, plus what FSDP2 keeps unsharded (see docs/cost_model.md)."""
+        """Resident bytes: sharded fp32 weights and AdamW states, plus what FSDP2 keeps unsharded (see
+        docs/cost_model.md). The sharded gradients are :attr:`LayerCost.grad_bytes`."""
         gathered = self.precision.compute_bytes
-        sharded = (MASTER_BYTES + GRAD_BYTES + ADAM_BYTES) * params
+        sharded = (MASTER_BYTES + ADAM_BYTES) * params
         accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
         if dp_type == "ddp":  # HSDP with shard size 1: whole state on every rank, bf16 copy kept fwd->bwd
             return sharded + gathered * params + accumulated
@@ -383,10 +389,11 @@ class CostModel:
         if checkpoint:  # backward recomputes the whole layer's activations for one micro-batch
             workspace += self.compute.activation_bytes(layer, samples, tp, False) - activation
         if layer.kind == "head":
-            # the loss backward materialises the gradient of the (fp32) logits, as large as what the head keeps:
-            # measured on one H100 for a 128k vocabulary, the head's backward peak is 2.0x its activations
-            # (benchmarks/profiles/h100/truth-report.txt)
-            workspace += activation
+            # the loss backward materialises the fp32 gradients of the log-softmax output and of its input
+            # on top of what the head keeps: measured on one H100 for a 128k vocabulary, the head's backward
+            # peak above its start is 1.98x its activations (benchmarks/profiles/h100/llama-1b-*.json), and
+            # pricing it at 1x let a searched plan run out of memory (benchmarks/results/h100-plan-accuracy)
+            workspace += 2 * activation
         return workspace
 
     # ----- between layers and stages ---------------------------------------------------------------------
@@ -438,12 +445,15 @@ class CostModel:
             if not head_params:
                 for layer in self.pre_layers:
                     params = self.local_params(layer, vocab.tp)
-                    costs.append(LayerCost(0.0, self._static_bytes(params, vocab.dp, vocab.dp_type, shape), 0.0, 0.0))
+                    static = self._static_bytes(params, vocab.dp, vocab.dp_type, shape)
+                    grads = GRAD_BYTES * (params if vocab.dp_type == "ddp" else params / vocab.dp)
+                    costs.append(LayerCost(0.0, static, 0.0, 0.0, grads))
         return LayerCost(
             time_s=sum(c.time_s for c in costs),
             static_bytes=sum(c.static_bytes for c in costs),
             activation_bytes=sum(c.activation_bytes for c in costs),
             workspace_bytes=max((c.workspace_bytes for c in costs), default=0.0),
+            grad_bytes=sum(c.grad_bytes for c in costs),
         )
 
 
@@ -460,10 +470,13 @@ class StageCost:
     activation_gb: float
     workspace_gb: float
     reserved_gb: float
+    grad_gb: float = 0.0
 
     @property
     def peak_memory_gb(self) -> float:
-        return self.static_gb + self.activation_gb + self.workspace_gb + self.reserved_gb
+        """The larger of two moments: the start of backward (every activation held, plus the worst
+        workspace, no gradients yet) and the optimizer step (the sharded gradients, no activations)."""
+        return self.static_gb + self.reserved_gb + max(self.activation_gb + self.workspace_gb, self.grad_gb)
 
 
 @dataclass(frozen=True)
@@ -535,6 +548,7 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
     vocab = model.vocab_cost(plan.vocab, first, last, shape)
     time_s = vocab.time_s
     static = vocab.static_bytes
+    grads = vocab.grad_bytes
     activation = in_flight * vocab.activation_bytes
     workspace = vocab.workspace_bytes
     # the first block receives the embedding output (first stage) or the previous stage's last block output
@@ -544,6 +558,7 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
         cost = model.layer_cost(blocks[index], strategy.tp, strategy.dp, strategy.dp_type, strategy.checkpoint, shape)
         time_s += cost.time_s
         static += cost.static_bytes
+        grads += cost.grad_bytes
         activation += in_flight * cost.activation_bytes
         workspace = max(workspace, cost.workspace_bytes)
         time_s += model.relayout_s(blocks[max(index - 1, 0)], previous_tp, strategy.tp, shape)
@@ -562,4 +577,5 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
         activation_gb=activation / GB,
         workspace_gb=workspace / GB,
         reserved_gb=model.reserved_bytes / GB,
+        grad_gb=grads / GB,
     )

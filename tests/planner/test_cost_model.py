@@ -31,14 +31,28 @@ def test_static_memory_follows_fsdp2_per_dp_type(spec_factory):
     p = layer.params  # tp=1: every parameter is local
     one = StepShape(pp=1, num_micro_batches=1, micro_batch_size=8, devices_per_stage=8)
     cost = {t: model.layer_cost(layer, 1, 8, t, False, one).static_bytes for t in ("ddp", "zero2", "zero3")}
-    assert cost["ddp"] == pytest.approx(18 * p)  # fp32 param + grad + 2 Adam states, bf16 copy kept fwd->bwd
-    assert cost["zero2"] == pytest.approx(16 * p / 8 + 2 * p)  # sharded state, unsharded bf16 params kept
-    assert cost["zero3"] == pytest.approx(16 * p / 8)
+    assert cost["ddp"] == pytest.approx(14 * p)  # fp32 param + 2 Adam states, bf16 copy kept fwd->bwd
+    assert cost["zero2"] == pytest.approx(12 * p / 8 + 2 * p)  # sharded state, unsharded bf16 params kept
+    assert cost["zero3"] == pytest.approx(12 * p / 8)
+    # the sharded fp32 gradients exist from the reduce to the optimizer step: a separate term
+    grads = {t: model.layer_cost(layer, 1, 8, t, False, one).grad_bytes for t in ("ddp", "zero2", "zero3")}
+    assert grads == pytest.approx({"ddp": 4 * p, "zero2": 4 * p / 8, "zero3": 4 * p / 8})
     accumulating = StepShape(pp=1, num_micro_batches=4, micro_batch_size=8, devices_per_stage=8)
-    assert model.layer_cost(layer, 1, 8, "zero3", False, accumulating).static_bytes == pytest.approx(16 * p / 8 + 4 * p)
+    assert model.layer_cost(layer, 1, 8, "zero3", False, accumulating).static_bytes == pytest.approx(12 * p / 8 + 4 * p)
     pipelined = StepShape(pp=2, num_micro_batches=4, micro_batch_size=8, devices_per_stage=4)
     # pipelining keeps zero3 parameters gathered between micro-batches (reshard_after_backward off)
-    assert model.layer_cost(layer, 1, 4, "zero3", False, pipelined).static_bytes == pytest.approx(16 * p / 4 + 6 * p)
+    assert model.layer_cost(layer, 1, 4, "zero3", False, pipelined).static_bytes == pytest.approx(12 * p / 4 + 6 * p)
+
+
+def test_stage_peak_is_the_larger_of_backward_start_and_optimizer_step():
+    from galvatron_hf.planner.cost_model import StageCost
+
+    def stage(activation, grads):
+        return StageCost(0, (0, 0), 0.1, 1, static_gb=10, activation_gb=activation, workspace_gb=2,
+                         reserved_gb=1, grad_gb=grads)
+
+    assert stage(activation=20, grads=5).peak_memory_gb == pytest.approx(10 + 1 + 22)  # backward start
+    assert stage(activation=1, grads=5).peak_memory_gb == pytest.approx(10 + 1 + 5)  # optimizer step
 
 
 def test_tp_splits_parameters_and_adds_megatron_all_reduces(spec_factory):

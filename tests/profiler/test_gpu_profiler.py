@@ -32,7 +32,8 @@ def test_model_profile_on_gpu_measures_allocator_memory():
         seq_len=256, micro_batch_sizes=(1, 2), dtype="bf16", repeats=Repeats(1, 3), progress=False
     )
     profile = profile_model(config, spec, options)
-    assert profile.timer == "cuda events" and profile.key.device == torch.cuda.get_device_name()
+    assert profile.timer == "cuda events, host queued ahead" and profile.key.device == torch.cuda.get_device_name()
+    assert profile.key.timing == profile.timer  # a cache never mixes timing methods
     block = profile.layers["decoder_block"]
     assert block.backward_peak_bytes_per_sample is not None and block.backward_peak_bytes_per_sample > 0
     assert all(m.forward_held_bytes and m.forward_held_bytes > 0 for m in block.measurements)
@@ -64,3 +65,21 @@ def test_two_gpu_nccl_profile():
     result = run_distributed(_nccl_profile, 2, backend="nccl")[0]
     assert {c["op"] for c in result["collectives"]} == {"all_reduce", "all_gather", "reduce_scatter", "all_to_all"}
     assert all(c["busbw_GBps"] > 0 for c in result["collectives"])
+
+
+@pytest.mark.gpu
+def test_queue_ahead_keeps_the_gpu_busy_for_the_time_it_asks():
+    """The sleep before a timed region must outlast the host's enqueueing, so its length must be right."""
+    from galvatron_hf.profiler.timing import QueueAhead
+
+    device = torch.device("cuda", 0)
+    queue = QueueAhead(device)
+    queue.after("region", queue.before("region") - 0.010)  # pretend the host took 10 ms to enqueue it
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    queue.before("region")  # sleeps 1.5 x 10 ms
+    end.record()
+    end.synchronize()
+    assert start.elapsed_time(end) == pytest.approx(15.0, rel=0.3)
+    assert not QueueAhead(torch.device("cpu")).enabled
