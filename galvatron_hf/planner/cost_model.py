@@ -39,12 +39,6 @@ MASTER_BYTES = 4  # fp32 master weights (the sharded parameter FSDP2 keeps)
 GRAD_BYTES = 4  # fp32 sharded gradients (reduce_dtype=fp32)
 ADAM_BYTES = 8  # AdamW exp_avg + exp_avg_sq in fp32
 ACCUMULATED_GRAD_BYTES = 4  # unsharded fp32 gradient FSDP2 accumulates while gradient sync is off (M > 1)
-# What accumulating really holds, measured: on one H100 a 1.24B Llama with M = 2 micro-batches of 8 peaked at
-# 83.4 GB against 72.4 GB for M = 1 (benchmarks/results/h100-plan-accuracy): 8.9 bytes per parameter, not
-# the 4 of the fp32 accumulator alone. The rest is not explained yet; pp = 1 accumulation (the case measured)
-# is priced at the measurement, so that the search does not pick such plans to run out of memory. Pipelines
-# (not measured on a GPU) keep the modelled 4.
-ACCUMULATION_HELD_BYTES = 9
 TRANSIENT_GRAD_BYTES = 6  # one layer's unsharded gradient in param dtype (2) + its fp32 copy for the reduce (4)
 # A fused AdamW step reads param, grad, exp_avg, exp_avg_sq and writes param, exp_avg, exp_avg_sq, all fp32:
 # 7 x 4 bytes of memory traffic per parameter (torch.optim.AdamW(fused=True) makes one pass).
@@ -370,9 +364,7 @@ class CostModel:
         docs/cost_model.md). The sharded gradients are :attr:`LayerCost.grad_bytes`."""
         gathered = self.precision.compute_bytes
         sharded = (MASTER_BYTES + ADAM_BYTES) * params
-        accumulated = 0.0
-        if shape.accumulates:
-            accumulated = (ACCUMULATION_HELD_BYTES if shape.pp == 1 else ACCUMULATED_GRAD_BYTES) * params
+        accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
         if dp_type == "ddp":  # HSDP with shard size 1: whole state on every rank, bf16 copy kept fwd->bwd
             return sharded + gathered * params + accumulated
         if dp_type == "zero2":  # reshard_after_forward=False: unsharded params live from forward to backward
