@@ -20,6 +20,12 @@ import torch
 from galvatron_hf.trainer import GalvatronTrainer, GalvatronTrainingArguments
 from galvatron_hf.training.launch import run_main
 
+# The planner prices tensors; the CUDA caching allocator's fragmentation comes on top. With the default
+# allocator a 1.24B Llama plan needing 77.4 GB of tensors ran out of memory on an 85 GB H100 (the huge
+# logits blocks fragment it); with expandable segments the same plan trained. The allocator reads this at
+# its first CUDA allocation, which comes after these imports; a value the user set wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
 # TrainingArguments defaults for a quick CPU run; every one can be overridden on the command line
 QUICK_DEFAULTS = {
     "output_dir": "recipe_output",
