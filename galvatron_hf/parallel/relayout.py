@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -147,27 +148,36 @@ class RelayoutTracker:
     ``begin`` is called at the start of each model forward (a pre-hook on the model root does it) with
     the stage's micro-batch size; a tensor counts as a batch tensor when it has 2+ dims and its dim 0 is the
     local batch size of the layout it is in.
+
+    It refers to activations weakly and drops its conversions when the forward ends: holding them kept the
+    last forward's block outputs (and, through their autograd graph, the whole parallelised model) alive
+    after the step, about 6 GB per discarded model on an H100 (benchmarks/results/h100-memory-phases). A
+    weak reference also tells a reused ``id`` from the tensor that had it.
     """
 
     def __init__(self, dims: ParallelDims, input_layout: BatchLayout):
         self.dims = dims
         self.input_layout = input_layout
         self.stage_batch: int | None = None
-        self._layouts: dict[int, tuple[torch.Tensor, BatchLayout]] = {}
-        self._converted: dict[tuple[int, BatchLayout], torch.Tensor] = {}
+        self._layouts: dict[int, tuple[weakref.ref, BatchLayout]] = {}
+        self._converted: dict[tuple[int, BatchLayout], tuple[weakref.ref, torch.Tensor]] = {}
 
     def begin(self, stage_batch: int) -> None:
         self.stage_batch = stage_batch
         self._layouts.clear()
         self._converted.clear()
 
+    def end(self) -> None:
+        """The forward is over: release the conversions (they hold activations and their graph)."""
+        self._converted.clear()
+
     def layout_of(self, tensor: torch.Tensor) -> BatchLayout:
         entry = self._layouts.get(id(tensor))
-        return entry[1] if entry is not None and entry[0] is tensor else self.input_layout
+        return entry[1] if entry is not None and entry[0]() is tensor else self.input_layout
 
     def record(self, value: Any, layout: BatchLayout) -> None:
         for tensor in _tensors(value):
-            self._layouts[id(tensor)] = (tensor, layout)
+            self._layouts[id(tensor)] = (weakref.ref(tensor), layout)
 
     def to_layout(self, value: Any, dst: BatchLayout) -> Any:
         return _map_tensors(value, lambda t: self._convert(t, dst))
@@ -179,12 +189,13 @@ class RelayoutTracker:
         if src[1] == dst[1] or tensor.shape[0] != self.stage_batch // src[0]:
             return tensor
         key = (id(tensor), dst)
-        if key not in self._converted:  # masks / position embeddings reach every block: move them once
-            moved = relayout(tensor, self.dims, src, dst)
-            self._converted[key] = moved
-            self.record(moved, dst)
-            self._layouts.setdefault(id(tensor), (tensor, src))  # keep the source alive: ids stay unique
-        return self._converted[key]
+        cached = self._converted.get(key)
+        if cached is not None and cached[0]() is tensor:  # masks / position embeddings reach every block
+            return cached[1]
+        moved = relayout(tensor, self.dims, src, dst)
+        self._converted[key] = (weakref.ref(tensor), moved)
+        self.record(moved, dst)
+        return moved
 
     # ----- hooks -------------------------------------------------------------------------------------
     def install_root(self, root: nn.Module, data_parts: int, convert_outputs: bool = False) -> None:
@@ -201,9 +212,13 @@ class RelayoutTracker:
         def to_input_layout(module, args, output):
             return self.to_layout(output, self.input_layout)
 
+        def end_forward(module, args, output):
+            self.end()
+
         root.register_forward_pre_hook(begin_forward, with_kwargs=True, prepend=True)
         if convert_outputs:
             root.register_forward_hook(to_input_layout)
+        root.register_forward_hook(end_forward)
 
     def install_block(
         self,
