@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.config_dir or not args.plan:
         parser.error("--config_dir and --plan are required (or --tiny)")
     if len(args.plan) > 1:
-        return run_each_in_own_process(args, argv or sys.argv[1:])
+        return run_each_in_own_process(args)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     init_single_process(device)
     config = AutoConfig.from_pretrained(args.config_dir)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def run_each_in_own_process(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+def run_each_in_own_process(args: argparse.Namespace) -> list[dict]:
     """One process per plan: a model parallelised earlier in the same process left about 6 GB allocated on an
     H100 (benchmarks/gpu_memory_phases.py saw the base memory grow run by run), which a later plan's peak then
     counted as its own."""
@@ -223,8 +223,10 @@ def run_each_in_own_process(args: argparse.Namespace, argv: list[str]) -> list[d
     for plan_path in args.plan:
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch) / "one.json"
-            command = [sys.executable, __file__, *_without_plans_and_output(argv), "--plan", str(plan_path),
-                       "--output", str(out)]
+            command = [sys.executable, __file__, "--config_dir", str(args.config_dir), "--plan", str(plan_path),
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--output", str(out)]
+            if args.no_baseline:
+                command.append("--no_baseline")
             subprocess.run(command, check=True)
             result = json.loads(out.read_text())
         rows += result["results"]
@@ -234,19 +236,6 @@ def run_each_in_own_process(args: argparse.Namespace, argv: list[str]) -> list[d
         args.output.write_text(json.dumps({"device": device_name, "torch": torch_version, "results": rows,
                                            "one_process_per_plan": True}, indent=2) + "\n")
     return rows
-
-
-def _without_plans_and_output(argv: list[str]) -> list[str]:
-    kept, skipping = [], False
-    for token in argv:
-        if token in ("--plan", "--output"):
-            skipping = True
-            continue
-        if skipping and not token.startswith("--"):
-            continue
-        skipping = False
-        kept.append(token)
-    return kept
 
 
 if __name__ == "__main__":

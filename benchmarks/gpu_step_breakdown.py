@@ -32,7 +32,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_plan_accuracy import init_single_process, peak_memory, random_batch, reset_memory, sync  # noqa: E402
+from gpu_plan_accuracy import (  # noqa: E402
+    init_single_process,
+    peak_memory,
+    random_batch,
+    reset_memory,
+    sync,
+    tiny_inputs,
+)
 
 KERNEL_FAMILIES = [  # first match wins; names of CUDA kernels as torch.profiler reports them
     ("comm", r"nccl"),
@@ -80,21 +87,22 @@ def phase_times(module, step_parts, batch, num_micro_batches, steps, warmup, dev
     return {name: statistics.median(r[name] for r in rows) for name in rows[0]}
 
 
+def full_step(module, step_parts, batch, num_micro_batches) -> None:
+    """One training step as ``ParallelModel.train_step`` runs it (sync on the last micro-batch), then clip,
+    optimizer step and zero_grad."""
+    parts = micro_batches(batch, num_micro_batches)
+    for i, part in enumerate(parts):
+        if len(parts) > 1 and hasattr(module, "set_requires_gradient_sync"):
+            module.set_requires_gradient_sync(i == len(parts) - 1)
+        (module(**part).loss / len(parts)).backward()
+    for part_fn in step_parts:
+        part_fn()
+
+
 def unsynchronised_step_s(module, step_parts, batch, num_micro_batches, steps, warmup, device) -> float:
     """The step as the benchmarks time it: one synchronisation at each end."""
-    clip, optimizer_step, zero_grad = step_parts
-
-    def step():
-        parts = micro_batches(batch, num_micro_batches)
-        for i, part in enumerate(parts):
-            if len(parts) > 1 and hasattr(module, "set_requires_gradient_sync"):
-                module.set_requires_gradient_sync(i == len(parts) - 1)
-            (module(**part).loss / len(parts)).backward()
-        clip()
-        optimizer_step()
-        zero_grad()
-
-    times = [timed(device, step)[0] for _ in range(warmup + steps)]
+    times = [timed(device, lambda: full_step(module, step_parts, batch, num_micro_batches))[0]
+             for _ in range(warmup + steps)]
     return statistics.median(times[warmup:])
 
 
@@ -349,25 +357,13 @@ def measure_all(label, module, plan, device, args, step_parts) -> dict:
             trace.remove()
             result["in_situ_ms_per_micro_batch"] = summarise_trace(runs[-1])
 
-            def step():
-                for part in micro_batches(batch, m):
-                    (module(**part).loss / m).backward()
-                for part_fn in step_parts:
-                    part_fn()
-
-            result["kernels"] = kernel_families(step, device)
+            result["kernels"] = kernel_families(lambda: full_step(module, step_parts, batch, m), device)
     except torch.OutOfMemoryError:
         result["error"] = "out of memory"
     allocated, reserved = peak_memory(device)
     result["peak_allocated_gb"], result["peak_reserved_gb"] = allocated, reserved
     print(json.dumps(result, indent=1), flush=True)
     return result
-
-
-def tiny_inputs(workdir: Path):
-    from gpu_plan_accuracy import tiny_inputs as plan_accuracy_tiny
-
-    return plan_accuracy_tiny(workdir)
 
 
 def main(argv: list[str] | None = None) -> dict:

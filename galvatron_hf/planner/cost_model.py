@@ -298,7 +298,7 @@ class CostModel:
             per_micro_batch += forward + tp_forward  # recomputation re-runs the forward and its collectives
         params = self.local_params(layer, tp)
         per_step = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
-        sharded_params = params if dp_type == "ddp" else params / dp
+        sharded_params = _sharded(params, dp, dp_type)
         per_step += self.optimizer_step_s(sharded_params) + self.clip_s(sharded_params)
         per_step += self.fsdp_copy_s(params, dp, dp_type, shape)
         time_s = per_micro_batch + per_step / shape.num_micro_batches
@@ -306,8 +306,8 @@ class CostModel:
         activation_tp = 1 if layer.kind == "head" else compute_tp
         activation = self.compute.activation_bytes(layer, samples, activation_tp, checkpoint)
         workspace = self._workspace_bytes(layer, params, compute_tp, samples, dp_type, checkpoint, activation, shape)
-        grads = GRAD_BYTES * (params if dp_type == "ddp" else params / dp)
-        return LayerCost(time_s, self._static_bytes(params, dp, dp_type, shape), activation, workspace, grads)
+        static = self._static_bytes(params, dp, dp_type, shape)
+        return LayerCost(time_s, static, activation, workspace, GRAD_BYTES * sharded_params)
 
     def _tp_comm_s(self, layer: LayerSpec, tp: int, samples: float) -> tuple[float, float]:
         """Blocking TP collectives of one micro-batch: (forward, backward) seconds."""
@@ -446,7 +446,7 @@ class CostModel:
                 for layer in self.pre_layers:
                     params = self.local_params(layer, vocab.tp)
                     static = self._static_bytes(params, vocab.dp, vocab.dp_type, shape)
-                    grads = GRAD_BYTES * (params if vocab.dp_type == "ddp" else params / vocab.dp)
+                    grads = GRAD_BYTES * _sharded(params, vocab.dp, vocab.dp_type)
                     costs.append(LayerCost(0.0, static, 0.0, 0.0, grads))
         return LayerCost(
             time_s=sum(c.time_s for c in costs),
@@ -455,6 +455,11 @@ class CostModel:
             workspace_bytes=max((c.workspace_bytes for c in costs), default=0.0),
             grad_bytes=sum(c.grad_bytes for c in costs),
         )
+
+
+def _sharded(params: float, dp: int, dp_type: str) -> float:
+    """Parameters whose fp32 state (weights, gradients, AdamW) one rank holds: all of them under ddp."""
+    return params if dp_type == "ddp" else params / dp
 
 
 # ----- a whole plan ---------------------------------------------------------------------------------------

@@ -377,19 +377,18 @@ def _backward(outputs: list[torch.Tensor]) -> None:
     torch.autograd.backward(outputs, grads)
 
 
-def _timed(device: torch.device, work: Callable[[], Any], queue: QueueAhead | None, region: str) -> tuple[float, Any]:
+def _timed(device: torch.device, work: Callable[[], Any], queue: QueueAhead, region: str) -> tuple[float, Any]:
     synchronize(device)
-    host_start = queue.before(region) if queue else 0.0
+    host_start = queue.before(region)
     timer = DeviceTimer(device)
     timer.start()
     result = work()
-    if queue:
-        queue.after(region, host_start)
+    queue.after(region, host_start)
     return timer.stop(), result
 
 
 def _time_pass(
-    layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool, queue: QueueAhead | None
+    layer: LayerSpec, calls: list[CapturedCall], device: torch.device, checkpointed: bool, queue: QueueAhead
 ) -> tuple[float, float]:
     """(forward seconds, backward seconds) of one run."""
     tag = f"{layer.name}:{'ckpt' if checkpointed else 'plain'}"
@@ -398,7 +397,7 @@ def _time_pass(
     return forward_s, backward_s
 
 
-def _median_pass(layer, calls, device, checkpointed: bool, repeats: Repeats, queue: QueueAhead | None):
+def _median_pass(layer, calls, device, checkpointed: bool, repeats: Repeats, queue: QueueAhead):
     for _ in range(repeats.warmup):
         _time_pass(layer, calls, device, checkpointed, queue)
     runs = [_time_pass(layer, calls, device, checkpointed, queue) for _ in range(max(repeats.repeats, 1))]
