@@ -30,7 +30,8 @@ def _distinct_shards(tensor: torch.Tensor) -> int:
     return count
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The rank's own part of a (possibly DTensor) gradient."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
@@ -45,11 +46,11 @@ def total_grad_norm(
     ``copies_scale`` maps ``id(param)`` to an extra count of copies (a weight tied across pipeline stages).
     """
     grads = [(p, p.grad) for p in parameters if p.grad is not None]
-    device = _local(grads[0][1]).device if grads else torch.device("cpu")
+    device = local_tensor(grads[0][1]).device if grads else torch.device("cpu")
     if math.isinf(norm_type):
         local = torch.zeros((), device=device, dtype=torch.float32)
         for _, grad in grads:
-            local = torch.maximum(local, _local(grad).detach().abs().max().float())
+            local = torch.maximum(local, local_tensor(grad).detach().abs().max().float())
         dist.all_reduce(local, op=dist.ReduceOp.MAX)
         return local
     # one foreach norm per group of equal copy count: a loop of per-tensor norms (and fp64 copies of every
@@ -59,17 +60,17 @@ def total_grad_norm(
         copies = dims.stage_size / _distinct_shards(grad)
         if copies_scale:
             copies *= copies_scale.get(id(param), 1)
-        groups.setdefault(copies, []).append(_local(grad).detach())
+        groups.setdefault(copies, []).append(local_tensor(grad).detach())
     total = torch.zeros((), device=device, dtype=torch.float64)
     for copies, tensors in groups.items():
-        for same_dtype in _by_device_and_dtype(tensors):
+        for same_dtype in by_device_and_dtype(tensors):
             norms = torch._foreach_norm(same_dtype, norm_type)
             total += (torch.stack(norms).double() ** norm_type).sum() / copies
     dist.all_reduce(total)
     return (total ** (1.0 / norm_type)).float()
 
 
-def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+def by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """foreach kernels need one device and dtype per list."""
     buckets: dict[tuple, list[torch.Tensor]] = {}
     for tensor in tensors:
@@ -89,7 +90,7 @@ def clip_grad_norm_(
     parameters = list(parameters)
     norm = total_grad_norm(parameters, dims, norm_type, copies_scale)
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    grads = [_local(param.grad) for param in parameters if param.grad is not None]
-    for same_dtype in _by_device_and_dtype(grads):
+    grads = [local_tensor(param.grad) for param in parameters if param.grad is not None]
+    for same_dtype in by_device_and_dtype(grads):
         torch._foreach_mul_(same_dtype, coef.to(same_dtype[0].device, same_dtype[0].dtype))
     return norm

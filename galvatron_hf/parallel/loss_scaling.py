@@ -14,11 +14,8 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+from galvatron_hf.parallel.grad_norm import by_device_and_dtype, local_tensor
 
 
 class LossScaler:
@@ -47,7 +44,7 @@ class LossScaler:
         """Before another backward accumulates scaled gradients, bring the unscaled ones back to scale."""
         for param in parameters:
             if param.grad is not None:
-                _local(param.grad).mul_(self.scale)
+                local_tensor(param.grad).mul_(self.scale)
 
     @torch.no_grad()
     def unscale_(self, parameters: Iterable[nn.Parameter]) -> bool:
@@ -57,12 +54,12 @@ class LossScaler:
         ``-scale``): a rank whose scale differs from the others' (a scaler built or restored differently)
         would unscale by the wrong factor, so every rank raises instead.
         """
-        grads = [_local(p.grad) for p in parameters if p.grad is not None]
+        grads = [local_tensor(p.grad) for p in parameters if p.grad is not None]
         device = grads[0].device if grads else "cpu"
-        bad = torch.zeros((), dtype=torch.float32, device=device)
-        for grad in grads:
-            bad = torch.maximum(bad, (~torch.isfinite(grad)).any().float())
-            grad.mul_(1.0 / self.scale)
+        bad = torch.zeros(1, dtype=torch.float32, device=device)
+        inverse = torch.full((1,), 1.0 / self.scale, dtype=torch.float32, device=device)
+        for same_dtype in by_device_and_dtype(grads):  # one fused check-and-unscale per list, as GradScaler
+            torch._amp_foreach_non_finite_check_and_unscale_(same_dtype, bad, inverse)
         self.local_found_inf = bool(bad.item())
         verdict = torch.tensor(
             [float(self.local_found_inf), self.scale, -self.scale], dtype=torch.float64, device=device
