@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "GalvatronTrainer": "galvatron_hf.trainer",
-    "GalvatronTrainingArguments": "galvatron_hf.trainer",
+    "GalvatronTrainingArguments": "galvatron_hf.training.arguments",
     "Plan": "galvatron_hf.planner.plan",
     "describe_model": "galvatron_hf.adapters",
     "parallelize": "galvatron_hf.parallel",

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,9 @@ from galvatron_hf.training.evaluation import (
     mask_rows,
 )
 from galvatron_hf.training.launch import ensure_process_group
-from galvatron_hf.training.plans import (
-    BatchRequest,
-    PlanOptions,
-    choose_plan,
-    describe_plan,
-)
+from galvatron_hf.planner.summary import format_summary
+from galvatron_hf.training.arguments import GalvatronTrainingArguments  # also importable from here, as before
+from galvatron_hf.training.plans import resolve_training_plan
 from galvatron_hf.training.report import PlanReportCallback
 from galvatron_hf.training.scheduler_state import load_scheduler_state
 
@@ -63,81 +59,6 @@ PIPELINE_LOGITS_MESSAGE = (
     "prediction_loss_only=True), evaluate an exported model (trainer.save_model(dir) then from_pretrained), "
     "or use a plan with pp = 1"
 )
-
-
-@dataclass
-class GalvatronTrainingArguments(TrainingArguments):
-    """TrainingArguments plus the plan options; every inherited field keeps its Trainer meaning."""
-
-    auto_parallel: bool = field(
-        default=False,
-        metadata={"help": "Search the fastest plan that fits memory_gb (cost model, or model_profile when given)."},
-    )
-    galvatron_plan: str | None = field(
-        default=None,
-        metadata={"help": "Path of a plan JSON (`galvatron-hf search --output`); wins over other flags."},
-    )
-    pp_deg: int | None = field(default=None, metadata={"help": "Uniform plan: pipeline-parallel degree."})
-    global_tp_deg: int | None = field(default=None, metadata={"help": "Uniform plan: tensor-parallel degree."})
-    dp_type: str | None = field(
-        default=None,
-        metadata={"help": "Uniform plan: data parallelism of every layer: ddp, zero2 or zero3."},
-    )
-    global_checkpoint: bool = field(
-        default=False,
-        metadata={"help": "Uniform plan: activation checkpointing on every layer."},
-    )
-    pipeline_type: str = field(
-        default="gpipe",
-        metadata={"help": "Uniform plan: pipeline schedule, gpipe or 1f1b."},
-    )
-    num_micro_batches: int | None = field(
-        default=None,
-        metadata={"help": "Uniform plan: micro-batches per step (default: accumulation steps, at least pp_deg)."},
-    )
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Samples per optimizer step over all data-parallel groups; overrides per_device_train_batch_size "
-            "x data-parallel size x gradient_accumulation_steps."
-        },
-    )
-    memory_gb: float | None = field(
-        default=None,
-        metadata={"help": "Memory budget per device for the search (GB = 1e9 bytes; default: the device's memory less 8 percent headroom)."},
-    )
-    hardware: str = field(
-        default="h100",
-        metadata={"help": "Hardware for predictions and search: a built-in name (a100, h100, h200) or a profile JSON."},
-    )
-    num_nodes: int | None = field(
-        default=None,
-        metadata={"help": "Nodes in the cluster (default: as many as needed)."},
-    )
-    model_profile: str | None = field(
-        default=None,
-        metadata={"help": "Model profile JSON (`galvatron-hf profile model`) for measured layer costs."},
-    )
-    seq_length: int | None = field(
-        default=None,
-        metadata={"help": "Sequence length to plan for (default: the first training sample's)."},
-    )
-
-
-def plan_options(args: TrainingArguments, **overrides: Any) -> PlanOptions:
-    """The plan options of ``args`` (defaults for a plain TrainingArguments), with constructor overrides."""
-    values = {f.name: getattr(args, f.name) for f in fields(PlanOptions) if hasattr(args, f.name)}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PlanOptions(**values)
-
-
-def mixed_precision_of(args: TrainingArguments) -> str:
-    """``bf16`` / ``fp16`` flags -> the plan's mixed precision (FSDP2 MixedPrecisionPolicy; fp16 with loss scaling)."""
-    if args.bf16:
-        return "bf16"
-    if args.fp16:
-        return "fp16"
-    return "fp32"
 
 
 class ParallelModule(nn.Module):
@@ -176,15 +97,10 @@ class GalvatronTrainer(Trainer):
     ) -> None:
         _refuse_unsupported(model, trainer_args, trainer_kwargs)
         args = args if args is not None else GalvatronTrainingArguments(output_dir="trainer_output")
-        given_plan = plan if isinstance(plan, Plan) else None
-        options = plan_options(
-            args,
-            auto_parallel=auto_parallel,
-            galvatron_plan=plan if isinstance(plan, str) else None,
-        )
         device = args.device  # under torchrun / accelerate launch this creates the process group
         ensure_process_group(device)
-        self.parallel_model, self.plan = _parallelize(model, args, options, given_plan, trainer_kwargs, device)
+        self.parallel_model, self.resolved_plan = _parallelize(model, args, plan, auto_parallel, trainer_kwargs, device)
+        self.plan = self.resolved_plan.plan
         self.batch_geometry = BatchGeometry.from_arguments(
             args.per_device_train_batch_size,
             args.gradient_accumulation_steps,
@@ -202,7 +118,7 @@ class GalvatronTrainer(Trainer):
         self.plan_report = PlanReportCallback(self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0)
         self.add_callback(self.plan_report)
         if self.is_world_process_zero():
-            print(describe_plan(self.plan, options.source, options.hardware), flush=True)
+            print(format_summary(self.resolved_plan), flush=True)
             print(self._batch_summary(), flush=True)
 
     # ----- batches ---------------------------------------------------------------------------------------
@@ -588,37 +504,41 @@ def _refuse_unsupported(model: nn.Module | None, trainer_args: tuple, trainer_kw
         raise TypeError("GalvatronTrainer takes (model, args) positionally; pass the other Trainer arguments by name")
 
 
-def _parallelize(model, args, options: PlanOptions, given_plan: Plan | None, trainer_kwargs, device):
+def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | None, trainer_kwargs, device):
+    """Describe the model, resolve its plan (``training/plans.py``) and shard it: (ParallelModel, ResolvedPlan)."""
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
     from galvatron_hf.parallel.runtime import default_attn_implementation
 
     # plan for the attention kernel the runtime will run (eager attention keeps its scores: more memory)
-    attn_impl = default_attn_implementation(torch.device(device))
-    options = replace(options, attn_impl=attn_impl)
-    seq_len, decoder_seq_len = _sequence_lengths(options, trainer_kwargs.get("train_dataset"), model)
+    attn_impl = getattr(args, "attn_implementation", None) or default_attn_implementation(torch.device(device))
+    dataset = trainer_kwargs.get("train_dataset")
+    seq_len, decoder_seq_len = _sequence_lengths(getattr(args, "seq_len", None), dataset, model)
     spec = describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
-    precision = mixed_precision_of(args)
-    if given_plan is not None:
-        plan = given_plan.validate(world_size=dist.get_world_size(), spec=spec)
-    else:
-        batch = BatchRequest(
-            args.per_device_train_batch_size,
-            args.gradient_accumulation_steps,
-            options.global_batch_size,
-        )
-        plan = choose_plan(options, spec, dist.get_world_size(), batch, precision)
-    parallel_model = parallelize(
-        model, plan, spec=spec, device=device, mixed_precision=precision, attn_implementation=attn_impl
+    resolved = resolve_training_plan(
+        args,
+        spec,
+        world_size=dist.get_world_size(),
+        attn_implementation=attn_impl,
+        plan=plan,
+        auto_parallel=auto_parallel,
     )
-    return parallel_model, plan
+    parallel_model = parallelize(
+        model,
+        resolved.plan,
+        spec=spec,
+        device=device,
+        mixed_precision=resolved.request.mixed_precision,
+        attn_implementation=attn_impl,
+    )
+    return parallel_model, resolved
 
 
-def _sequence_lengths(options: PlanOptions, dataset, model) -> tuple[int | None, int | None]:
-    """Plan for ``seq_length`` when given, else the first training sample's lengths (None: the adapter's default)."""
+def _sequence_lengths(seq_len: int | None, dataset, model) -> tuple[int | None, int | None]:
+    """Plan for ``seq_len`` when given, else the first training sample's lengths (None: the adapter's default)."""
     first = _first_sample(dataset)
     encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-    seq_len = options.seq_length or _length(first.get("input_ids"))
+    seq_len = seq_len or _length(first.get("input_ids"))
     decoder = (_length(first.get("decoder_input_ids")) or _length(first.get("labels"))) if encoder_decoder else None
     return seq_len, decoder
 

@@ -19,6 +19,7 @@ Derived figures (how the few cited numbers become a :class:`HardwareProfile`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,6 +175,19 @@ def load_hardware(name_or_path: str | Path, num_nodes: int | None = None) -> Har
     if num_nodes is not None and num_nodes != profile.num_nodes:
         profile = replace(profile, num_nodes=num_nodes)
     return profile
+
+
+def hardware_for(name_or_path: str | Path, world_size: int, num_nodes: int | None = None) -> HardwareProfile:
+    """The hardware a plan for ``world_size`` devices is priced on: ``num_nodes`` nodes when given, else as
+    many nodes as the devices fill (``ceil(world_size / gpus_per_node)``), for built-in and measured profiles
+    alike. What `galvatron-hf search` and ``GalvatronTrainer`` both load."""
+    if world_size < 1:
+        raise HardwareProfileError(f"the number of devices must be >= 1, got {world_size}")
+    hardware = load_hardware(name_or_path, num_nodes)
+    needed = max(1, math.ceil(world_size / hardware.gpus_per_node))
+    if num_nodes is None and needed != hardware.num_nodes:
+        hardware = load_hardware(name_or_path, needed)
+    return hardware
 
 
 def _build(node: NodeFigures, num_nodes: int) -> HardwareProfile:

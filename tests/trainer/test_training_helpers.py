@@ -6,19 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from galvatron_hf.planner.plan import PlanError
+from galvatron_hf.planner.request import PlanRequest, resolve_plan
 from galvatron_hf.training.batching import (
     BatchGeometry,
     BatchSizeError,
     merge_micro_batches,
 )
-from galvatron_hf.training.plans import (
-    BatchRequest,
-    PlanOptions,
-    choose_plan,
-    default_micro_batches,
-    describe_plan,
-)
+from galvatron_hf.training.arguments import plan_request
+from galvatron_hf.training.plans import resolve_training_plan
 from galvatron_hf.training.report import format_report
 from galvatron_hf.training.scheduler_state import SchedulerStateError, adapt_to_groups
 
@@ -67,118 +62,98 @@ def test_merge_pads_each_key_with_its_own_value():
     assert merged["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]
 
 
-def test_parser_shows_galvatron_options_with_help():
+def _arguments(**values):
+    from galvatron_hf.trainer import GalvatronTrainingArguments
+
+    return GalvatronTrainingArguments(output_dir="x", use_cpu=True, report_to="none", **values)
+
+
+def test_parser_shows_the_plan_names_and_accepts_the_galvatron2_names():
     from transformers import HfArgumentParser
 
-    from galvatron_hf.trainer import GalvatronTrainingArguments, plan_options
+    from galvatron_hf.trainer import GalvatronTrainingArguments
 
     parser = HfArgumentParser(GalvatronTrainingArguments)
     text = parser.format_help()
     for flag in (
         "--auto_parallel",
         "--galvatron_plan",
-        "--pp_deg",
-        "--global_tp_deg",
+        "--pp PP",
+        "--tp TP",
         "--dp_type",
-        "--global_checkpoint",
-        "--pipeline_type",
+        "--checkpoint",
+        "--schedule",
         "--num_micro_batches",
         "--global_batch_size",
         "--memory_gb",
         "--hardware",
-        "--model_profile",
+        "--profile",
+        "--seq_len",
+        "--attn_implementation",
     ):
         assert flag in text
     assert "data-parallel" in text  # help metadata is shown
-    (args,) = parser.parse_args_into_dataclasses(
-        [
-            "--output_dir",
-            "x",
-            "--pp_deg",
-            "2",
-            "--dp_type",
-            "zero3",
-            "--use_cpu",
-            "--report_to",
-            "none",
-        ]
-    )
-    options = plan_options(args, auto_parallel=True)
-    assert (options.pp_deg, options.dp_type, options.auto_parallel, options.source) == (
-        2,
-        "zero3",
-        True,
-        "search",
-    )
+    assert "--pp_deg" not in text and "--pipeline_type" not in text  # the old names are accepted, not shown
+    base = ["--output_dir", "x", "--use_cpu", "--report_to", "none"]
+    with pytest.warns(FutureWarning) as warned:
+        (args,) = parser.parse_args_into_dataclasses(
+            [*base, "--pp_deg", "2", "--global_checkpoint", "--pipeline_type", "gpipe", "--dp_type", "zero3"]
+        )
+    assert [str(w.message) for w in warned] == [
+        "pp_deg (--pp_deg) is deprecated: use pp (--pp)",
+        "global_checkpoint (--global_checkpoint) is deprecated: use checkpoint (--checkpoint)",
+        "pipeline_type (--pipeline_type) is deprecated: use schedule (--schedule)",
+    ]
+    assert (args.pp, args.checkpoint, args.schedule, args.dp_type, args.pp_deg) == (2, True, "gpipe", "zero3", None)
+    request = plan_request(args, 4, "sdpa", auto_parallel=True)
+    assert (request.pp, request.auto_parallel, request.plan_source) == (2, True, "search")
+    with pytest.raises(ValueError, match="give --pp only"):
+        parser.parse_args_into_dataclasses([*base, "--pp_deg", "2", "--pp", "4"])
+    with pytest.warns(FutureWarning, match="use seq_len"):
+        assert _arguments(seq_length=16, seq_len=16).seq_len == 16  # one value under both names is fine
 
 
-def test_plan_options_of_a_plain_training_arguments_mean_data_parallel():
+def test_a_plain_training_arguments_means_data_parallel():
     from transformers import TrainingArguments
 
-    from galvatron_hf.trainer import plan_options
-
-    options = plan_options(TrainingArguments(output_dir="x", use_cpu=True, report_to="none"))
-    assert not options.auto_parallel and not options.uniform_flags_given
-    plan = choose_plan(options, _llama_spec(), 4, BatchRequest(2, 1, None), "fp32")
+    args = TrainingArguments(output_dir="x", use_cpu=True, report_to="none", per_device_train_batch_size=2)
+    request = plan_request(args, 4, "sdpa")
+    assert not request.auto_parallel and not request.uniform_flags_given and request.mixed_precision == "fp32"
+    plan = resolve_training_plan(args, _llama_spec(), world_size=4, attn_implementation="sdpa").plan
     assert plan.pp == 1 and plan.global_batch_size == 8
     assert {(s.tp, s.dp, s.dp_type) for s in plan.layers} == {(1, 4, "ddp")}
     assert plan.predicted is not None  # priced by the analytic cost model
 
 
-def test_uniform_flags_and_their_errors():
+def test_trainer_plans_follow_the_arguments_batch():
     spec = _llama_spec()
-    options = PlanOptions(
-        pp_deg=2,
-        global_tp_deg=2,
-        dp_type="zero3",
-        global_checkpoint=True,
-        pipeline_type="1f1b",
+    args = _arguments(
+        pp=2, tp=2, dp_type="zero3", checkpoint=True, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        bf16=True,
     )
-    plan = choose_plan(options, spec, 8, BatchRequest(2, 2, None), "bf16")
+    resolved = resolve_training_plan(args, spec, world_size=8, attn_implementation="sdpa")
+    plan = resolved.plan
     assert plan.pp == 2 and plan.schedule == "1f1b" and plan.global_batch_size == 2 * 2 * 2
-    assert {(s.tp, s.dp, s.dp_type, s.checkpoint) for s in plan.layers} == {(2, 2, "zero3", True)}
-    assert plan.num_micro_batches >= 2 and plan.global_batch_size % (plan.num_micro_batches * 2) == 0
-    with pytest.raises(PlanError, match="divide"):
-        choose_plan(PlanOptions(pp_deg=3), spec, 4, BatchRequest(2, 1, None), "fp32")
-    assert "stage 1" in describe_plan(plan, "uniform flags", "h100")
-
-
-def test_default_micro_batches():
-    geometry = BatchGeometry(16, 2, 1)
-    assert default_micro_batches(1, BatchGeometry(16, 2, 4), 2) == 4
-    assert default_micro_batches(2, geometry, 2) == 2
-    assert default_micro_batches(4, BatchGeometry(8, 2, 1), 2) == 4
-
-
-def test_search_and_plan_file_override(tmp_path):
-    spec = _llama_spec()
-    searched = choose_plan(
-        PlanOptions(auto_parallel=True, memory_gb=40),
-        spec,
-        4,
-        BatchRequest(2, 1, None),
-        "bf16",
-    )
-    assert searched.world_size == 4 and searched.global_batch_size == 8 and searched.predicted is not None
-    path = searched.save(tmp_path / "plan.json")
-    same = choose_plan(
-        PlanOptions(galvatron_plan=str(path)),
-        spec,
-        4,
-        BatchRequest(99, 1, None),
-        "bf16",
-    )
-    assert same.global_batch_size == 8  # a plan file keeps its batch ...
-    bigger = choose_plan(PlanOptions(galvatron_plan=str(path)), spec, 4, BatchRequest(2, 1, 32), "bf16")
-    assert bigger.global_batch_size == 32 and bigger.predicted is not None  # ... unless global_batch_size is set
-    with pytest.raises(PlanError, match="launch"):
-        choose_plan(
-            PlanOptions(galvatron_plan=str(path)),
+    assert plan.mixed_precision == "bf16" and resolved.source == "uniform flags"
+    with pytest.raises(BatchSizeError, match="multiple of 6"):  # refused before the model is sharded
+        resolve_training_plan(
+            _arguments(global_batch_size=16, gradient_accumulation_steps=3, num_micro_batches=1),
             spec,
-            2,
-            BatchRequest(2, 1, None),
-            "bf16",
+            world_size=2,
+            attn_implementation="sdpa",
         )
+
+
+def test_constructor_arguments_override_the_plan_source(tmp_path):
+    spec = _llama_spec()
+    args = _arguments(pp=2, per_device_train_batch_size=2, bf16=True, memory_gb=40)
+    searched = resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", auto_parallel=True)
+    assert searched.source == "search" and searched.plan.global_batch_size == 8
+    path = searched.plan.save(tmp_path / "plan.json")
+    from_file = resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", plan=str(path))
+    assert from_file.plan == searched.plan and from_file.source == f"plan file {path}"
+    given = resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", plan=searched.plan)
+    assert given.source == "given plan"
 
 
 def test_scheduler_state_maps_onto_another_group_count():
@@ -201,6 +176,6 @@ def test_scheduler_state_maps_onto_another_group_count():
 
 
 def test_report_lists_every_stage():
-    plan = choose_plan(PlanOptions(pp_deg=2), _llama_spec(), 2, BatchRequest(4, 1, None), "fp32")
+    plan = resolve_plan(PlanRequest(pp=2, world_size=2, per_device_batch_size=4, mixed_precision="fp32"), _llama_spec()).plan
     text = format_report(plan, [(0, 1.5, 0.2), (1, 2.5, 0.25)], "CUDA max allocated")
     assert "measured 250.0 ms" in text and "stage 1 peak memory" in text and "measured 2.50 GB" in text
