@@ -72,7 +72,7 @@ for costs in profiled analytic; do
   extra=()
   [[ $costs == profiled ]] && extra=(--profile "$MODEL_JSON")
   galvatron-hf search --model_name_or_path "$CONFIG_DIR" --seq_len "$SEQ_LEN" --num_gpus 1 \
-    --hardware "$OUT_DIR/hardware-1gpu.json" --mixed_precision "$DTYPE" --attn_impl "$ATTN" "${extra[@]}" \
+    --hardware "$OUT_DIR/hardware-1gpu.json" --mixed_precision "$DTYPE" --attn_implementation "$ATTN" "${extra[@]}" \
     --output "$OUT_DIR/plan-1gpu-$costs.json" > "$OUT_DIR/search-$costs.txt" 2>&1 \
     || echo "search ($costs) failed: see search-$costs.txt" >&2
 done

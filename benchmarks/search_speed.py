@@ -40,7 +40,7 @@ CASES = (
 
 
 def plan_summary(plan) -> dict:
-    from galvatron_hf.commands.search import layer_runs
+    from galvatron_hf.planner.summary import layer_runs
 
     runs = [
         {

@@ -66,7 +66,10 @@ class RecipeArguments:
         default=None,
         metadata={"help": "Local tokenizer directory (default: --model_name_or_path)."},
     )
-    max_seq_length: int = field(default=32, metadata={"help": "Tokens per sample (synthetic and real data)."})
+    max_seq_length: int = field(
+        default=32,
+        metadata={"help": "Tokens per sample (synthetic and real data); the plan is priced for it unless --seq_len."},
+    )
     num_samples: int = field(default=256, metadata={"help": "Synthetic samples (used without a dataset)."})
     eval_samples: int = field(
         default=32,

@@ -177,7 +177,8 @@ def _comparison(result) -> str:
     if result.best_uniform is not None:
         u = result.best_uniform.plan
         layer = u.layers[0]
-        label = f"best uniform (pp={u.pp} {strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint)}, M={u.num_micro_batches}, B={u.global_batch_size})"
+        strategy = strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint)
+        label = f"best uniform (pp={u.pp} {strategy}, M={u.num_micro_batches}, B={u.global_batch_size})"
         rows.append((label, result.best_uniform))
     else:
         rows.append(("best uniform", None))

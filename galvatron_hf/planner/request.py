@@ -153,7 +153,8 @@ class PlanOptions:
 
     @property
     def uniform_flags_given(self) -> bool:
-        return self.checkpoint or any(getattr(self, name) is not None for name in UNIFORM_OPTIONS if name != "checkpoint")
+        given = [getattr(self, name) for name in UNIFORM_OPTIONS if name != "checkpoint"]
+        return self.checkpoint or any(value is not None for value in given)
 
     @property
     def plan_source(self) -> str:
@@ -312,7 +313,9 @@ def _chosen(request: PlanRequest, spec: ModelSpec, plan: Plan | None) -> tuple[P
 def check_request(request: PlanRequest) -> None:
     """Refuse counts below one and budgets that are not a positive number, naming the flag."""
     if request.world_size < 1:
-        raise ValueError(f"the number of devices (--num_gpus, or the processes launched) must be >= 1, got {request.world_size}")
+        raise ValueError(
+            f"the number of devices (--num_gpus, or the processes launched) must be >= 1, got {request.world_size}"
+        )
     for name in ("pp", "tp", "num_micro_batches", "global_batch_size", "max_global_batch_size", "num_nodes", "seq_len"):
         value = getattr(request, name)
         if value is not None and value < 1:

@@ -24,9 +24,10 @@ def format_summary(resolved: ResolvedPlan) -> str:
 
 def _header(resolved: ResolvedPlan) -> str:
     spec, hardware, request = resolved.spec, resolved.hardware, resolved.request
+    devices = f"{request.world_size} device{'s' if request.world_size != 1 else ''}"
     return (
         f"galvatron plan ({resolved.source}): {spec.name} ({spec.architecture}, {spec.total_params / 1e9:.2f}B "
-        f"params, seq {spec.seq_len}) on {request.world_size} devices ({hardware.num_nodes} node(s) x "
+        f"params, seq {spec.seq_len}) on {devices} ({hardware.num_nodes} node(s) x "
         f"{hardware.gpus_per_node}, {hardware.name}), {resolved.memory_gb:g} GB per device, "
         f"{request.mixed_precision}, {request.attention} attention"
     )

@@ -1,7 +1,8 @@
 """Pieces of the Hugging Face Trainer integration (``galvatron_hf.trainer``), one concern per file.
 
-``batching``: how TrainingArguments' batch sizes map onto a plan's global batch; ``plans``: choosing the plan
-(file, uniform flags, or the search) and describing it; ``data``: loaders that shard by data-parallel group;
+``arguments``: ``GalvatronTrainingArguments`` and the plan request they make; ``batching``: how
+TrainingArguments' batch sizes map onto a plan's global batch; ``plans``: the plan the trainer runs (resolved by
+``planner/request.py``, as `galvatron-hf search` does); ``data``: loaders that shard by data-parallel group;
 ``evaluation``: evaluation forwards, predictions gathered over the data-parallel group once per sample;
 ``report``: predicted vs measured step time and memory; ``launch``: process-group set-up and clean exits.
 """

@@ -102,12 +102,12 @@ def mixed_plan(world: int = 4):
 LAYOUTS: dict[str, dict[str, Any]] = {
     "zero3x4": {"flags": {"dp_type": "zero3"}, "data_size": 4},
     # accumulation 2: the plan runs 2 micro-batches per step (training and evaluation batches are cut in two)
-    "tp2_zero3x2": {"flags": {"global_tp_deg": 2, "dp_type": "zero3", "gradient_accumulation_steps": 2}, "data_size": 2},
+    "tp2_zero3x2": {"flags": {"tp": 2, "dp_type": "zero3", "gradient_accumulation_steps": 2}, "data_size": 2},
     "mixed_tp": {"plan": "mixed", "data_size": 2},
 }
 
 
-PIPELINE_LAYOUT = {"flags": {"pp_deg": 2, "dp_type": "ddp", "num_micro_batches": 2}, "data_size": 2}
+PIPELINE_LAYOUT = {"flags": {"pp": 2, "dp_type": "ddp", "num_micro_batches": 2}, "data_size": 2}
 
 
 def _arguments(output_dir: str, galvatron: bool, **overrides: Any):

@@ -25,23 +25,23 @@ RUNS = [
     {"flags": {"dp_type": "zero3"}},  # ZeRO-3 over 4 ranks
     {
         "flags": {
-            "global_tp_deg": 2,
+            "tp": 2,
             "dp_type": "zero3",
             "gradient_accumulation_steps": 2,
         }
     },  # TP2 x ZeRO-3 2
     {
         "flags": {
-            "pp_deg": 2,
+            "pp": 2,
             "dp_type": "ddp",
             "num_micro_batches": 2,
             "per_device_eval_batch_size": 4,
         },
         "evaluate": True,
-    },  # PP2 x DDP2, forward-only pipeline evaluation
+    },  # PP2 x DDP2 (1F1B, the default with 2 micro-batches), forward-only pipeline evaluation
     {
         "flags": {
-            "global_tp_deg": 2,
+            "tp": 2,
             "dp_type": "zero3",
             "save_strategy": "steps",
             "save_steps": 3,
@@ -52,9 +52,10 @@ RUNS = [
     },  # TP2 x ZeRO-3 2, checkpoints at steps 3 and 5
     {
         "flags": {
-            "pp_deg": 2,
+            "pp": 2,
             "dp_type": "ddp",
             "num_micro_batches": 2,
+            "schedule": "gpipe",
             "resume_from_checkpoint": "saved/checkpoint-3",
         },
         "dir": "resumed",

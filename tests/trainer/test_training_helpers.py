@@ -176,6 +176,7 @@ def test_scheduler_state_maps_onto_another_group_count():
 
 
 def test_report_lists_every_stage():
-    plan = resolve_plan(PlanRequest(pp=2, world_size=2, per_device_batch_size=4, mixed_precision="fp32"), _llama_spec()).plan
+    request = PlanRequest(pp=2, world_size=2, per_device_batch_size=4, mixed_precision="fp32")
+    plan = resolve_plan(request, _llama_spec()).plan
     text = format_report(plan, [(0, 1.5, 0.2), (1, 2.5, 0.25)], "CUDA max allocated")
     assert "measured 250.0 ms" in text and "stage 1 peak memory" in text and "measured 2.50 GB" in text
