@@ -3,9 +3,14 @@ plan and print the same summary (uniform flags, in the new and the Galvatron-2 n
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import trainer_cases as cases
 
 from galvatron_hf.cli import main
 from galvatron_hf.planner.plan import Plan
@@ -24,15 +29,7 @@ def tiny_llama(tmp_path_factory):
     from galvatron_hf.adapters import load_config
 
     directory = tmp_path_factory.mktemp("tiny-llama")
-    tf.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    ).save_pretrained(directory)
+    cases.make_model("llama").config.save_pretrained(directory)
     with torch.device("meta"):
         model = tf.LlamaForCausalLM(load_config(str(directory)))
     return str(directory), model
