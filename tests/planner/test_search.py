@@ -13,14 +13,12 @@ from galvatron_hf.planner.plan import (
     SCHEDULES,
     LayerStrategy,
     Plan,
-    PlanError,
     VocabStrategy,
 )
 from galvatron_hf.planner.search import (
     ImpossibleBudgetError,
     divisors,
     search_plan,
-    uniform_plan,
     vocab_supports,
 )
 
@@ -146,22 +144,6 @@ def test_invalid_inputs_are_named(spec_factory, h100, kwargs, message):
         search_plan(spec_factory(), h100, **kwargs)
 
 
-def test_uniform_plan_layout_and_errors(spec_factory):
-    spec = spec_factory(num_blocks=7, heads=8)
-    plan = uniform_plan(
-        spec, 8, global_batch_size=16, pp=2, tp=2, dp_type="zero3", checkpoint=True, num_micro_batches=4
-    )
-    assert plan.stage_sizes == [4, 3]
-    assert {(l.tp, l.dp, l.dp_type, l.checkpoint) for l in plan.layers} == {(2, 2, "zero3", True)}
-    assert plan.vocab == VocabStrategy(2, 2, "zero3")
-    with pytest.raises(PlanError, match="divide the GPUs per stage"):
-        uniform_plan(spec, 8, global_batch_size=16, tp=3)
-    with pytest.raises(PlanError, match="does not divide 6 heads"):
-        uniform_plan(spec_factory(num_blocks=2, heads=6, hidden=768), 8, global_batch_size=16, tp=4)
-    with pytest.raises(PlanError, match="larger than the number of blocks"):
-        uniform_plan(spec_factory(num_blocks=2), 8, global_batch_size=16, pp=4)
-
-
 def test_search_balances_uneven_stages(spec_factory, h100):
     """A 256k-vocabulary head outweighs a block: with slow collectives the search pipelines and gives the
     last stage the fewest blocks; the step is paced by the slowest stage."""
@@ -178,7 +160,7 @@ def test_search_balances_uneven_stages(spec_factory, h100):
 def test_progress_lines_start_after_one_second():
     import time
 
-    from galvatron_hf.planner.search import _Reporter
+    from galvatron_hf.planner.search.driver import _Reporter
 
     quiet, chatty = [], []
     _Reporter(quiet.append, time.perf_counter())("fresh search")

@@ -1,0 +1,218 @@
+"""The search: best-first over step configs, exact solves verified by the cost model, the comparisons, and
+the smallest budget when nothing fits (docs/search.md, "Algorithm", steps 4 to 6)."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from galvatron_hf.planner.search.bound import relaxed_bound, relaxed_feasible, upper_bound
+from galvatron_hf.planner.search.exact import exact_solve
+from galvatron_hf.planner.search.problem import SearchProblem
+from galvatron_hf.planner.search.results import Evaluated, ImpossibleBudgetError, SearchResult, SearchStats
+from galvatron_hf.planner.search.solver import ConfigSolver, build_solvers
+from galvatron_hf.planner.uniform import compare_with_uniform
+
+if TYPE_CHECKING:
+    from galvatron_hf.adapters.spec import ModelSpec
+    from galvatron_hf.planner.cost_model import LayerCostSource
+    from galvatron_hf.profiler.hardware_schema import HardwareProfile
+
+Progress = Callable[[str], None]
+
+
+def search_plan(
+    spec: ModelSpec,
+    hardware: HardwareProfile,
+    num_gpus: int,
+    memory_gb: float,
+    *,
+    global_batch_size: int | None = None,
+    mixed_precision: str = "bf16",
+    attn_impl: str = "sdpa",
+    compute: LayerCostSource | None = None,
+    progress: Progress | None = None,
+    max_global_batch_size: int | None = None,
+    accumulate_without_pipeline: bool = True,
+) -> SearchResult:
+    """The fastest plan for ``spec`` on ``num_gpus`` GPUs with ``memory_gb`` per GPU (GB = 1e9 bytes).
+
+    ``global_batch_size`` None searches batches up to ``max_global_batch_size`` (default: 4M tokens).
+    ``accumulate_without_pipeline=False`` searches pp = 1 plans with one micro-batch only (for a runtime that
+    runs a pp = 1 batch in one pass; by default pp = 1 plans may accumulate gradients over micro-batches).
+    Raises :class:`ImpossibleBudgetError` (with ``min_memory_gb``) when no plan fits.
+    """
+    started = time.perf_counter()
+    problem = SearchProblem.create(
+        spec,
+        hardware,
+        num_gpus,
+        memory_gb,
+        global_batch_size=global_batch_size,
+        mixed_precision=mixed_precision,
+        attn_impl=attn_impl,
+        compute=compute,
+        max_global_batch_size=max_global_batch_size,
+        accumulate_without_pipeline=accumulate_without_pipeline,
+    )
+    reporter = _Reporter(progress, started)
+    solvers = build_solvers(problem)
+    if not any(solver.feasible for solver in solvers):
+        raise ValueError(
+            f"global_batch_size={global_batch_size} cannot be split over {num_gpus} GPUs by any layout of "
+            f"{spec.name} (every micro-batch must divide over the data-parallel ranks); use a multiple of "
+            f"{num_gpus} or leave --global_batch_size out to search it"
+        )
+    found, stats = _best_first(problem, reporter, solvers)
+    if found is None:
+        raise _impossible(problem, reporter)
+    reporter("comparing with uniform plans and plain DDP / ZeRO-3")
+    uniform, baselines = compare_with_uniform(problem, solvers)
+    from_uniform = uniform is not None and uniform.samples_per_s > found.samples_per_s * (1 + 1e-9)
+    stats = replace(
+        stats, seconds=time.perf_counter() - started, from_uniform=from_uniform, dp_samples_per_s=found.samples_per_s
+    )
+    best = uniform if from_uniform else found
+    return SearchResult(best=best, best_uniform=uniform, baselines=baselines, stats=stats, memory_gb=memory_gb)
+
+
+def _impossible(problem: SearchProblem, reporter: Progress) -> ImpossibleBudgetError:
+    minimum = minimum_memory_gb(problem, reporter)
+    hint = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else "no budget found"
+    return ImpossibleBudgetError(
+        f"no plan for {problem.spec.name} fits in {problem.memory_gb:g} GB per GPU on {problem.num_gpus} GPUs "
+        f"({hint}); raise --memory_gb, add GPUs, shorten --seq_len or lower --global_batch_size",
+        minimum,
+    )
+
+
+class _Reporter:
+    """Progress lines once a search has run for more than a second."""
+
+    def __init__(self, progress: Progress | None, started: float) -> None:
+        self.progress = progress
+        self.started = started
+        self.last = started
+
+    def __call__(self, message: str) -> None:
+        now = time.perf_counter()
+        if self.progress is None or now - self.started < 1.0 or now - self.last < 0.5:
+            return
+        self.last = now
+        self.progress(f"[{now - self.started:5.1f}s] {message}")
+
+
+def _best_first(
+    problem: SearchProblem, reporter: Progress, solvers: list[ConfigSolver] | None = None
+) -> tuple[Evaluated | None, SearchStats]:
+    """Bound every config, then solve exactly in order of bound until no bound beats the best plan."""
+    if solvers is None:
+        solvers = build_solvers(problem)
+    bounds = {id(s): upper_bound(s) for s in solvers if s.feasible}
+    order = sorted((s for s in solvers if s.feasible), key=lambda s: bounds[id(s)], reverse=True)
+    heap: list[tuple[float, int, ConfigSolver]] = []
+    best: Evaluated | None = None
+    relaxed = exact = 0
+    certified = True
+    position = 0
+    while True:
+        incumbent = best.samples_per_s if best else 0.0
+        next_bound = bounds[id(order[position])] if position < len(order) else 0.0
+        top = -heap[0][0] if heap else 0.0
+        if max(next_bound, top) <= incumbent * (1 + 1e-12):
+            break
+        if next_bound >= top:
+            solver = order[position]
+            position += 1
+            step = relaxed_bound(solver)
+            relaxed += 1
+            if step is not None:
+                heapq.heappush(heap, (-solver.config.global_batch_size / step, relaxed, solver))
+            reporter(f"bounded {relaxed} of {len(order)} step configs")
+            continue
+        _, _, solver = heapq.heappop(heap)
+        exact += 1
+        evaluated, first_try = _solve_and_verify(solver, problem)
+        certified &= first_try or evaluated is None
+        if evaluated is not None and (best is None or evaluated.samples_per_s > best.samples_per_s):
+            best = evaluated
+        reporter(f"solved {exact} configs exactly; best {incumbent:.2f} samples/s")
+    configs = len(problem.configs)
+    stats = SearchStats(
+        configs=configs,
+        relaxed_solves=relaxed,
+        exact_solves=exact,
+        pruned=configs - relaxed,
+        seconds=0.0,
+        certified=certified,
+    )
+    return best, stats
+
+
+def _solve_and_verify(solver: ConfigSolver, problem: SearchProblem) -> tuple[Evaluated | None, bool]:
+    """Exact DP (memory rounded down, exact bytes carried); re-price the plan; if it still overflows (a cell
+    kept a path that does not fit while a slower one would), solve again with memory rounded up."""
+    for attempt, rounding in enumerate(("floor", "ceil")):
+        plan = exact_solve(solver, rounding)
+        if plan is None:
+            return None, attempt == 0
+        report = problem.estimate(plan)
+        if report.fits(problem.memory_gb):
+            plan = plan.with_predicted(report.predicted)
+            return Evaluated(plan, report), attempt == 0
+    return None, False
+
+
+def minimum_memory_gb(problem: SearchProblem, reporter: Progress) -> float | None:
+    """The smallest per-GPU budget the search finds a plan for (above ``problem.memory_gb``).
+
+    The relaxed pass (memory rounded down, least workspace) brackets and bisects the budget cheaply, since
+    one relaxed-feasible config is enough; it can only be optimistic, so the full search then confirms,
+    raising the budget 2.5% at a time until it finds a plan. The result (rounded up to 0.1 GB) fits.
+    """
+    high = _relaxed_minimum(problem, reporter)
+    if high is None:
+        return None
+    failed, budget = high
+    for _ in range(40):  # the full search confirms: 2.5% steps up, then bisection back down
+        reporter(f"confirming the smallest budget that fits: {budget:.1f} GB")
+        if _best_first(problem.with_budget(budget), reporter)[0] is not None:
+            break
+        failed, budget = budget, math.ceil(budget * 1.025 * 10) / 10
+    else:
+        return None
+    while budget - failed > max(0.005 * budget, 0.1):
+        middle = math.ceil((failed + budget) / 2 * 10) / 10
+        if middle >= budget:
+            break
+        if _best_first(problem.with_budget(middle), reporter)[0] is not None:
+            budget = middle
+        else:
+            failed = middle
+    return budget
+
+
+def _relaxed_minimum(problem: SearchProblem, reporter: Progress) -> tuple[float, float] | None:
+    """(a budget the relaxed pass refuses, the first candidate budget rounded up to 0.1 GB): doubling, then
+    bisection to 0.5%; None when even 65,536 times the problem's budget is refused."""
+    low = high = problem.memory_gb
+    for _ in range(16):
+        high *= 2
+        reporter(f"looking for the smallest budget that fits: trying {high:.1f} GB")
+        if relaxed_feasible(problem.with_budget(high)):
+            break
+        low = high
+    else:
+        return None
+    while high - low > 0.005 * high:
+        middle = (low + high) / 2
+        reporter(f"looking for the smallest budget that fits: trying {middle:.1f} GB")
+        if relaxed_feasible(problem.with_budget(middle)):
+            high = middle
+        else:
+            low = middle
+    return low, math.ceil(high * 10) / 10

@@ -1,0 +1,139 @@
+"""The search space: the step configs the outer search visits and the strategies a block may take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from galvatron_hf.planner.cost_model import StepShape
+from galvatron_hf.planner.plan import DP_TYPES, LayerStrategy
+
+if TYPE_CHECKING:
+    from galvatron_hf.adapters.spec import ModelSpec
+    from galvatron_hf.profiler.hardware_schema import HardwareProfile
+
+TOKENS_PER_STEP_CAP = 4 * 1024 * 1024  # default bound of a searched batch: 4M tokens (Llama 2's batch)
+
+
+class Slot(NamedTuple):
+    """What a block may choose once its TP degree is fixed."""
+
+    dp_type: str
+    checkpoint: bool
+
+
+SLOTS = tuple(Slot(dp_type, checkpoint) for dp_type in DP_TYPES for checkpoint in (False, True))
+
+
+class Strategy(NamedTuple):
+    """One block's layout on a stage: ``tp * dp`` is the stage's devices."""
+
+    tp: int
+    dp: int
+    dp_type: str
+    checkpoint: bool
+
+    def on_stage(self, stage: int) -> LayerStrategy:
+        return LayerStrategy(stage=stage, tp=self.tp, dp=self.dp, dp_type=self.dp_type, checkpoint=self.checkpoint)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One point of the outer search: how a step is cut into stages and micro-batches."""
+
+    pp: int
+    num_micro_batches: int
+    global_batch_size: int
+    schedule: str
+    world_size: int
+
+    @property
+    def devices_per_stage(self) -> int:
+        return self.world_size // self.pp
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.global_batch_size // self.num_micro_batches
+
+    def shape(self) -> StepShape:
+        return StepShape(self.pp, self.num_micro_batches, self.micro_batch_size, self.devices_per_stage, self.schedule)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _powers_of_two_up_to(limit: int) -> list[int]:
+    values, v = [], 1
+    while v <= limit:
+        values.append(v)
+        v *= 2
+    return values
+
+
+def default_max_batch(spec: ModelSpec, world_size: int) -> int:
+    """Largest searched global batch: a power of two with at most 4M tokens, at least one sample per GPU."""
+    per_sample = max(1, spec.tokens_per_sample)
+    cap = max(1, TOKENS_PER_STEP_CAP // per_sample)
+    return max(_powers_of_two_up_to(max(cap, world_size))[-1], 1)
+
+
+def step_configs(
+    spec: ModelSpec,
+    world_size: int,
+    global_batch_size: int | None,
+    max_global_batch_size: int | None = None,
+    *,
+    accumulate_without_pipeline: bool = True,
+) -> list[StepConfig]:
+    """Pipeline degrees, batches and micro-batch counts the search visits (docs/search.md).
+
+    With pp = 1, more than one micro-batch means gradient accumulation inside one step: the runtime cuts the
+    batch into ``plan.num_micro_batches`` (training/batching.py) with gradient sync on the last one only, as
+    pipelining does. ``accumulate_without_pipeline=False`` keeps pp = 1 configs to a single micro-batch, for a
+    runtime that runs the whole batch in one forward/backward.
+    """
+    pairs = _batch_splits(spec, world_size, global_batch_size, max_global_batch_size)
+    configs: set[StepConfig] = set()
+    for pp in divisors(world_size):
+        if pp > spec.num_blocks:
+            continue
+        for batch, m in pairs:
+            if pp == 1 and m > 1 and not accumulate_without_pipeline:
+                continue
+            schedule = "1f1b" if m >= pp else "gpipe"
+            configs.add(StepConfig(pp, m, batch, schedule, world_size))
+    return sorted(configs, key=lambda c: (c.pp, c.global_batch_size, c.num_micro_batches))
+
+
+def _batch_splits(
+    spec: ModelSpec, world_size: int, global_batch_size: int | None, max_global_batch_size: int | None
+) -> list[tuple[int, int]]:
+    """(global batch, micro-batches) pairs: every split of a given batch, else per micro-batch size both the
+    batch of one micro-batch and the largest batch (more micro-batches of one size only shrink the bubble)."""
+    if global_batch_size is not None:
+        return [(global_batch_size, m) for m in divisors(global_batch_size)]
+    cap = max_global_batch_size or default_max_batch(spec, world_size)
+    pairs = []
+    for mb in _powers_of_two_up_to(cap):
+        pairs.append((mb, 1))  # one micro-batch: the whole batch at once
+        pairs.append((cap, cap // mb))  # the largest batch made of micro-batches of mb
+    return pairs
+
+
+def tp_options(spec: ModelSpec, hardware: HardwareProfile, devices: int) -> list[int]:
+    """TP degrees inside one node that divide the stage and that at least one block supports."""
+    gpn = hardware.gpus_per_node
+    return [t for t in divisors(devices) if t <= gpn and any(b.supports_tp(t) for b in spec.blocks)]
+
+
+def vocab_supports(spec: ModelSpec, tp: int) -> bool:
+    """The vocab layers split by TP must divide (the vocabulary for the embedding and LM head)."""
+    if tp == 1:
+        return True
+    for layer in spec.layers:
+        if layer.is_block:
+            continue
+        if layer.tp_params and layer.vocab_size and layer.vocab_size % tp:
+            return False
+    return True
