@@ -156,20 +156,20 @@ def uniform_candidates(solver: ConfigSolver) -> list[UniformCandidate]:
     for index, strategy in enumerate(solver.strategies):
         if not ctx.all_blocks_support(strategy.tp):
             continue
-        vocab_tp = strategy.tp if vocab_supports(ctx.spec, strategy.tp) else 1
+        vocab_tp = strategy.tp if ctx.vocab_supports(strategy.tp) else 1
         if config.micro_batch_size % (devices // vocab_tp):
             continue
         vocab = VocabStrategy(vocab_tp, devices // vocab_tp, strategy.dp_type)
         t = solver.tps.index(strategy.tp)
         times, peak = [], 0.0
-        for sums in stages:
-            cost = solver.vocab_cost(vocab, sums.stage)
-            stage_time = float(sums.time_s[index]) + cost.time_s + solver.end_costs(sums.stage, vocab)[sums.end, t]
-            if sums.stage == 0:
+        for stage, end, time_s, memory, work in stages:
+            cost = solver.vocab_cost(vocab, stage)
+            stage_time = float(time_s[index]) + cost.time_s + solver.end_costs(stage, vocab)[end, t]
+            if stage == 0:
                 stage_time += solver.init_vector(0, vocab.tp)[t]
             times.append(stage_time)
-            stage_peak = solver.fixed_bytes(vocab, sums.stage) + float(sums.memory_bytes[index])
-            peak = max(peak, stage_peak + max(cost.workspace_bytes, float(sums.workspace_bytes[index])))
+            stage_peak = solver.fixed_bytes(vocab, stage) + float(memory[index])
+            peak = max(peak, stage_peak + max(cost.workspace_bytes, float(work[index])))
         step = pipeline_step_s(times, config.num_micro_batches)
         found.append(
             UniformCandidate(

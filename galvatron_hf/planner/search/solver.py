@@ -107,6 +107,7 @@ class SearchContext:
         self.reuse = _prefix_reuse(self.sig)
         self._tp_options: dict[int, list[int]] = {}
         self._all_support: dict[int, bool] = {}
+        self._vocab_support: dict[int, bool] = {}
 
     def tp_options(self, devices: int) -> list[int]:
         if devices not in self._tp_options:
@@ -118,6 +119,12 @@ class SearchContext:
         if tp not in self._all_support:
             self._all_support[tp] = all(block.supports_tp(tp) for block in self.blocks)
         return self._all_support[tp]
+
+    def vocab_supports(self, tp: int) -> bool:
+        """:func:`vocab_supports` of the model, asked once per TP degree."""
+        if tp not in self._vocab_support:
+            self._vocab_support[tp] = vocab_supports(self.spec, tp)
+        return self._vocab_support[tp]
 
 
 def build_solvers(problem: SearchProblem) -> list[ConfigSolver]:
@@ -177,7 +184,7 @@ class ConfigSolver:
         self.arrays = {s: self._strategy_costs(layer) for s, layer in ctx.representative.items()}
         self.switch = {s: self._relayout_matrix(layer) for s, layer in ctx.representative.items()}
         self.vocab_options = [
-            VocabStrategy(t, devices // t, d) for t in self.tps if vocab_supports(ctx.spec, t) for d in DP_TYPES
+            VocabStrategy(t, devices // t, d) for t in self.tps if ctx.vocab_supports(t) for d in DP_TYPES
         ]
         self.feasible = bool(self.vocab_options)
         self._vocab_cache: dict[tuple, LayerCost] = {}
