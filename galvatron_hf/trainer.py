@@ -8,21 +8,19 @@ The model is parallelised in the constructor (before the Trainer builds its opti
 sharded parameters): describe it, choose a plan (plan file, search, uniform flags, or plain data parallel),
 print the plan with its prediction, and apply it with ``galvatron_hf.parallel.parallelize``. The Trainer's
 loop is kept; the hooks below route each step through ``ParallelModel`` and the checkpoints through
-``galvatron_hf.parallel.checkpoint``. See docs/trainer.md for what each TrainingArguments field means here.
+``galvatron_hf.checkpoint``. See docs/trainer.md for what each TrainingArguments field means here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -30,6 +28,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.trainer_utils import seed_worker
 
+from galvatron_hf.checkpoint.rng import apply_rng, capture_rng
 from galvatron_hf.planner.plan import Plan
 from galvatron_hf.training.batching import BatchGeometry, merge_micro_batches
 from galvatron_hf.training.data import sharded_loader
@@ -372,7 +371,7 @@ class GalvatronTrainer(Trainer):
             self._export_pretrained(output_dir)
 
     def _save_training_checkpoint(self, output_dir: str) -> None:
-        from galvatron_hf.parallel.checkpoint import save_checkpoint
+        from galvatron_hf.checkpoint import save_checkpoint
 
         keep_optimizer = not self.args.save_only_model and self.optimizer is not None
         extra = {"loss_scale": self.parallel_model.scaler.scale} if self.parallel_model.scaler else {}
@@ -388,11 +387,7 @@ class GalvatronTrainer(Trainer):
         self._save_side_files(output_dir)
 
     def _export_pretrained(self, output_dir: str) -> None:
-        from galvatron_hf.parallel.checkpoint import (
-            CheckpointError,
-            export_to_hf,
-            save_checkpoint,
-        )
+        from galvatron_hf.checkpoint import CheckpointError, export_to_hf, save_checkpoint
 
         staging = Path(output_dir) / ".galvatron-export"
         save_checkpoint(
@@ -432,14 +427,11 @@ class GalvatronTrainer(Trainer):
         """The fp16 loss scale is stored in the checkpoint manifest's ``extra``."""
 
     def _save_rng_state(self, output_dir: str) -> None:
-        """``save_checkpoint`` stores every rank's RNG states."""
+        """``save_checkpoint`` stores every rank's RNG states (``galvatron_hf.checkpoint.rng.write_rank_rng``)."""
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Runs before the optimizer exists: only check the checkpoint; the load is in the optimizer hook."""
-        from galvatron_hf.parallel.checkpoint import (
-            read_manifest,
-            recover_interrupted_save,
-        )
+        from galvatron_hf.checkpoint import read_manifest, recover_interrupted_save
 
         path = Path(resume_from_checkpoint)
         if self.is_world_process_zero():
@@ -451,7 +443,7 @@ class GalvatronTrainer(Trainer):
         """Model, optimizer and scheduler from a checkpoint of any layout (DCP reshards on load)."""
         if checkpoint is None:
             return
-        from galvatron_hf.parallel.checkpoint import SCHEDULER_NAME, load_checkpoint
+        from galvatron_hf.checkpoint import SCHEDULER_NAME, load_checkpoint
 
         state = load_checkpoint(
             checkpoint,
@@ -462,7 +454,7 @@ class GalvatronTrainer(Trainer):
             restore_rng=True,
         )
         load_scheduler_state(self.lr_scheduler, Path(checkpoint) / SCHEDULER_NAME)
-        self._resumed_rng = _capture_rng()  # re-applied where the Trainer restores RNG (after skipping data)
+        self._resumed_rng = capture_rng()  # re-applied where the Trainer restores RNG (after skipping data)
         if self.parallel_model.scaler is not None and "loss_scale" in state.extra:
             self.parallel_model.scaler.scale = float(state.extra["loss_scale"])
         if self.is_world_process_zero() and state.plan is not None and state.plan != self.plan:
@@ -476,11 +468,12 @@ class GalvatronTrainer(Trainer):
         """Restored in ``_load_optimizer_and_scheduler`` from the manifest."""
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
+        """Re-apply the states ``load_checkpoint`` restored, now that the Trainer has skipped the trained data."""
         if checkpoint is not None and self._resumed_rng is not None:
-            _apply_rng(self._resumed_rng)
+            apply_rng(self._resumed_rng)
 
     def _load_best_model(self) -> None:
-        from galvatron_hf.parallel.checkpoint import load_checkpoint
+        from galvatron_hf.checkpoint import load_checkpoint
 
         best = self.state.best_model_checkpoint
         load_checkpoint(best, model=self.model, optimizer=None, plan=self.plan, restore_rng=False)
@@ -568,7 +561,7 @@ def _pad_token_id(model: nn.Module) -> int:
     return int(pad) if isinstance(pad, int) else 0
 
 
-# ----- optimizer and RNG helpers ------------------------------------------------------------------------------
+# ----- optimizer helpers --------------------------------------------------------------------------------------
 
 
 def _unwrap_optimizer(optimizer):
@@ -589,22 +582,3 @@ def _skip_steps_on_overflow(optimizer: torch.optim.Optimizer, scaler, on_step: C
 
     optimizer.step = step
     optimizer._galvatron_scaled = True
-
-
-def _capture_rng() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _apply_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])

@@ -115,7 +115,7 @@ def build_model(model_class: type, tiny_config: Callable[[], Any], recipe: Recip
 def load_pretrained_if_any(trainer: GalvatronTrainer, recipe: RecipeArguments) -> None:
     """Fill the parallelised model from a local from_pretrained directory (each rank reads its own slices)."""
     if is_pretrained_directory(recipe.model_name_or_path):
-        from galvatron_hf.parallel.hf_weights import load_hf_pretrained
+        from galvatron_hf.checkpoint import load_hf_pretrained
 
         load_hf_pretrained(trainer.model, recipe.model_name_or_path)
         if trainer.is_world_process_zero():

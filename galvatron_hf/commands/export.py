@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from galvatron_hf.parallel.checkpoint import CheckpointError, export_to_hf
+    from galvatron_hf.checkpoint import CheckpointError, export_to_hf
 
     if args.model_name_or_path and args.config:
         print("error: give --model_name_or_path or --config, not both", file=sys.stderr)

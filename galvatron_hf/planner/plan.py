@@ -7,12 +7,10 @@ in plain words what is wrong before any process group exists.
 
 from __future__ import annotations
 
-import json
-from dataclasses import MISSING, dataclass, field, fields, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from galvatron_hf.jsonfile import ordered_dict, to_json, write_json_atomic
+from galvatron_hf.jsonfile import VersionedJson
 
 if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
     from galvatron_hf.adapters.spec import ModelSpec
@@ -71,7 +69,14 @@ class Predicted:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(VersionedJson):
+    """Read and written as versioned JSON (``galvatron_hf.jsonfile.VersionedJson``: unknown keys refused)."""
+
+    JSON_KIND: ClassVar[str] = "plan"
+    JSON_VERSION: ClassVar[int] = PLAN_VERSION
+    JSON_ERROR: ClassVar[type[ValueError]] = PlanError
+    JSON_WRITE_HINT: ClassVar[str] = "`galvatron-hf search --output {path}`"
+
     world_size: int
     pp: int
     schedule: Schedule
@@ -108,60 +113,6 @@ class Plan:
     def stage_layers(self, stage: int) -> list[int]:
         """Indices of the blocks on one stage."""
         return [i for i, layer in enumerate(self.layers) if layer.stage == stage]
-
-    # ----- (de)serialisation -----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return ordered_dict(self, ("version",))
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return to_json(self.to_dict(), indent)
-
-    def save(self, path: str | Path) -> Path:
-        return write_json_atomic(path, self.to_json())  # a reader never sees half a plan
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        version = data.get("version")
-        if version != PLAN_VERSION:
-            raise PlanError(
-                f"plan file has version {version!r}; this galvatron_hf reads version {PLAN_VERSION}. "
-                "Re-run `galvatron-hf search` to write a current plan."
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PlanError(f"plan has unknown keys {unknown}; known keys are {sorted(known)}")
-        missing = [
-            f.name
-            for f in fields(cls)
-            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
-        ]
-        if missing:
-            raise PlanError(f"plan is missing required keys {missing}")
-        kwargs = dict(data)
-        kwargs["layers"] = [_build(LayerStrategy, entry, "layers[]") for entry in data["layers"]]
-        if "vocab" in data:
-            kwargs["vocab"] = _build(VocabStrategy, data["vocab"], "vocab")
-        if data.get("predicted") is not None:
-            kwargs["predicted"] = _build(Predicted, data["predicted"], "predicted")
-        return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise PlanError(f"plan is not valid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise PlanError("plan JSON must be an object")
-        return cls.from_dict(data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Plan:
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"no plan file at {path}; write one with `galvatron-hf search --output {path}`")
-        return cls.from_json(path.read_text())
 
     def with_predicted(self, predicted: Predicted) -> Plan:
         return replace(self, predicted=predicted)
@@ -294,15 +245,3 @@ def _layer_ranges(indices: list[int]) -> str:
     text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
     return ("layer " if len(indices) == 1 else "layers ") + text
 
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise PlanError(f"{where} must be an object, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise PlanError(f"{where} has unknown keys {unknown}; known keys are {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as err:
-        raise PlanError(f"{where}: {err}") from err

@@ -14,12 +14,10 @@ so a group size that was not measured borrows the busbw of the nearest one that 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
-from galvatron_hf.jsonfile import ordered_dict, to_json, write_json_atomic
+from galvatron_hf.jsonfile import VersionedJson
 
 HARDWARE_SCHEMA = "galvatron-hf/hardware"
 HARDWARE_VERSION = 1
@@ -107,7 +105,15 @@ class OverlapSpec:
 
 
 @dataclass(frozen=True)
-class HardwareProfile:
+class HardwareProfile(VersionedJson):
+    """Read and written as versioned JSON (``galvatron_hf.jsonfile.VersionedJson``: unknown keys refused)."""
+
+    JSON_KIND: ClassVar[str] = "hardware"
+    JSON_SCHEMA: ClassVar[str | None] = HARDWARE_SCHEMA
+    JSON_VERSION: ClassVar[int] = HARDWARE_VERSION
+    JSON_ERROR: ClassVar[type[ValueError]] = HardwareProfileError
+    JSON_WRITE_HINT: ClassVar[str] = "`galvatron-hf profile hardware --output {path}`"
+
     name: str
     num_nodes: int
     gpus_per_node: int
@@ -170,49 +176,12 @@ class HardwareProfile:
                 f"{sorted(self.device.matmul_tflops)}"
             ) from None
 
-    # ----- (de)serialisation -----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return ordered_dict(self, ("schema", "version"))
-
-    def to_json(self) -> str:
-        return to_json(self.to_dict())
-
-    def save(self, path: str | Path) -> Path:
-        return write_json_atomic(path, self.to_json())
-
+    # ----- (de)serialisation: VersionedJson, plus a check of the numbers -----------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HardwareProfile:
-        if data.get("schema") != HARDWARE_SCHEMA:
-            raise HardwareProfileError(
-                f"not a galvatron-hf hardware file (schema {data.get('schema')!r}, expected {HARDWARE_SCHEMA!r})"
-            )
-        if data.get("version") != HARDWARE_VERSION:
-            raise HardwareProfileError(
-                f"hardware file version {data.get('version')!r}; this galvatron_hf reads version "
-                f"{HARDWARE_VERSION}: re-run `galvatron-hf profile hardware`"
-            )
-        try:
-            kwargs = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
-            kwargs["device"] = DeviceSpec(**data["device"])
-            kwargs["collectives"] = [CollectiveFit(**c) for c in data["collectives"]]
-            kwargs["p2p"] = [P2PFit(**p) for p in data["p2p"]]
-            kwargs["overlap"] = OverlapSpec(**data.get("overlap", {}))
-            profile = cls(**kwargs)
-        except (KeyError, TypeError) as err:
-            raise HardwareProfileError(f"malformed hardware file: {err}") from err
+    def from_dict(cls, data: Any) -> HardwareProfile:
+        profile = super().from_dict(data)
         profile.check()
         return profile
-
-    @classmethod
-    def load(cls, path: str | Path) -> HardwareProfile:
-        path = Path(path)
-        if not path.is_file():
-            raise HardwareProfileError(f"no hardware file at {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise HardwareProfileError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
 
     def check(self) -> None:
         """Reject numbers no real machine has (non-positive bandwidths, unknown ops)."""

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
-from galvatron_hf.jsonfile import ordered_dict, to_json, write_json_atomic
+from galvatron_hf.jsonfile import VersionedJson
 
 MODEL_PROFILE_SCHEMA = "galvatron-hf/model-profile"
 MODEL_PROFILE_VERSION = 1
@@ -169,7 +168,17 @@ class LayerProfile:
 
 
 @dataclass(frozen=True)
-class ModelProfile:
+class ModelProfile(VersionedJson):
+    """Read and written as versioned JSON (``galvatron_hf.jsonfile.VersionedJson``: unknown keys refused)."""
+
+    JSON_KIND: ClassVar[str] = "model profile"
+    JSON_SCHEMA: ClassVar[str | None] = MODEL_PROFILE_SCHEMA
+    JSON_VERSION: ClassVar[int] = MODEL_PROFILE_VERSION
+    JSON_ERROR: ClassVar[type[ValueError]] = ModelProfileError
+    JSON_WRITE_HINT: ClassVar[str] = (
+        "`galvatron-hf profile model --model_name_or_path MODEL --seq_len LEN --force --output {path}`"
+    )
+
     key: ProfileKey
     model_name: str
     architecture: str
@@ -196,47 +205,12 @@ class ModelProfile:
         """Whether this profile measured at least these points (so a cached file can be reused)."""
         return set(micro_batch_sizes) <= set(self.micro_batch_sizes) and set(seq_lens) <= set(self.seq_lens)
 
-    # ----- (de)serialisation -----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return ordered_dict(self, ("schema", "version"))
-
-    def to_json(self) -> str:
-        return to_json(self.to_dict())
-
-    def save(self, path: str | Path) -> Path:
-        return write_json_atomic(path, self.to_json())
-
+    # ----- (de)serialisation: VersionedJson, plus a check of the numbers -----------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelProfile:
-        if data.get("schema") != MODEL_PROFILE_SCHEMA:
-            raise ModelProfileError(
-                f"not a galvatron-hf model profile (schema {data.get('schema')!r}, expected {MODEL_PROFILE_SCHEMA!r})"
-            )
-        if data.get("version") != MODEL_PROFILE_VERSION:
-            raise ModelProfileError(
-                f"model profile version {data.get('version')!r}; this galvatron_hf reads version "
-                f"{MODEL_PROFILE_VERSION}: re-run `galvatron-hf profile model --force`"
-            )
-        try:
-            kwargs = _known(cls, data)
-            kwargs["key"] = ProfileKey(**_known(ProfileKey, data["key"]))
-            kwargs["layers"] = {kind: _layer_from_dict(entry) for kind, entry in data["layers"].items()}
-            profile = cls(**kwargs)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ModelProfileError(f"malformed model profile: {err!r}") from err
+    def from_dict(cls, data: Any) -> ModelProfile:
+        profile = super().from_dict(data)
         profile.check()
         return profile
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelProfile:
-        path = Path(path)
-        if not path.is_file():
-            raise ModelProfileError(f"no model profile at {path}; write one with `galvatron-hf profile model`")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ModelProfileError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
 
     def check(self) -> None:
         """Reject numbers no real run gives (non-positive times, negative memory)."""
@@ -255,16 +229,3 @@ class ModelProfile:
         if problems:
             raise ModelProfileError(f"model profile of {self.model_name!r} is not valid: " + "; ".join(problems))
 
-
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """Keep the keys ``cls`` knows: files written by a newer minor revision with extra fields still load."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
-
-
-def _layer_from_dict(data: dict[str, Any]) -> LayerProfile:
-    kwargs = _known(LayerProfile, data)
-    for name in ("forward", "backward", "recompute"):
-        kwargs[name] = TokenFit(**_known(TokenFit, data[name]))
-    kwargs["measurements"] = [LayerMeasurement(**_known(LayerMeasurement, m)) for m in data.get("measurements", [])]
-    return LayerProfile(**kwargs)

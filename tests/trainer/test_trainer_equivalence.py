@@ -128,7 +128,7 @@ def test_resume_in_another_layout_continues_the_run(family_runs):
 def test_export_then_from_pretrained_gives_the_trained_logits(family_runs):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from galvatron_hf.parallel.checkpoint import export_to_hf
+    from galvatron_hf.checkpoint import export_to_hf
 
     family, workdir, reference, results = family_runs
     auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM

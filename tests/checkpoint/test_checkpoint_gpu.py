@@ -12,11 +12,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import LlamaForCausalLM
 
-from galvatron_hf.parallel.checkpoint import export_to_hf, load_checkpoint, save_checkpoint
-from galvatron_hf.parallel.hf_weights import load_hf_pretrained
+from galvatron_hf.checkpoint import export_to_hf, load_checkpoint, load_hf_pretrained, save_checkpoint
 from galvatron_hf.testing.distributed import run_distributed
-from tests.parallel.test_checkpoint import batch, differing, full_states, make_optimizer, reset_rotary_buffers
-from tests.parallel.test_checkpoint_hf_load import blocks_of, full_state, llama_config
+from tests.checkpoint.test_checkpoint import batch, differing, full_states, make_optimizer, reset_rotary_buffers
+from tests.checkpoint.test_checkpoint_hf_load import blocks_of, full_state, llama_config
 
 
 def _fsdp_on_gpu(world: int) -> LlamaForCausalLM:

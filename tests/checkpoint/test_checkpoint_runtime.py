@@ -12,13 +12,12 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
-from galvatron_hf.parallel.checkpoint import load_checkpoint, save_checkpoint
-from galvatron_hf.parallel.hf_weights import load_hf_pretrained
+from galvatron_hf.checkpoint import load_checkpoint, load_hf_pretrained, save_checkpoint
 from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
 from galvatron_hf.testing.distributed import run_distributed
 from tests.parallel.runtime_cases import GLOBAL_BATCH, SEQ, make_model, split_batch, standard_cases, uniform
-from tests.parallel.test_checkpoint import differing, full_states
-from tests.parallel.test_checkpoint_hf_load import full_state
+from tests.checkpoint.test_checkpoint import differing, full_states
+from tests.checkpoint.test_checkpoint_hf_load import full_state
 
 
 def pipeline_plan(world: int) -> Plan:

@@ -26,16 +26,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaForCausalLM, T5ForConditionalGeneration
 
 from galvatron_hf.cli import main as cli_main
-from galvatron_hf.parallel.checkpoint import (
-    MANIFEST_NAME,
-    CheckpointError,
-    load_checkpoint,
-    recover_interrupted_save,
-    save_checkpoint,
-)
+from galvatron_hf.checkpoint import CheckpointError, load_checkpoint, recover_interrupted_save, save_checkpoint
+from galvatron_hf.checkpoint.manifest import MANIFEST_NAME
 from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
 from galvatron_hf.testing.distributed import DistributedRunError, run_distributed
-from tests.parallel.test_checkpoint_hf_load import (
+from tests.checkpoint.test_checkpoint_hf_load import (
     apply_tp_fsdp,
     llama_config,
     prune_llama_to_stage,

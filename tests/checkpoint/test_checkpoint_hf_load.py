@@ -21,7 +21,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, T5Config, T5ForConditionalGeneration
 
-from galvatron_hf.parallel.hf_weights import (
+from galvatron_hf.checkpoint.hf_weights import (
     PretrainedWeightsError,
     SafetensorsSliceReader,
     load_hf_pretrained,

@@ -14,18 +14,15 @@ embedding, T5's ``shared``) are read from the tensor the file stores, whichever 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint.metadata import (
@@ -40,6 +37,12 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
+
+from galvatron_hf.checkpoint.collective import (
+    distributed,
+    raise_on_every_rank_if_any,
+    single_process_dcp_is_intended,
+)
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -281,44 +284,13 @@ def load_hf_pretrained(model: nn.Module, pretrained_dir: str | os.PathLike, *, s
         problem = None
     except (PretrainedWeightsError, OSError) as err:
         problem = err
-    raise_on_every_rank_if_any(problem)
+    raise_on_every_rank_if_any(problem, PretrainedWeightsError)
     to_load = {key: state_dict[key] for key in found}
-    single_process = not (dist.is_available() and dist.is_initialized())
     with single_process_dcp_is_intended():
-        dcp_load(to_load, storage_reader=SafetensorsSliceReader(found), no_dist=single_process)
+        dcp_load(to_load, storage_reader=SafetensorsSliceReader(found), no_dist=not distributed())
     # DCP wrote into the tensors get_model_state_dict returned; set them too in case a wrapper returned copies
     set_model_state_dict(model, to_load, options=_partial_options())
     return missing
-
-
-def raise_on_every_rank_if_any(
-    error: BaseException | None, error_type: type[Exception] = PretrainedWeightsError
-) -> None:
-    """Before a collective load: if any rank found a problem, every rank raises (none waits forever).
-
-    Ranks may disagree (a pipeline stage misses a key the other stages do not hold), so the errors are
-    exchanged; a rank without one raises the first rank's message.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        if error is not None:
-            raise error
-        return
-    messages: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
-    if failed:
-        rank, text = failed[0]
-        raise error_type(f"rank {rank} cannot load: {text}")
-
-
-@contextlib.contextmanager
-def single_process_dcp_is_intended() -> Iterator[None]:
-    """Silence DCP's warning that it runs without a process group: for us that is a deliberate mode."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        yield
 
 
 def _partial_options() -> Any:

@@ -26,7 +26,7 @@ TP2_PLAN = Plan(world_size=2, pp=1, schedule="gpipe", global_batch_size=2, num_m
 
 def _tp2_model(path: str):
     from galvatron_hf.parallel import parallelize
-    from galvatron_hf.parallel.hf_weights import load_hf_pretrained
+    from galvatron_hf.checkpoint import load_hf_pretrained
 
     with torch.device("meta"):
         model = GPT2LMHeadModel(AutoConfig.from_pretrained(path))
@@ -48,7 +48,7 @@ def _train_step(parallel, optimizer) -> float:
 
 def _tp2_checkpoint_round_trip(rank: int, world_size: int, path: str, checkpoint: str) -> tuple[float, float]:
     """Train a step, save (AdamW state included), load into a fresh TP2 model: the next steps must agree."""
-    from galvatron_hf.parallel.checkpoint import load_checkpoint, save_checkpoint
+    from galvatron_hf.checkpoint import load_checkpoint, save_checkpoint
 
     original = _tp2_model(path)
     optimizer = torch.optim.AdamW(original.parameters(), lr=1e-2)
