@@ -501,7 +501,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
     """Describe the model, resolve its plan (``training/plans.py``) and shard it: (ParallelModel, ResolvedPlan)."""
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
-    from galvatron_hf.parallel.runtime import default_attn_implementation
+    from galvatron_hf.parallel import default_attn_implementation
 
     # plan for the attention kernel the runtime will run (eager attention keeps its scores: more memory)
     attn_impl = getattr(args, "attn_implementation", None) or default_attn_implementation(torch.device(device))

@@ -14,7 +14,7 @@ from typing import Any
 from .errors import UnknownModelError, UnsupportedArchitectureError
 from .hub import bundled_models, config_from_dict, load_config
 from .registry import adapter_for, supported_architectures
-from .spec import ActivationModel, LayerSpec, ModelSpec, TPAttribute, TPRule
+from .spec import ActivationModel, LayerSpec, ModelSpec, TPAttribute, TPRule, module_path
 
 __all__ = [
     "ActivationModel",
@@ -83,12 +83,12 @@ def describe_model(
 def _check_module_paths(model: Any, spec: ModelSpec) -> None:
     """Every module the spec names must exist in the model: a mismatch means another transformers layout."""
     present = {name for name, _ in model.named_modules()}
-    join = lambda root, path: ".".join(part for part in (root, path) if part)
     missing = []
     for layer in spec.layers:
         paths = [*layer.modules, *(rule.module for rule in layer.tp_rules)]
         paths += [attribute.module for attribute in layer.tp_attributes]
-        missing += [join(layer.root, path) for path in paths if join(layer.root, path) not in present]
+        full = [module_path(layer.root, path) for path in paths]
+        missing += [path for path in full if path not in present]
     import transformers
 
     if missing:

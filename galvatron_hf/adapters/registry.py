@@ -1,4 +1,10 @@
-"""model_type -> the adapter that describes it. Adding a family = one file + one line here."""
+"""The one registry of model families: model_type -> the family (its adapter) that describes it.
+
+Each family's adapter names it (``FamilyAdapter.family``) and lists the model types and HF heads it reads
+(``heads``); ``ModelSpec.family`` carries that name to the runtime, which finds the family's torch half,
+``galvatron_hf/parallel/families/<family>.py``, by it. Adding a family = its adapter file + one entry in
+``ADAPTERS`` (+ ``parallel/families/<family>.py`` for pipeline stages); see docs/adapters.md, "Adding a family".
+"""
 
 from __future__ import annotations
 

@@ -28,6 +28,11 @@ AttentionImpl = Literal["eager", "sdpa", "flash_attention_2"]
 Device = Literal["cuda", "cpu"]
 
 
+def module_path(root: str, relative: str) -> str:
+    """A module named relative to a layer's ``root`` as a path from the model root (either part may be "")."""
+    return ".".join(part for part in (root, relative) if part)
+
+
 @dataclass(frozen=True)
 class TPRule:
     """How tensor parallelism splits one module.

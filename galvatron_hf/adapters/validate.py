@@ -15,11 +15,7 @@ from typing import Any
 
 import torch
 
-from .spec import LayerSpec, ModelSpec
-
-
-def module_path(root: str, relative: str) -> str:
-    return ".".join(part for part in (root, relative) if part)
+from .spec import LayerSpec, ModelSpec, module_path
 
 
 def layer_modules(model: torch.nn.Module, layer: LayerSpec) -> list[torch.nn.Module]:

@@ -157,7 +157,8 @@ def run_model(args: argparse.Namespace) -> int:
 
 def analytic_times(hardware: str | None, options):
     """The planner's default (analytic) compute cost and a line saying where its figures come from."""
-    from galvatron_hf.profiler.hardware import DTYPES, matmul_tflops
+    from galvatron_hf.constants import torch_dtype
+    from galvatron_hf.profiler.hardware import matmul_tflops
     from galvatron_hf.profiler.timing import Repeats
 
     if hardware:
@@ -168,7 +169,7 @@ def analytic_times(hardware: str | None, options):
     else:
         device = options.torch_device()
         side = 4096 if device.type == "cuda" else 512
-        rate = matmul_tflops(device, DTYPES[options.dtype], side, Repeats(warmup=2, repeats=5)) * 1e12
+        rate = matmul_tflops(device, torch_dtype(options.dtype), side, Repeats(warmup=2, repeats=5)) * 1e12
         source = f"matmul rate {rate / 1e12:.3g} TFLOP/s measured now ({side}^3, pass --hardware to use a profile)"
 
     # the same formula as the planner's AnalyticCompute (layer efficiency, backward factor), so the report

@@ -13,6 +13,17 @@ import functools
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.parallel.model_parts import present_blocks
+from galvatron_hf.planner.plan import Plan
+
+
+def apply_ac(module: nn.Module, spec: ModelSpec, plan: Plan) -> None:
+    """Checkpoint every block of ``module`` (a model or a pipeline stage) whose strategy says so."""
+    for index, _layer, block in present_blocks(module, spec):
+        if plan.layers[index].checkpoint:
+            apply_activation_checkpointing(block)
+
 
 def apply_activation_checkpointing(block: nn.Module) -> None:
     """Recompute ``block``'s forward during backward instead of keeping its activations."""

@@ -18,12 +18,26 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.constants import torch_dtype
+from galvatron_hf.parallel.model_parts import present_blocks
+from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
+from galvatron_hf.planner.plan import Plan
+
+
+def apply_fsdp(module: nn.Module, spec: ModelSpec, plan: Plan, dims: ParallelDims, mixed_precision: str) -> None:
+    """``fully_shard`` every block of ``module`` (a model or a pipeline stage) by its strategy, then the root
+    (the parameters no block owns: embedding, norms, head) by ``plan.vocab``."""
+    policy = mixed_precision_policy(mixed_precision)
+    for index, _layer, block in present_blocks(module, spec):
+        strategy = plan.layers[index]
+        apply_data_parallel(block, dims.fsdp_mesh(Layout.of(strategy)), strategy.dp_type, policy)
+    apply_data_parallel(module, dims.fsdp_mesh(Layout.of(plan.vocab)), plan.vocab.dp_type, policy)
 
 
 def mixed_precision_policy(mixed_precision: str, reduce_in_fp32: bool = True) -> MixedPrecisionPolicy:
     """Compute in bf16/fp16 with fp32 master weights; reduce gradients in fp32 unless told otherwise."""
-    compute = DTYPES[mixed_precision]
+    compute = torch_dtype(mixed_precision)
     if compute == torch.float32:
         return MixedPrecisionPolicy()
     reduce = torch.float32 if reduce_in_fp32 else compute

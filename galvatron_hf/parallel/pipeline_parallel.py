@@ -1,88 +1,42 @@
 """Pipeline parallelism: cut an HF model into stages and run them with ``torch.distributed.pipelining``.
 
-Three steps, in the order the runtime applies them (see docs/pipeline.md):
+:func:`build_pipeline` is the one entry of the runtime (``parallelize``), in three steps (docs/pipeline.md):
 
-1. :func:`prune_to_stage` turns the HF model object, in place, into one stage: it drops every module that the
-   plan puts on another stage and binds the family's stage forward (``pipeline_stages.py``). Parameter names
-   stay the HF names (a ``ModuleList`` of blocks becomes a ``ModuleDict`` keyed by the original index), so
+1. Cut: the HF model object becomes, in place, this rank's stage: every module the plan puts on another stage is
+   dropped and the family's stage forward is bound (``parallel/families/<family>.py``). Parameter names stay
+   the HF names (a ``ModuleList`` of blocks becomes a ``ModuleDict`` keyed by the original index), so
    ``torch.distributed.checkpoint`` reshards a checkpoint between any two layouts by name.
-2. The runtime core applies TP / activation checkpointing / FSDP2 to the pruned stage module.
+   :func:`prune_to_stage` does this alone, after checking the plan.
+2. ``parallelize_stage`` (the runtime's TP -> activation checkpointing -> FSDP2 walk) runs on the stage module.
 3. :class:`PipelineRunner` wraps the stage in ``PipelineStage`` + ``ScheduleGPipe`` / ``Schedule1F1B`` and runs
    training steps (loss on every rank of the pipeline) and forward-only evaluation.
 
-Every check on the plan happens in :func:`check_pipeline_plan`, before any collective, so a bad plan fails
-with a message instead of a hang.
+The plan is checked before any collective (``plan_check.check_plan``), so a bad plan fails with a message
+instead of a hang. Nothing here knows a family: what differs per family is asked of ``family_for(spec)``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.adapters.spec import ModelSpec, module_path
+from galvatron_hf.parallel.families import Family, family_for
+from galvatron_hf.parallel.grad_norm import local_tensor
+from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
+from galvatron_hf.parallel.pipeline_stages import StageLayout, Task, TiedParameter
+from galvatron_hf.parallel.plan_check import check_plan
 from galvatron_hf.planner.plan import Plan, PlanError
 
-from . import pipeline_stages
-
 # --------------------------------------------------------------------------------------------------------
-# Plan checks and the stage of every layer
+# The stage of every layer and parameter
 # --------------------------------------------------------------------------------------------------------
-
-
-def check_pipeline_plan(spec: ModelSpec, plan: Plan) -> None:
-    """Raise :class:`PlanError` naming the fix if ``plan`` cannot be pipelined on ``spec``.
-
-    Runs before any process group is used: a stage without a block would otherwise leave its peers waiting
-    forever for activations that never come.
-    """
-    errors: list[str] = []
-    blocks = spec.num_blocks
-    if plan.pp < 1:
-        errors.append(f"pp={plan.pp} must be >= 1")
-    elif plan.pp > blocks:
-        errors.append(
-            f"pp={plan.pp} is larger than the {blocks} transformer blocks of {spec.name or spec.model_type}: "
-            f"every stage needs at least one block; use pp <= {blocks}"
-        )
-    if len(plan.layers) != blocks:
-        errors.append(
-            f"the plan has {len(plan.layers)} layers but the model has {blocks} transformer blocks; "
-            "search a plan for this model"
-        )
-    if not errors:
-        stages = [layer.stage for layer in plan.layers]
-        if any(b < a for a, b in zip(stages, stages[1:])):
-            errors.append(f"block stages must be non-decreasing (each stage a contiguous run), got {stages}")
-        empty = [s for s, n in enumerate(plan.stage_sizes) if n == 0]
-        outside = sorted({s for s in stages if not 0 <= s < plan.pp})
-        if empty or outside:
-            errors.append(
-                f"every stage 0..{plan.pp - 1} needs at least one block; empty stages {empty}, "
-                f"stages outside the range {outside}; move blocks so each stage holds one or lower pp"
-            )
-    if plan.num_micro_batches < 1:
-        errors.append(f"num_micro_batches={plan.num_micro_batches} must be >= 1")
-    elif plan.schedule == "1f1b" and plan.num_micro_batches < plan.pp:
-        errors.append(
-            f"the 1f1b schedule needs num_micro_batches >= pp ({plan.num_micro_batches} < {plan.pp}); "
-            "raise num_micro_batches or use schedule 'gpipe'"
-        )
-    if plan.schedule not in ("gpipe", "1f1b"):
-        errors.append(f"schedule {plan.schedule!r} is not one of ('gpipe', '1f1b')")
-    family = pipeline_stages.family_of(spec)
-    if family is None:
-        errors.append(
-            f"no pipeline stage forward for model family {spec.family!r} (model_type {spec.model_type!r}); "
-            f"supported families: {sorted(pipeline_stages.STAGE_FORWARDS)}"
-        )
-    if errors:
-        raise PlanError("plan cannot be pipelined:\n  - " + "\n  - ".join(errors))
 
 
 def layer_stages(spec: ModelSpec, plan: Plan) -> list[int]:
@@ -103,21 +57,12 @@ def layer_stages(spec: ModelSpec, plan: Plan) -> list[int]:
     return stages
 
 
-# --------------------------------------------------------------------------------------------------------
-# Which layer owns each parameter
-# --------------------------------------------------------------------------------------------------------
-
-
-def _join(root: str, module: str) -> str:
-    return f"{root}.{module}" if root and module else (root or module)
-
-
 def owned_module_paths(spec: ModelSpec) -> list[tuple[str, ...]]:
     """Module paths (from the model root) each layer of ``spec.layers`` owns: ``root`` + each of ``modules``."""
     paths = []
     for layer in spec.layers:
         if layer.modules:
-            paths.append(tuple(_join(layer.root, m) for m in layer.modules))
+            paths.append(tuple(module_path(layer.root, m) for m in layer.modules))
         else:
             paths.append((layer.root,))
     return paths
@@ -171,40 +116,6 @@ def parameter_owners(model: nn.Module, spec: ModelSpec, extra_paths: Mapping[str
 # --------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TiedParameter:
-    """One weight shared by the first and the last stage (tied input embedding and LM head).
-
-    Each of the two stages keeps its own copy under its own HF name; :class:`PipelineRunner` adds the two
-    gradients together after every step so both copies take the same optimizer update and stay equal.
-    """
-
-    first_stage_name: str  # e.g. "model.embed_tokens.weight"
-    last_stage_name: str  # e.g. "lm_head.weight"
-
-
-@dataclass(frozen=True)
-class StageLayout:
-    """What one pipeline stage holds, as the stage forward and the runner need it."""
-
-    stage: int
-    num_stages: int
-    family: str
-    block_indices: tuple[int, ...]  # indices into spec.blocks held by this stage
-    block_roots: tuple[str, ...]  # their module paths ("model.layers.3")
-    block_kinds: tuple[str, ...]  # their LayerSpec.kind ("encoder_block", "cross_decoder_block", ...)
-    layer_names: tuple[str, ...]  # every spec layer held here ("embedding", "decoder_block.3", "head")
-    tied: tuple[TiedParameter, ...] = ()
-
-    @property
-    def is_first(self) -> bool:
-        return self.stage == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.stage == self.num_stages - 1
-
-
 def _tied_across_stages(
     model: nn.Module, owners: dict[str, int], stages: list[int], last_stage: int
 ) -> tuple[TiedParameter, ...]:
@@ -236,8 +147,8 @@ def _drop_foreign_modules(module: nn.Module, prefix: str, keep: dict[str, bool])
     for name, child in list(module.named_children()):
         if child is None:
             continue
-        path = _join(prefix, name)
-        names = [_join(path, n) for n, _ in child.named_parameters(remove_duplicate=False)]
+        path = module_path(prefix, name)
+        names = [module_path(path, n) for n, _ in child.named_parameters(remove_duplicate=False)]
         if names and not any(keep[n] for n in names):
             _remove_child(module, name)
         elif names:
@@ -270,26 +181,45 @@ def prune_to_stage(model: nn.Module, spec: ModelSpec, plan: Plan, stage: int) ->
     Keeps the blocks ``plan`` puts on this stage, the embedding on the first stage and the final norm / pooler
     / head on the last; parameter names keep their HF spelling. Binds the family's stage forward, so
     ``model(*activations, **batch_kwargs)`` runs just this stage. Returns the :class:`StageLayout` (also kept
-    on the module: ``stage_layout(model)``).
+    on the module: ``stage_layout(model)``). The plan is checked first (``check_plan``).
     """
-    check_pipeline_plan(spec, plan)
+    check_plan(plan, spec)
+    return _cut(model, spec, plan, stage, family_for(spec))
+
+
+def _cut(model: nn.Module, spec: ModelSpec, plan: Plan, stage: int, family: Family) -> StageLayout:
+    """``prune_to_stage`` for a checked plan."""
     if not 0 <= stage < plan.pp:
         raise PlanError(f"stage {stage} is outside 0..{plan.pp - 1} (pp={plan.pp})")
     if getattr(model, _LAYOUT_ATTRIBUTE, None) is not None:
         raise PlanError("this model is already a pruned pipeline stage; build a fresh model for another stage")
-    family = pipeline_stages.family_of(spec)
     stages = layer_stages(spec, plan)
-    extra = pipeline_stages.extra_owned_paths(family, spec)
-    owners = parameter_owners(model, spec, extra)
+    owners = parameter_owners(model, spec, family.pipeline.extra_owned_paths(spec))
     tied = _tied_across_stages(model, owners, stages, plan.pp - 1) if plan.pp > 1 else ()
     keep = {fqn: stages[owner] == stage for fqn, owner in owners.items()}
     _drop_foreign_modules(model, "", keep)
     _lists_to_dicts(model)
-    layout = _layout(spec, plan, stage, family, stages, tied)
-    pipeline_stages.install_stage_forward(model, spec, layout)
+    layout = _layout(spec, plan, stage, family.name, stages, tied)
+    model.forward = functools.partial(family.pipeline.forward, model, layout)
     model.__dict__[_LAYOUT_ATTRIBUTE] = layout
     model.__dict__[_SPEC_ATTRIBUTE] = spec
     return layout
+
+
+def build_pipeline(
+    model: nn.Module,
+    spec: ModelSpec,
+    plan: Plan,
+    dims: ParallelDims,
+    device: torch.device,
+    parallelize_stage: Callable[[nn.Module], None],
+) -> PipelineRunner:
+    """Cut ``model`` to this rank's stage, parallelise the stage with ``parallelize_stage`` (TP -> activation
+    checkpointing -> FSDP2), and run it with a :class:`PipelineRunner` (plan already checked)."""
+    layout = _cut(model, spec, plan, dims.stage, family_for(spec))
+    parallelize_stage(model)
+    data_group = dims.dp_group(Layout.of(plan.vocab))
+    return PipelineRunner(model, spec, layout, plan, dims.pp_mesh.get_group(), device, dp_group=data_group)
 
 
 _LAYOUT_ATTRIBUTE = "_galvatron_stage_layout"
@@ -318,6 +248,7 @@ def _layout(
         block_kinds=tuple(blocks[i].kind for i in indices),
         layer_names=tuple(layer.name for layer, s in zip(spec.layers, stages) if s == stage),
         tied=tied,
+        model_block_kinds=tuple(block.kind for block in blocks),
     )
 
 
@@ -344,8 +275,8 @@ class PipelineRunner:
 
     ``dp_group`` is the data-loading group of the stage (the vocabulary layout's DP group, ``ParallelModel.
     data_group``; None without DP): the label items and the returned loss are summed over it. ``loss_fn`` is a
-    :class:`pipeline_stages.Task` (``loss_sum(output, labels)`` and ``count(labels)``); by default the family's
-    HF loss.
+    :class:`pipeline_stages.Task` (``loss_sum(output, labels)`` and ``count(labels)``); by default the loss of
+    the family's head (``PipelineStages.loss_task``).
 
     fp16: ``step(..., loss_scale=scaler.scale)`` multiplies each micro-batch loss by the loss scale before its
     backward (on the last stage, the only one with a loss; the other stages receive scaled activation gradients
@@ -363,7 +294,7 @@ class PipelineRunner:
         pp_group: DeviceMesh | dist.ProcessGroup,
         device: torch.device | str = "cpu",
         dp_group: dist.ProcessGroup | None = None,
-        loss_fn: pipeline_stages.Task | None = None,
+        loss_fn: Task | None = None,
     ) -> None:
         self.pp_group = pp_group.get_group() if isinstance(pp_group, DeviceMesh) else pp_group
         _check_group(self.pp_group, plan, layout)
@@ -373,7 +304,8 @@ class PipelineRunner:
         self.plan = plan
         self.dp_group = dp_group
         self.device = torch.device(device)
-        self.task = loss_fn or pipeline_stages.task_for(spec, module)
+        self.stages = family_for(spec).pipeline
+        self.task = loss_fn or self.stages.loss_task(module)
         self._items = torch.ones((), device=self.device)
         self._loss_scale = 1.0  # fp16: set for one training step
         self._schedule = self._build_schedule(plan.schedule)
@@ -443,7 +375,7 @@ class PipelineRunner:
                 "micro-batches; make the global batch a multiple of num_micro_batches x data-parallel size"
             )
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        args, kwargs = pipeline_stages.stage_inputs(self.layout, self.module, batch)
+        args, kwargs = self.stages.inputs(self.layout, self.module, batch)
         target = None
         if self.layout.is_last:  # only the last stage computes the loss, so only it needs the item count
             target = batch["labels"]
@@ -543,7 +475,7 @@ class _TiedWeights:
 
     @torch.no_grad()
     def copy_first_to_last(self) -> None:
-        locals_ = [_local(param) for param in self.params]
+        locals_ = [local_tensor(param) for param in self.params]
         buffers = [t.contiguous() if self.layout.is_first else torch.empty_like(t).contiguous() for t in locals_]
         op = dist.isend if self.layout.is_first else dist.irecv
         for work in dist.batch_isend_irecv([dist.P2POp(op, b, self.peer, self.pp_group) for b in buffers]):
@@ -553,14 +485,14 @@ class _TiedWeights:
                 local.copy_(received)
 
     def snapshot(self) -> list[torch.Tensor | None]:
-        return [None if p.grad is None else _local(p.grad).clone() for p in self.params]
+        return [None if p.grad is None else local_tensor(p.grad).clone() for p in self.params]
 
     def add_peer_gradients(self, before: list[torch.Tensor | None]) -> None:
         deltas = []
         for param, old in zip(self.params, before):
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-            grad = _local(param.grad)
+            grad = local_tensor(param.grad)
             deltas.append(grad - old if old is not None else grad.clone())
         received = [torch.empty_like(d) for d in deltas]
         ops = [dist.P2POp(dist.isend, d, self.peer, self.pp_group) for d in deltas]
@@ -570,9 +502,4 @@ class _TiedWeights:
         for param, old, mine, theirs in zip(self.params, before, deltas, received):
             # first + last in the same order on both ranks, so the two copies stay bitwise equal
             total = mine + theirs if self.layout.is_first else theirs + mine
-            _local(param.grad).copy_(total if old is None else old + total)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2 / TP), or the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+            local_tensor(param.grad).copy_(total if old is None else old + total)

@@ -30,7 +30,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from galvatron_hf.parallel.parallel_dims import ParallelDims
+from galvatron_hf.adapters.spec import ModelSpec, module_path
+from galvatron_hf.parallel.model_parts import find_module, present_blocks
+from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
+from galvatron_hf.planner.plan import Plan
 
 BatchLayout = tuple[int, int]  # (dp, tp)
 
@@ -40,19 +43,14 @@ class HeadTensors:
     """Block inputs/outputs with a dimension of attention heads, shared between blocks (T5's position biases).
 
     Between blocks they travel with all heads; a block with TP gets its own heads (forward slice, backward
-    all-gather) and its outputs are gathered back to all heads (forward all-gather, backward slice).
+    all-gather) and its outputs are gathered back to all heads (forward all-gather, backward slice). A family
+    whose blocks share such tensors names them (``parallel/families/<family>.py``, ``Family.head_tensors``).
     """
 
     inputs: tuple[str, ...]  # forward() argument names
     outputs: tuple[int, ...]  # indices in the block's output tuple
     dim: int = 1
 
-
-# Families whose blocks pass head-split tensors to one another. The adapters' spec has no field for this
-# yet; T5 is the only family among ours that shares a per-head tensor across blocks.
-HEAD_TENSORS: dict[str, HeadTensors] = {
-    "t5": HeadTensors(inputs=("position_bias", "encoder_decoder_position_bias"), outputs=(1, 2)),
-}
 
 
 class _GatherParts(torch.autograd.Function):
@@ -198,6 +196,33 @@ class RelayoutTracker:
         return moved
 
     # ----- hooks -------------------------------------------------------------------------------------
+    def install(
+        self,
+        module: nn.Module,
+        spec: ModelSpec,
+        plan: Plan,
+        heads: HeadTensors | None = None,
+        is_stage: bool = False,
+    ) -> None:
+        """Hooks on ``module`` (a model or a pipeline stage): each block re-lays its inputs to its strategy's
+        layout, every layer after the first block runs in the data-loading layout, the root starts tracking.
+
+        ``heads``: the family's block tensors with a heads dimension; ``is_stage``: a pipeline stage, which hands
+        the next stage its outputs in the data-loading layout.
+        """
+        for index, _layer, block in present_blocks(module, spec):
+            layout = Layout.of(plan.layers[index])
+            tp_group = self.dims.tp_mesh(layout).get_group() if heads else None
+            self.install_block(block, layout.batch_layout, heads, tp_group)
+        for layer in spec.layers:
+            if layer.is_block or layer in spec.pre_layers:
+                continue
+            for path in layer.modules:
+                target = find_module(module, module_path(layer.root, path))
+                if target is not None:
+                    self.install_input_layout(target)
+        self.install_root(module, plan.vocab.dp, convert_outputs=is_stage)
+
     def install_root(self, root: nn.Module, data_parts: int, convert_outputs: bool = False) -> None:
         """Start tracking at each model forward; the stage batch is the local batch times the data parts.
 

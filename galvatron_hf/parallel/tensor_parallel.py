@@ -12,6 +12,7 @@ head counts the ``tp_attributes`` divide) runs unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -31,7 +32,10 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from galvatron_hf.adapters.spec import TPAttribute, TPRule
+from galvatron_hf.adapters.spec import ModelSpec, TPAttribute, TPRule
+from galvatron_hf.parallel.model_parts import find_module, present_blocks
+from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
+from galvatron_hf.planner.plan import Plan
 
 
 class TPConfigError(ValueError):
@@ -261,3 +265,79 @@ def tie_output_embeddings(model: nn.Module, tied: bool) -> None:
             "embedding a 'rowwise' and the head a 'colwise' rule (both split the vocabulary)"
         )
     outputs.weight = inputs.weight
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole (stage) module by the plan
+# ----------------------------------------------------------------------------------------------------------
+
+
+def apply_tp(module: nn.Module, spec: ModelSpec, plan: Plan, dims: ParallelDims) -> None:
+    """Split every block of ``module`` (a model or a pipeline stage) by its strategy's TP degree and the
+    vocabulary layers (embedding, head) by ``plan.vocab``; re-tie what TP untied."""
+    for index, layer, block in present_blocks(module, spec):
+        tp_mesh = dims.tp_mesh(Layout.of(plan.layers[index]))
+        where = f"block {index} ({layer.root})"
+        apply_tensor_parallel(block, layer.tp_rules, layer.tp_attributes, tp_mesh, where=where)
+    tp_mesh = dims.tp_mesh(Layout.of(plan.vocab))
+    tied = _tied_embeddings(module)
+    aliases = _alias_groups(module)
+    for layer in spec.layers:
+        root = None if layer.is_block else find_module(module, layer.root)
+        if root is None:
+            continue
+        rules = [rule for rule in layer.tp_rules if find_module(root, rule.module) is not None]
+        rules += _sharing_siblings(root, rules)
+        attributes = [a for a in layer.tp_attributes if find_module(root, a.module) is not None]
+        apply_tensor_parallel(root, rules, attributes, tp_mesh, vocab=True, where=f"{layer.name} (vocab)")
+    tie_output_embeddings(module, tied)
+    _restore_aliases(module, aliases)
+
+
+def _sharing_siblings(root: nn.Module, rules: list[TPRule]) -> list[TPRule]:
+    """Rules for modules of the same type that share a split module's weight (T5's ``encoder.embed_tokens``
+    and ``decoder.embed_tokens`` share ``shared.weight``): they must be split the same way to run."""
+    extra = []
+    named = [rule.module for rule in rules]
+    for rule in rules:
+        module = root.get_submodule(rule.module)
+        weight = getattr(module, "weight", None)
+        for path, other in root.named_modules():
+            if path not in named and type(other) is type(module) and getattr(other, "weight", None) is weight:
+                extra.append(replace(rule, module=path))
+                named.append(path)
+    return extra
+
+
+def _alias_groups(module: nn.Module) -> list[list[str]]:
+    """Names sharing one parameter (BERT's ``cls.predictions.bias`` is ``decoder.bias``)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _restore_aliases(module: nn.Module, groups: list[list[str]]) -> None:
+    """TP replaced one name of a shared parameter with a DTensor: point the other names at it too."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    for names in groups:
+        distinct = {id(params[n]): params[n] for n in names}
+        if len(distinct) == 1:
+            continue
+        split = [p for p in distinct.values() if hasattr(p, "to_local")]
+        if not split or any(p.placements != split[0].placements for p in split):
+            raise ValueError(f"parameters {names} are one tensor in the model but TP split them differently")
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner), attr, split[0])
+
+
+def _tied_embeddings(module: nn.Module) -> bool:
+    get_in, get_out = getattr(module, "get_input_embeddings", None), getattr(module, "get_output_embeddings", None)
+    if get_in is None or get_out is None:
+        return False
+    try:
+        inputs, outputs = get_in(), get_out()
+    except (AttributeError, NotImplementedError):
+        return False
+    return inputs is not None and outputs is not None and outputs.weight is inputs.weight

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from galvatron_hf.constants import MIXED_PRECISIONS
 from galvatron_hf.jsonfile import VersionedJson
 
 if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
@@ -18,7 +19,6 @@ if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
 PLAN_VERSION = 1
 DP_TYPES = ("ddp", "zero2", "zero3")
 SCHEDULES = ("gpipe", "1f1b")
-MIXED_PRECISIONS = ("bf16", "fp16", "fp32")
 
 DPType = Literal["ddp", "zero2", "zero3"]
 Schedule = Literal["gpipe", "1f1b"]
@@ -121,20 +121,28 @@ class Plan(VersionedJson):
     def validate(self, world_size: int | None = None, spec: ModelSpec | None = None) -> Plan:
         """Raise :class:`PlanError` naming the fix if the plan cannot run; return the plan otherwise.
 
-        ``world_size`` is the number of processes actually launched; ``spec`` the model it will run on.
+        The one plan check, listing every problem at once: the plan alone (model-independent), then, when given,
+        against ``world_size`` (the number of processes actually launched) and ``spec`` (the model it will run
+        on). The runtime adds only what needs torch (``galvatron_hf.parallel.check_plan``: whether the model's
+        family runs as pipeline stages).
         """
         errors = self._structural_errors()
-        if world_size is not None and world_size != self.world_size:
-            errors.append(
-                f"the plan is for {self.world_size} processes but {world_size} were launched: launch "
-                f"{self.world_size} (e.g. `torchrun --nproc_per_node {self.world_size}`) or search a plan for "
-                f"{world_size} (`galvatron-hf search --num_gpus {world_size}`)"
-            )
+        if world_size is not None:
+            errors.extend(self._launch_errors(world_size))
         if spec is not None:
             errors.extend(self._model_errors(spec))
         if errors:
             raise PlanError("invalid plan:\n  - " + "\n  - ".join(_collapse_layer_errors(errors)))
         return self
+
+    def _launch_errors(self, world_size: int) -> list[str]:
+        if world_size == self.world_size:
+            return []
+        return [
+            f"the plan is for {self.world_size} processes but {world_size} were launched: launch "
+            f"{self.world_size} (e.g. `torchrun --nproc_per_node {self.world_size}`) or search a plan for "
+            f"{world_size} (`galvatron-hf search --num_gpus {world_size}`)"
+        ]
 
     def _structural_errors(self) -> list[str]:
         errors: list[str] = []
@@ -151,7 +159,10 @@ class Plan(VersionedJson):
             errors.append("the plan has no layers")
             return errors
         if self.pp > len(self.layers):
-            errors.append(f"pp={self.pp} is larger than the number of layers ({len(self.layers)}); lower pp")
+            errors.append(
+                f"pp={self.pp} is larger than the {len(self.layers)} transformer blocks the plan places: every stage "
+                f"needs at least one block; use pp <= {len(self.layers)}"
+            )
         errors.extend(self._batch_errors())
         errors.extend(self._stage_errors())
         stage_devices = self.devices_per_stage
@@ -171,14 +182,24 @@ class Plan(VersionedJson):
                 f"global_batch_size={self.global_batch_size} is not divisible by num_micro_batches="
                 f"{self.num_micro_batches}"
             ]
+        if self.schedule == "1f1b" and self.num_micro_batches < self.pp:
+            return [
+                f"the 1f1b schedule needs num_micro_batches >= pp ({self.num_micro_batches} < {self.pp}); "
+                "raise num_micro_batches or use schedule 'gpipe'"
+            ]
         return []
 
     def _stage_errors(self) -> list[str]:
         stages = [layer.stage for layer in self.layers]
         if any(b < a for a, b in zip(stages, stages[1:])):
             return [f"layer stages must be non-decreasing (contiguous stages), got {stages}"]
-        if set(stages) != set(range(self.pp)):
-            return [f"every stage 0..{self.pp - 1} needs at least one layer; layers are on stages {sorted(set(stages))}"]
+        empty = [stage for stage in range(self.pp) if stage not in stages]
+        outside = sorted({stage for stage in stages if not 0 <= stage < self.pp})
+        if empty or outside:
+            return [
+                f"every stage 0..{self.pp - 1} needs at least one block; empty stages {empty}, stages outside the "
+                f"range {outside}; move blocks so each stage holds one or lower pp"
+            ]
         return []
 
     def _layout_errors(self, name: str, strategy: LayerStrategy | VocabStrategy, stage_devices: int) -> list[str]:

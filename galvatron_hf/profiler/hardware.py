@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 import torch
 import torch.distributed as dist
 
+from galvatron_hf.constants import torch_dtype
 from galvatron_hf.profiler.fitting import fit_latency_bandwidth
 from galvatron_hf.profiler.hardware_schema import (
     COLLECTIVES,
@@ -42,7 +43,6 @@ from galvatron_hf.profiler.hardware_schema import (
 )
 from galvatron_hf.profiler.timing import DeviceTimer, Progress, Repeats, median_time, synchronize, time_region
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 KiB, MiB = 1024, 1024**2
 GB = 1e9  # the planner's memory unit
 
@@ -404,7 +404,7 @@ def measure_device(
     side = options.matmul_side(device)
     rates = {}
     for dtype in options.dtypes_for(device):
-        rates[dtype] = matmul_tflops(device, DTYPES[dtype], side, repeats)
+        rates[dtype] = matmul_tflops(device, torch_dtype(dtype), side, repeats)
         if dist.is_initialized() and dist.get_world_size() > 1:
             rates[dtype] = _fastest(rates[dtype], device)  # the slowest device sets the pace
         progress.step(f"matmul {dtype} {side}x{side}: {rates[dtype]:.2f} TFLOP/s")

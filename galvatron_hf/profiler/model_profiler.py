@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from galvatron_hf.adapters.spec import BLOCK_KINDS, LayerSpec, ModelSpec
+from galvatron_hf.constants import MIXED_PRECISIONS, torch_dtype
 from galvatron_hf.profiler.fitting import fit_tokens
 from galvatron_hf.profiler.model_schema import (
     LayerMeasurement,
@@ -41,7 +42,6 @@ from galvatron_hf.profiler.model_schema import (
 )
 from galvatron_hf.profiler.timing import DeviceTimer, Progress, QueueAhead, Repeats, synchronize
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYER_COUNT_FIELDS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer")
 
 
@@ -87,8 +87,8 @@ class CapturedCall:
 def profile_model(config: Any, spec: ModelSpec, options: ModelProfileOptions) -> ModelProfile:
     """Measure one layer of each kind of ``spec`` (built from ``config``) over the options' sweep."""
     device = options.torch_device()
-    if options.dtype not in DTYPES:
-        raise ModelProfilerError(f"dtype {options.dtype!r} is not one of {sorted(DTYPES)}")
+    if options.dtype not in MIXED_PRECISIONS:
+        raise ModelProfilerError(f"dtype {options.dtype!r} is not one of {sorted(MIXED_PRECISIONS)}")
     model = build_reduced_model(config, spec, options, device)
     layers = representative_layers(spec)
     points = sweep_points(spec, options)
@@ -218,7 +218,7 @@ def build_reduced_model(
     with torch.device(device):
         try:
             model = model_class._from_config(
-                small, attn_implementation=options.attn_implementation, dtype=DTYPES[options.dtype]
+                small, attn_implementation=options.attn_implementation, dtype=torch_dtype(options.dtype)
             )
         except (ImportError, ValueError) as err:
             raise ModelProfilerError(

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
-IGNORE_INDEX = -100
+from galvatron_hf.constants import IGNORE_INDEX
+from galvatron_hf.constants import is_causal_lm as is_causal_lm  # the trainer reads it from here
 PAD_INDEX = -100  # what the Trainer pads predictions and labels with
 
 
@@ -302,8 +303,3 @@ def check_rows(outputs: Mapping[str, Any], rows: int) -> None:
 
     for name, value in outputs.items():
         check(name, value)
-
-
-def is_causal_lm(spec) -> bool:
-    """Causal LM heads shift labels by one (the loss's items are label tokens after the first)."""
-    return spec.architecture.endswith(("ForCausalLM", "LMHeadModel"))

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 
 from galvatron_hf.adapters import describe_model
+from galvatron_hf.parallel import check_plan
 from galvatron_hf.parallel.pipeline_parallel import (
     PipelineRunner,
-    check_pipeline_plan,
     prune_to_stage,
     stage_layout,
     stage_parameter_names,
@@ -269,7 +269,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 def parallelized_run(family: str, plan: Plan, tied: bool) -> dict:
     """The same 3 steps through ``parallelize`` (prune -> TP / checkpointing / FSDP2 -> PipelineRunner)."""
-    from galvatron_hf.parallel.runtime import parallelize
+    from galvatron_hf.parallel import parallelize
 
     model = build_model(family, tied)
     pm = parallelize(model, plan, spec=describe_model(model), device="cpu", mixed_precision="fp32")
@@ -296,7 +296,7 @@ def tied_copies_after_meta_init(plan: Plan) -> dict[str, torch.Tensor]:
     """Tied Llama built on the meta device: each stage initialises its own copy, the runner must unify them."""
     import transformers as tf
 
-    from galvatron_hf.parallel.runtime import parallelize
+    from galvatron_hf.parallel import parallelize
 
     config = build_model("llama", tied=True).config
     with torch.device("meta"):
@@ -388,7 +388,7 @@ def test_bad_plans_fail_with_a_clear_message_before_any_collective():
     }
     for message, plan in bad.items():
         with pytest.raises(PlanError, match=message):
-            check_pipeline_plan(spec, plan)
+            check_plan(plan, spec)
         with pytest.raises(PlanError, match=message):
             prune_to_stage(model, spec, plan, 0)
     names_before = stage_parameter_names(model)

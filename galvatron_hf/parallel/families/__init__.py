@@ -1,0 +1,117 @@
+"""The runtime half of each model family: what runs a family's layers besides what its ModelSpec says.
+
+A family lives in two files, one per layer of the package:
+
+- ``galvatron_hf/adapters/<family>.py`` describes it (layers, sizes, parameters, FLOPs, activation memory, TP
+  rules) in pure Python; the planner reads it, and ``adapters/registry.py`` is the one registry that maps each
+  model type to its family.
+- ``galvatron_hf/parallel/families/<family>.py`` (here, torch) holds what the runtime does with it: the
+  pipeline stage forward, the stage inputs, the loss task of the last stage, the modules a stage owns beyond
+  the spec's, the block tensors split by attention heads. It defines ``FAMILY``, a :class:`Family`.
+
+The runtime finds the second by the name the first registered (``ModelSpec.family``): no second registry, and
+nothing in ``parallel/`` outside this package branches on a family name or a model type. A family without a
+module here runs every plan without pipeline stages; a pipeline plan is refused with a message naming the
+file to add.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.parallel.pipeline_stages import StageLayout, Task, present
+from galvatron_hf.parallel.relayout import HeadTensors
+
+
+class PipelineStages(ABC):
+    """How a family's model runs as pipeline stages (docs/pipeline.md).
+
+    ``heads``: the HF classes whose stages this runs (a plan with pp > 1 for another head is refused).
+    ``first_stage_inputs``: the batch entries the first stage takes as positional arguments;
+    ``stage_kwargs``: those every stage takes as keyword arguments; ``first_stage_kwargs``: keyword arguments
+    only the first stage takes.
+    """
+
+    heads: ClassVar[tuple[str, ...]] = ()
+    first_stage_inputs: ClassVar[tuple[str, ...]] = ("input_ids",)
+    stage_kwargs: ClassVar[tuple[str, ...]] = ("attention_mask",)
+    first_stage_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def forward(self, model: nn.Module, layout: StageLayout, *activations: torch.Tensor, **batch: Any) -> Any:
+        """This stage's part of the HF forward: what it receives -> what the next stage receives (the last
+        stage: the head's output, from which ``loss_task`` computes the loss)."""
+
+    @abstractmethod
+    def loss_task(self, model: nn.Module) -> Task:
+        """The loss the HF model computes for this head."""
+
+    def inputs(
+        self, layout: StageLayout, model: nn.Module, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple, dict]:
+        """(positional inputs of the first stage, keyword inputs of this stage) for ``schedule.step``."""
+        kwargs = present(batch, self.stage_kwargs)
+        if not layout.is_first:
+            return (), kwargs
+        kwargs.update(present(batch, self.first_stage_kwargs))
+        return tuple(batch[name] for name in self.first_stage_inputs), kwargs
+
+    def extra_owned_paths(self, spec: ModelSpec) -> dict[str, int]:
+        """Modules a stage uses that the spec lists in no layer, mapped to the index of the spec layer that owns
+        them (the longest owned path wins, so paths the spec already covers are left to it)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """The runtime half of one model family (see the module docstring)."""
+
+    name: str
+    pipeline: PipelineStages | None = None  # None: plans with pp > 1 are refused
+    head_tensors: HeadTensors | None = None  # block inputs/outputs with a heads dimension, shared between blocks
+
+    def pipeline_refusal(self, spec: ModelSpec) -> str | None:
+        """Why ``spec`` cannot run as pipeline stages (the fix included), or None when it can."""
+        if self.pipeline is None:
+            return (
+                f"no pipeline stage forward for model family {spec.family!r} (model_type {spec.model_type!r}); "
+                f"supported families: {pipelined_families()}; use pp=1, or add galvatron_hf/parallel/families/"
+                f"{spec.family}.py (docs/adapters.md, 'Adding a family')"
+            )
+        if spec.architecture not in self.pipeline.heads:
+            return (
+                f"{spec.architecture} has no pipeline stage forward: the {self.name} family's stages run "
+                f"{', '.join(self.pipeline.heads)}; use pp=1 for this head"
+            )
+        return None
+
+
+def family_for(spec: ModelSpec) -> Family:
+    """The runtime half of ``spec``'s family: ``FAMILY`` of the module named after ``spec.family``."""
+    name = f"{__name__}.{spec.family}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        return Family(spec.family)
+    return module.FAMILY
+
+
+def runtime_families() -> list[Family]:
+    """Every family with a module here, by name."""
+    modules = sorted(info.name for info in pkgutil.iter_modules(__path__))
+    return [importlib.import_module(f"{__name__}.{module}").FAMILY for module in modules]
+
+
+def pipelined_families() -> list[str]:
+    return [family.name for family in runtime_families() if family.pipeline is not None]

@@ -1,0 +1,22 @@
+"""The runtime's plan check: ``Plan.validate`` plus the one thing only the runtime knows.
+
+``Plan.validate`` (planner/plan.py, pure Python) checks the plan alone, then against the launched world size
+and the model's spec, listing every problem with its fix. What it cannot know is whether the model's family
+runs as pipeline stages: that is the family's runtime half (``parallel/families``). Everything is checked
+before any collective runs, so a bad plan fails with a message instead of a hang.
+"""
+
+from __future__ import annotations
+
+from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.parallel.families import family_for
+from galvatron_hf.planner.plan import Plan, PlanError
+
+
+def check_plan(plan: Plan, spec: ModelSpec, world_size: int | None = None) -> None:
+    """Raise :class:`PlanError` naming the fix if ``plan`` cannot run ``spec`` on ``world_size`` processes."""
+    plan.validate(world_size=world_size, spec=spec)
+    if plan.pp > 1:
+        refusal = family_for(spec).pipeline_refusal(spec)
+        if refusal is not None:
+            raise PlanError(f"plan cannot be pipelined: {refusal}")
