@@ -45,6 +45,12 @@ class BatchGeometry:
         """Samples in one loader batch of one data-parallel group."""
         return self.global_batch_size // (self.data_size * self.gradient_accumulation_steps)
 
+    def summary(self) -> str:
+        return (
+            f"galvatron batch: global {self.global_batch_size} = {self.per_rank_batch_size} per loader batch x "
+            f"{self.data_size} data-parallel group(s) x {self.gradient_accumulation_steps} accumulation step(s)"
+        )
+
     @classmethod
     def from_arguments(
         cls,
@@ -66,6 +72,12 @@ class BatchGeometry:
                 f"{accumulation} accumulation steps; use a multiple of {data_size * accumulation}"
             )
         return cls(global_batch_size, data_size, accumulation)
+
+
+def pad_token_id(model: torch.nn.Module) -> int:
+    """The id that pads token keys when loader batches are joined: the model config's, else 0."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) else 0
 
 
 def merge_micro_batches(batches: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:

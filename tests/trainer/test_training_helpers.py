@@ -11,6 +11,7 @@ from galvatron_hf.training.batching import (
     BatchGeometry,
     BatchSizeError,
     merge_micro_batches,
+    pad_token_id,
 )
 from galvatron_hf.training.arguments import plan_request
 from galvatron_hf.training.plans import resolve_training_plan
@@ -42,6 +43,18 @@ def test_batch_geometry_from_per_device_and_from_global():
     assert fixed.per_rank_batch_size == 4
     with pytest.raises(BatchSizeError, match="multiple of 6"):
         BatchGeometry.from_arguments(4, 3, data_size=2, global_batch_size=16)
+
+
+def test_batch_summary_and_pad_token():
+    geometry = BatchGeometry.from_arguments(4, 2, data_size=3, global_batch_size=None)
+    assert geometry.summary() == (
+        "galvatron batch: global 24 = 4 per loader batch x 3 data-parallel group(s) x 2 accumulation step(s)"
+    )
+    import transformers as tf
+
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(num_layers=1, d_model=8, d_ff=8, pad_token_id=5))
+    assert pad_token_id(t5) == 5
+    assert pad_token_id(torch.nn.Linear(2, 2)) == 0  # no config: token keys pad with 0
 
 
 def test_merge_pads_each_key_with_its_own_value():
