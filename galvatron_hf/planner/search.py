@@ -118,6 +118,7 @@ class SearchStats:
     certified: bool  # every exact solve fit at its first (rounded-down) memory resolution
     from_uniform: bool = False  # a uniform plan beat the DP's plan (should not happen; kept visible)
     dp_samples_per_s: float = 0.0  # throughput of the DP's own plan
+    complete: bool = True  # False: ``time_budget_s`` stopped the search at its best plan so far
 
 
 @dataclass(frozen=True)
@@ -858,11 +859,18 @@ def search_plan(
     compute: LayerCostSource | None = None,
     progress: Progress | None = None,
     max_global_batch_size: int | None = None,
+    time_budget_s: float | None = None,
+    find_minimum_memory: bool = True,
+    compare: bool = True,
 ) -> SearchResult:
     """The fastest plan for ``spec`` on ``num_gpus`` GPUs with ``memory_gb`` per GPU (GB = 1e9 bytes).
 
     ``global_batch_size`` None searches batches up to ``max_global_batch_size`` (default: 4M tokens).
-    Raises :class:`ImpossibleBudgetError` (with ``min_memory_gb``) when no plan fits.
+    ``time_budget_s``: once spent, the search stops at the best plan found so far (``stats.complete`` is
+    then False); it never stops before a plan is found or every config is ruled out.
+    Raises :class:`ImpossibleBudgetError` when no plan fits, with the smallest budget that would
+    (``min_memory_gb``), unless ``find_minimum_memory`` is False (then ``min_memory_gb`` is None).
+    ``compare=False`` skips the comparisons (``best_uniform`` is None, ``baselines`` empty).
     """
     _check_inputs(spec, hardware, num_gpus, memory_gb, global_batch_size, mixed_precision)
     started = time.perf_counter()
@@ -877,22 +885,29 @@ def search_plan(
             f"{spec.name} (every micro-batch must divide over the data-parallel ranks); use a multiple of "
             f"{num_gpus} or leave --global_batch_size out to search it"
         )
-    found, stats = _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers)
+    deadline = None if time_budget_s is None else started + time_budget_s
+    found, stats = _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers, deadline)
     if found is None:
-        minimum = minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter)
-        hint = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else "no budget found"
+        minimum = None
+        hint = ""
+        if find_minimum_memory:
+            minimum = minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter)
+            hint = f" (the smallest budget with a plan is {minimum:.1f} GB per GPU)" if minimum else " (no budget found)"
         raise ImpossibleBudgetError(
-            f"no plan for {spec.name} fits in {memory_gb:g} GB per GPU on {num_gpus} GPUs ({hint}); raise "
+            f"no plan for {spec.name} fits in {memory_gb:g} GB per GPU on {num_gpus} GPUs{hint}; raise "
             "--memory_gb, add GPUs, shorten --seq_len or lower --global_batch_size",
             minimum,
         )
-    reporter("comparing with uniform plans and plain DDP / ZeRO-3")
-    uniform = best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solvers)
+    uniform, baselines = None, {}
+    if compare:
+        reporter("comparing with uniform plans and plain DDP / ZeRO-3")
+        uniform = best_uniform_plan(spec, hardware, model, num_gpus, memory_gb, configs, solvers)
+        baselines = {
+            dp_type: plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type)
+            for dp_type in ("ddp", "zero3")
+        }
     from_uniform = uniform is not None and uniform.samples_per_s > found.samples_per_s * (1 + 1e-9)
     best = uniform if from_uniform else found
-    baselines = {
-        dp_type: plain_data_parallel(spec, hardware, model, memory_gb, solvers, dp_type) for dp_type in ("ddp", "zero3")
-    }
     stats = replace(
         stats, seconds=time.perf_counter() - started, from_uniform=from_uniform, dp_samples_per_s=found.samples_per_s
     )
@@ -947,8 +962,9 @@ def _upper_bound(solver: _ConfigSolver) -> float:
     return config.global_batch_size / step if step > 0 else math.inf
 
 
-def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=None):
-    """Bound every config, then solve exactly in order of bound until no bound beats the best plan."""
+def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=None, deadline=None):
+    """Bound every config, then solve exactly in order of bound until no bound beats the best plan (or, with
+    a ``deadline`` (perf_counter seconds) past and a plan found, stop there)."""
     if solvers is None:
         ctx = _Context(spec, hardware, model, memory_gb)
         solvers = [_ConfigSolver(ctx, c) for c in configs]
@@ -957,9 +973,12 @@ def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=Non
     heap: list[tuple[float, int, _ConfigSolver]] = []
     best: Evaluated | None = None
     relaxed = exact = 0
-    certified = True
+    certified = complete = True
     position = 0
     while True:
+        if deadline is not None and best is not None and time.perf_counter() > deadline:
+            complete = False
+            break
         incumbent = best.samples_per_s if best else 0.0
         next_bound = bounds[id(order[position])] if position < len(order) else 0.0
         top = -heap[0][0] if heap else 0.0
@@ -968,19 +987,19 @@ def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=Non
         if next_bound >= top:
             solver = order[position]
             position += 1
+            reporter(f"bounding step config {relaxed + 1} of {len(order)} ({_config_text(solver.config)}); {_best_text(best)}")
             step = relaxed_bound(solver)
             relaxed += 1
             if step is not None:
                 heapq.heappush(heap, (-solver.config.global_batch_size / step, relaxed, solver))
-            reporter(f"bounded {relaxed} of {len(order)} step configs")
             continue
         _, _, solver = heapq.heappop(heap)
         exact += 1
+        reporter(f"solving {_config_text(solver.config)} exactly; {_best_text(best)}")
         evaluated, first_try = _solve_and_verify(solver, spec, hardware, model, memory_gb)
         certified &= first_try or evaluated is None
         if evaluated is not None and (best is None or evaluated.samples_per_s > best.samples_per_s):
             best = evaluated
-        reporter(f"solved {exact} configs exactly; best {incumbent:.2f} samples/s")
     stats = SearchStats(
         configs=len(configs),
         relaxed_solves=relaxed,
@@ -988,8 +1007,17 @@ def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=Non
         pruned=len(configs) - relaxed,
         seconds=0.0,
         certified=certified,
+        complete=complete,
     )
     return best, stats
+
+
+def _config_text(config: StepConfig) -> str:
+    return f"pp={config.pp}, batch {config.global_batch_size} = {config.num_micro_batches} x {config.micro_batch_size}"
+
+
+def _best_text(best: Evaluated | None) -> str:
+    return f"best so far {best.samples_per_s:.2f} samples/s" if best else "no plan fits yet"
 
 
 def _solve_and_verify(solver, spec, hardware, model, memory_gb) -> tuple[Evaluated | None, bool]:
