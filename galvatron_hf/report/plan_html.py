@@ -270,7 +270,7 @@ def _memory_section(report: PlanReport) -> str:
 def _memory_svg(report: PlanReport) -> str:
     budget = report.headline.budget_gb
     top = max([budget, *(m.total_gb for stage in report.memory for m in stage.moments)])
-    ticks = s.nice_ticks(top * 1.05)
+    ticks = s.nice_ticks(top * 1.05, 6)
     scale = (MEMORY_BOTTOM - MEMORY_TOP) / ticks[-1]
     body = _y_axis(ticks, scale, "GB")
     group = (WIDTH - PLOT_LEFT - PLOT_RIGHT) / len(report.memory)
@@ -341,7 +341,7 @@ def _timeline_section(timeline: Timeline) -> str:
         + ". A stage waits for the earlier stages' first micro-batch (fill), works, waits whenever the slowest "
         "stage paces it, and idles while the later stages finish (drain); its micro-batches are drawn together "
         f"by kind of work. {_bubble_text(timeline).capitalize()}"
-        + (f" ({s.seconds(timeline.bubble_s)})." if len(timeline.stages) > 1 else ".")
+        + (f" ({s.seconds(timeline.bubble_s)}); ★ marks the slowest stage." if len(timeline.stages) > 1 else ".")
     )
     legend = [(PART_COLOURS[p], p) for p in TIME_PARTS]
     legend += [
@@ -392,8 +392,7 @@ def _time_axis(step_s: float, scale: float, y: float) -> list[str]:
             break
         x = LABEL_WIDTH + value * scale
         parts.append(s.line(x, y - ROW_GAP / 2, x, y, stroke=MUTED))
-        parts.append(s.text(x, y + 12, s.seconds(value) if value else "0", text_anchor="middle", font_size=11,
-                            fill=MUTED))  # fmt: skip
+        parts.append(s.text(x, y + 12, s.seconds_tick(value), text_anchor="middle", font_size=11, fill=MUTED))
     return parts
 
 

@@ -71,6 +71,15 @@ def seconds(value: float) -> str:
     return f"{value:,.0f} s"
 
 
+def seconds_tick(value: float) -> str:
+    """An axis value (already round): no trailing zeros."""
+    if value == 0:
+        return "0"
+    if value < 1:
+        return f"{value * 1e3:g} ms"
+    return f"{value:g} s"
+
+
 def gigabytes(value: float) -> str:
     return f"{value:,.1f} GB"
 
