@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from galvatron_hf.planner.plan import DP_TYPE_NAMES
 from galvatron_hf.planner.search import DEFAULT_MEMORY_HEADROOM, ImpossibleBudgetError, search_plan
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 # A100 / H100 80GB (80), H200 (141).
 CARD_MEMORY_GB = (24.0, 40.0, 48.0, 80.0, 141.0)
 DEFAULT_TIME_BUDGET_S = 2.0
-DP_TYPE_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 
 
 @dataclass(frozen=True)

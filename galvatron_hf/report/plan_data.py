@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from galvatron_hf.planner.plan import DP_TYPE_NAMES
+
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import ModelSpec
     from galvatron_hf.planner.cost_model import CostReport, StageCost
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
 
 MEMORY_PARTS = ("parameters", "gradients", "optimizer states", "activations", "workspace", "reserved")
 TIME_PARTS = ("compute", "communication", "memory-bound")
-DP_TYPE_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 
 
 @dataclass(frozen=True)
