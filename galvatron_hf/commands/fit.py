@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         default=list(GPU_COUNTS),
-        help=f"GPU counts (default: {' '.join(map(str, GPU_COUNTS))})",
+        help=f"GPU counts (default: {' '.join(map(str, GPU_COUNTS))}); nodes: as many as the GPUs fill",
     )
     parser.add_argument(
         "--hardware",
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace):
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.planner.fit import CARD_MEMORY_GB, MemoryColumn, fit_table
-    from galvatron_hf.profiler.builtin_hardware import load_hardware
+    from galvatron_hf.profiler.builtin_hardware import hardware_for
 
     _check(args)
     if args.memory_gb:
@@ -84,7 +84,7 @@ def _fit(args: argparse.Namespace):
     spec = describe_model(args.model_name_or_path, seq_len=args.seq_len, decoder_seq_len=args.decoder_seq_len)
     return fit_table(
         spec,
-        lambda num_nodes: load_hardware(args.hardware, num_nodes),
+        lambda num_gpus: hardware_for(args.hardware, num_gpus),
         gpu_counts=tuple(args.num_gpus),
         columns=columns,
         mixed_precision=args.mixed_precision,

@@ -8,7 +8,6 @@ searched for). Pure Python, offline: the table for a 7B model takes seconds to a
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -110,13 +109,13 @@ def fit_table(
     time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
     progress: Callable[[str], None] | None = None,
 ) -> FitTable:
-    """Search every (GPU count, memory) cell. ``hardware_for(num_nodes)`` gives the cluster's profile (its
-    speeds; the memory comes from the column). ``time_budget_s`` None searches each cell to the end."""
+    """Search every (GPU count, memory) cell. ``hardware_for(num_gpus)`` gives the profile of a cluster of that
+    many GPUs (its speeds; the memory comes from the column). ``time_budget_s`` None searches each cell to the
+    end."""
     started = time.perf_counter()
-    node = hardware_for(1)
     cells = []
     for num_gpus in gpu_counts:
-        hardware = hardware_for(max(1, math.ceil(num_gpus / node.gpus_per_node)))
+        hardware = hardware_for(num_gpus)
         for column in columns:
             if progress is not None:
                 progress(f"searching {spec.name} on {num_gpus} GPU(s) with {column.label}")
@@ -125,7 +124,7 @@ def fit_table(
         model=spec.name,
         params=spec.total_params,
         tokens_per_sample=spec.tokens_per_sample,
-        hardware=node.name,
+        hardware=hardware_for(1).name,
         mixed_precision=mixed_precision,
         gpu_counts=tuple(gpu_counts),
         columns=tuple(columns),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from galvatron_hf.planner.plan import DP_TYPE_NAMES
+from galvatron_hf.planner.summary import layer_runs
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import ModelSpec
@@ -200,7 +201,7 @@ def gather_plan_report(
         facts=_facts(spec, hardware, plan, memory_gb),
         headline=_headline(plan, report, memory_gb),
         blocks=blocks,
-        runs=_runs(blocks),
+        runs=_runs(plan),
         vocab=vocab,
         stage_spans=tuple(_stage_span(stage) for stage in report.stages),
         kind_spans=_kind_spans(blocks),
@@ -258,19 +259,11 @@ def _block_cells(spec: ModelSpec, plan: Plan) -> tuple[BlockCell, ...]:
     )
 
 
-def _runs(blocks: tuple[BlockCell, ...]) -> tuple[Run, ...]:
-    runs: list[Run] = []
-    for block in blocks:
-        previous = runs[-1] if runs else None
-        if previous and (previous.stage, previous.strategy, previous.checkpoint) == (
-            block.stage,
-            block.strategy,
-            block.checkpoint,
-        ):
-            runs[-1] = Run(previous.first, block.index, block.stage, block.strategy, block.checkpoint)
-        else:
-            runs.append(Run(block.index, block.index, block.stage, block.strategy, block.checkpoint))
-    return tuple(runs)
+def _runs(plan: Plan) -> tuple[Run, ...]:
+    return tuple(
+        Run(first, last, layer.stage, Strategy(layer.tp, layer.dp, layer.dp_type), layer.checkpoint)
+        for first, last, layer in layer_runs(plan)
+    )
 
 
 def _vocab_cells(spec: ModelSpec, plan: Plan) -> tuple[VocabCell, ...]:

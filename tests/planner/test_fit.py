@@ -7,7 +7,7 @@ import pytest
 from galvatron_hf.adapters import describe_model
 from galvatron_hf.planner.fit import FitTable, MemoryColumn, describe_layout, fit_table
 from galvatron_hf.planner.search import ImpossibleBudgetError, search_plan
-from galvatron_hf.profiler.builtin_hardware import builtin_hardware
+from galvatron_hf.profiler.builtin_hardware import builtin_hardware, hardware_for
 
 GPU_COUNTS = (1, 2, 4, 8, 16)
 BUDGETS = (3.0, 6.0, 12.0, 24.0)
@@ -35,7 +35,7 @@ def toy_table():
     spec = describe_model("gpt2")
     columns = tuple(MemoryColumn.budget(gb) for gb in BUDGETS)
     table = fit_table(
-        spec, lambda nodes: builtin_hardware("h100", nodes), gpu_counts=GPU_COUNTS, columns=columns, time_budget_s=None
+        spec, lambda num_gpus: hardware_for("h100", num_gpus), gpu_counts=GPU_COUNTS, columns=columns, time_budget_s=None
     )
     return spec, table
 

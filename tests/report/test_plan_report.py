@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -107,3 +108,16 @@ def test_report_modules_import_no_torch():
         "sys.exit(1 if any(m == 'torch' or m.startswith('torch.') for m in sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_search_command_writes_the_report(tmp_path, capsys):
+    from galvatron_hf.cli import main
+
+    searched, uniform = tmp_path / "searched.html", tmp_path / "uniform.html"
+    gpt2 = ["search", "--model_name_or_path", "gpt2", "--num_gpus", "4", "--memory_gb", "20"]
+    assert main([*gpt2, "--global_batch_size", "64", "--json", "--report", str(searched)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["best"]["fits"] and f"plan report written to {searched}" in captured.err
+    assert "<h1>gpt2 on 4 GPUs</h1>" in searched.read_text() and "plain ZeRO-3" in searched.read_text()
+    assert main([*gpt2, "--pp", "2", "--tp", "2", "--report", str(uniform)]) == 0
+    assert "stage 1" in uniform.read_text() and "Compared with simpler plans" not in uniform.read_text()
