@@ -892,7 +892,8 @@ def search_plan(
         hint = ""
         if find_minimum_memory:
             minimum = minimum_memory_gb(spec, hardware, num_gpus, memory_gb, model, configs, reporter)
-            hint = f" (the smallest budget with a plan is {minimum:.1f} GB per GPU)" if minimum else " (no budget found)"
+            found_budget = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else ""
+            hint = f" ({found_budget or 'no budget found'})"
         raise ImpossibleBudgetError(
             f"no plan for {spec.name} fits in {memory_gb:g} GB per GPU on {num_gpus} GPUs{hint}; raise "
             "--memory_gb, add GPUs, shorten --seq_len or lower --global_batch_size",
@@ -987,7 +988,8 @@ def _best_first(spec, hardware, model, memory_gb, configs, reporter, solvers=Non
         if next_bound >= top:
             solver = order[position]
             position += 1
-            reporter(f"bounding step config {relaxed + 1} of {len(order)} ({_config_text(solver.config)}); {_best_text(best)}")
+            config = _config_text(solver.config)
+            reporter(f"bounding step config {relaxed + 1} of {len(order)} ({config}); {_best_text(best)}")
             step = relaxed_bound(solver)
             relaxed += 1
             if step is not None:

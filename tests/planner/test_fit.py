@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from galvatron_hf.adapters import describe_model
@@ -34,9 +36,7 @@ def _assert_non_decreasing(cells, where: str) -> None:
 def toy_table():
     spec = describe_model("gpt2")
     columns = tuple(MemoryColumn.budget(gb) for gb in BUDGETS)
-    table = fit_table(
-        spec, lambda num_gpus: hardware_for("h100", num_gpus), gpu_counts=GPU_COUNTS, columns=columns, time_budget_s=None
-    )
+    table = fit_table(spec, partial(hardware_for, "h100"), gpu_counts=GPU_COUNTS, columns=columns, time_budget_s=None)
     return spec, table
 
 
