@@ -12,6 +12,7 @@ from importlib import import_module
 
 COMMANDS = {
     "search": ("galvatron_hf.commands.search", "search the fastest hybrid-parallel plan that fits in memory"),
+    "fit": ("galvatron_hf.commands.fit", "tabulate, over GPU counts and memory sizes, whether a model fits and how fast"),
     "profile": ("galvatron_hf.commands.profile", "measure the hardware or a model's layers into a JSON profile"),
     "export": ("galvatron_hf.commands.export", "export a training checkpoint as a Hugging Face model directory"),
 }

@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _add_option(parser, f.name, _without_none(f.type), f.metadata)
     groups["output"].add_argument("--output", default=None, help="write the plan here (JSON, version 1)")
     groups["output"].add_argument("--json", action="store_true", help="print machine-readable JSON only on stdout")
+    groups["output"].add_argument(
+        "--report",
+        default=None,
+        metavar="PLAN.html",
+        help="write the HTML plan report here (one self-contained page: layers, memory, timeline, comparison)",
+    )
 
 
 def _option_types() -> dict[str, type]:
@@ -95,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         request = plan_request(args)
         spec = describe_model(args.model_name_or_path, seq_len=request.seq_len, decoder_seq_len=args.decoder_seq_len)
         resolved = resolve_plan(request, spec, progress=_progress)
+        if args.report:
+            _write_report(args.report, resolved)
         return _report_search(args, resolved) if resolved.search is not None else _report_uniform(args, resolved)
     except ImpossibleBudgetError as err:
         _fail(args, str(err), EXIT_NO_FIT, min_memory_gb=err.min_memory_gb)
@@ -114,6 +122,17 @@ def plan_request(args: argparse.Namespace) -> PlanRequest:
         mixed_precision=args.mixed_precision,
         max_global_batch_size=args.max_global_batch_size,
     )
+
+
+def _write_report(path: str, resolved: ResolvedPlan) -> None:
+    """The HTML plan report (docs/plan_report.md); written for plans that do not fit too (it shows why)."""
+    from galvatron_hf.report import gather_plan_report, write_plan_html
+
+    report = gather_plan_report(
+        resolved.spec, resolved.hardware, resolved.plan, resolved.report, resolved.memory_gb, resolved.search
+    )
+    write_plan_html(path, report)
+    print(f"plan report written to {path}", file=sys.stderr)
 
 
 def _sources_to_stderr(lines) -> None:

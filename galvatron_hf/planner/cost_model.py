@@ -160,6 +160,11 @@ class LayerCost:
     activation_bytes: float
     workspace_bytes: float
     grad_bytes: float = 0.0
+    # Parts of the totals above, for reports (the search reads the totals only):
+    communication_s: float = 0.0  # of time_s: TP collectives and exposed DP sync / gathers
+    memory_bound_s: float = 0.0  # of time_s: optimizer step, clipping, FSDP2 copies (HBM traffic)
+    optimizer_bytes: float = 0.0  # of static_bytes: AdamW states
+    accumulated_grad_bytes: float = 0.0  # of static_bytes: unsharded gradients accumulated while M > 1
 
 
 class CostModel:
@@ -293,21 +298,33 @@ class CostModel:
         forward = self.compute.forward_time_s(layer, samples, compute_tp)
         backward = self.compute.backward_time_s(layer, samples, compute_tp)
         tp_forward, tp_backward = self._tp_comm_s(layer, tp, samples)
-        per_micro_batch = forward + backward + tp_forward + tp_backward
+        tp_comm = tp_forward + tp_backward
+        per_micro_batch = forward + backward + tp_comm
         if checkpoint:
             per_micro_batch += forward + tp_forward  # recomputation re-runs the forward and its collectives
+            tp_comm += tp_forward
         params = self.local_params(layer, tp)
-        per_step = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
+        dp_comm = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
         sharded_params = _sharded(params, dp, dp_type)
-        per_step += self.optimizer_step_s(sharded_params) + self.clip_s(sharded_params)
-        per_step += self.fsdp_copy_s(params, dp, dp_type, shape)
-        time_s = per_micro_batch + per_step / shape.num_micro_batches
+        memory_bound = self.optimizer_step_s(sharded_params) + self.clip_s(sharded_params)
+        memory_bound += self.fsdp_copy_s(params, dp, dp_type, shape)
+        m = shape.num_micro_batches
+        time_s = per_micro_batch + (dp_comm + memory_bound) / m
         # the LM head gathers its vocab-parallel logits (output_layouts=Replicate): every rank keeps them whole
         activation_tp = 1 if layer.kind == "head" else compute_tp
         activation = self.compute.activation_bytes(layer, samples, activation_tp, checkpoint)
         workspace = self._workspace_bytes(layer, params, compute_tp, samples, dp_type, checkpoint, activation, shape)
-        static = self._static_bytes(params, dp, dp_type, shape)
-        return LayerCost(time_s, static, activation, workspace, GRAD_BYTES * sharded_params)
+        return LayerCost(
+            time_s,
+            self._static_bytes(params, dp, dp_type, shape),
+            activation,
+            workspace,
+            GRAD_BYTES * sharded_params,
+            communication_s=tp_comm + dp_comm / m,
+            memory_bound_s=memory_bound / m,
+            optimizer_bytes=ADAM_BYTES * sharded_params,
+            accumulated_grad_bytes=ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0,
+        )
 
     def _tp_comm_s(self, layer: LayerSpec, tp: int, samples: float) -> tuple[float, float]:
         """Blocking TP collectives of one micro-batch: (forward, backward) seconds."""
@@ -446,14 +463,29 @@ class CostModel:
                 for layer in self.pre_layers:
                     params = self.local_params(layer, vocab.tp)
                     static = self._static_bytes(params, vocab.dp, vocab.dp_type, shape)
-                    grads = GRAD_BYTES * _sharded(params, vocab.dp, vocab.dp_type)
-                    costs.append(LayerCost(0.0, static, 0.0, 0.0, grads))
+                    sharded = _sharded(params, vocab.dp, vocab.dp_type)
+                    accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
+                    costs.append(
+                        LayerCost(
+                            time_s=0.0,
+                            static_bytes=static,
+                            activation_bytes=0.0,
+                            workspace_bytes=0.0,
+                            grad_bytes=GRAD_BYTES * sharded,
+                            optimizer_bytes=ADAM_BYTES * sharded,
+                            accumulated_grad_bytes=accumulated,
+                        )
+                    )
         return LayerCost(
             time_s=sum(c.time_s for c in costs),
             static_bytes=sum(c.static_bytes for c in costs),
             activation_bytes=sum(c.activation_bytes for c in costs),
             workspace_bytes=max((c.workspace_bytes for c in costs), default=0.0),
             grad_bytes=sum(c.grad_bytes for c in costs),
+            communication_s=sum(c.communication_s for c in costs),
+            memory_bound_s=sum(c.memory_bound_s for c in costs),
+            optimizer_bytes=sum(c.optimizer_bytes for c in costs),
+            accumulated_grad_bytes=sum(c.accumulated_grad_bytes for c in costs),
         )
 
 
@@ -476,12 +508,36 @@ class StageCost:
     workspace_gb: float
     reserved_gb: float
     grad_gb: float = 0.0
+    # Parts of the totals above, for reports:
+    communication_s: float = 0.0  # of time_per_micro_batch_s: collectives, relayouts, pipeline sends
+    memory_bound_s: float = 0.0  # of time_per_micro_batch_s: optimizer step, clipping, FSDP2 copies
+    optimizer_gb: float = 0.0  # of static_gb: AdamW states
+    accumulated_grad_gb: float = 0.0  # of static_gb: unsharded gradients accumulated while M > 1
+
+    @property
+    def compute_s(self) -> float:
+        """Forward, backward and recomputation per micro-batch: the time that is neither of the parts."""
+        return self.time_per_micro_batch_s - self.communication_s - self.memory_bound_s
+
+    @property
+    def param_gb(self) -> float:
+        """Weights: sharded fp32 masters and the gathered copies FSDP2 keeps (static less its other parts)."""
+        return self.static_gb - self.optimizer_gb - self.accumulated_grad_gb
+
+    @property
+    def backward_start_gb(self) -> float:
+        """Every activation held, plus the worst workspace; this step's sharded gradients do not exist yet."""
+        return self.static_gb + self.reserved_gb + (self.activation_gb + self.workspace_gb)
+
+    @property
+    def optimizer_step_gb(self) -> float:
+        """The sharded gradients are complete; activations are freed."""
+        return self.static_gb + self.reserved_gb + self.grad_gb
 
     @property
     def peak_memory_gb(self) -> float:
-        """The larger of two moments: the start of backward (every activation held, plus the worst
-        workspace, no gradients yet) and the optimizer step (the sharded gradients, no activations)."""
-        return self.static_gb + self.reserved_gb + max(self.activation_gb + self.workspace_gb, self.grad_gb)
+        """The larger of the two moments: the start of backward and the optimizer step."""
+        return max(self.backward_start_gb, self.optimizer_step_gb)
 
 
 @dataclass(frozen=True)
@@ -551,36 +607,37 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
     first, last = stage == 0, stage == plan.pp - 1
     in_flight = shape.in_flight(stage)
     vocab = model.vocab_cost(plan.vocab, first, last, shape)
+    costs = [vocab]
     time_s = vocab.time_s
-    static = vocab.static_bytes
-    grads = vocab.grad_bytes
-    activation = in_flight * vocab.activation_bytes
-    workspace = vocab.workspace_bytes
+    transfer = 0.0  # relayouts between layers and the send to the next stage, per micro-batch
     # the first block receives the embedding output (first stage) or the previous stage's last block output
     previous_tp = plan.vocab.tp if first else plan.layers[indices[0] - 1].tp
     for index in indices:
         strategy: LayerStrategy = plan.layers[index]
         cost = model.layer_cost(blocks[index], strategy.tp, strategy.dp, strategy.dp_type, strategy.checkpoint, shape)
+        costs.append(cost)
+        relayout = model.relayout_s(blocks[max(index - 1, 0)], previous_tp, strategy.tp, shape)
         time_s += cost.time_s
-        static += cost.static_bytes
-        grads += cost.grad_bytes
-        activation += in_flight * cost.activation_bytes
-        workspace = max(workspace, cost.workspace_bytes)
-        time_s += model.relayout_s(blocks[max(index - 1, 0)], previous_tp, strategy.tp, shape)
+        time_s += relayout
+        transfer += relayout
         previous_tp = strategy.tp
     end = plan.layers[indices[-1]]
     if last:
-        time_s += model.relayout_s(blocks[indices[-1]], end.tp, plan.vocab.tp, shape)
+        last_transfer = model.relayout_s(blocks[indices[-1]], end.tp, plan.vocab.tp, shape)
     else:
-        time_s += model.p2p_s(blocks[indices[-1]], end.dp, stage, shape)
+        last_transfer = model.p2p_s(blocks[indices[-1]], end.dp, stage, shape)
     return StageCost(
         stage=stage,
         blocks=(indices[0], indices[-1]),
-        time_per_micro_batch_s=time_s,
+        time_per_micro_batch_s=time_s + last_transfer,
         in_flight=in_flight,
-        static_gb=static / GB,
-        activation_gb=activation / GB,
-        workspace_gb=workspace / GB,
+        static_gb=sum(c.static_bytes for c in costs) / GB,
+        activation_gb=sum(in_flight * c.activation_bytes for c in costs) / GB,
+        workspace_gb=max(c.workspace_bytes for c in costs) / GB,
         reserved_gb=model.reserved_bytes / GB,
-        grad_gb=grads / GB,
+        grad_gb=sum(c.grad_bytes for c in costs) / GB,
+        communication_s=sum(c.communication_s for c in costs) + transfer + last_transfer,
+        memory_bound_s=sum(c.memory_bound_s for c in costs),
+        optimizer_gb=sum(c.optimizer_bytes for c in costs) / GB,
+        accumulated_grad_gb=sum(c.accumulated_grad_bytes for c in costs) / GB,
     )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
 
 PLAN_VERSION = 1
 DP_TYPES = ("ddp", "zero2", "zero3")
+DP_TYPE_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}  # as people write them
 SCHEDULES = ("gpipe", "1f1b")
 
 DPType = Literal["ddp", "zero2", "zero3"]

@@ -234,3 +234,23 @@ def test_per_step_memory_traffic_terms(spec_factory):
     # zero3 with 4 micro-batches gathers 4 times forward and 4 backward; 3 unsynchronised accumulations
     expected = 8 * (6 * p / 8 + 4 * p) + (6 * p + 8 * p / 8) + 3 * 10 * p
     assert model.fsdp_copy_s(p, 8, "zero3", four) == pytest.approx(expected / bandwidth)
+
+
+def test_stage_parts_split_the_totals_reports_draw(spec_factory):
+    """Time splits into compute, communication and memory-bound work; static memory into weights, AdamW
+    states and accumulated gradients (what the plan report draws)."""
+    spec = spec_factory(num_blocks=8)
+    hw = builtin_hardware("h100", 1)
+    plan = uniform_plan(spec, 8, global_batch_size=32, pp=2, tp=2, dp_type="zero3", num_micro_batches=4)
+    for stage in estimate_plan(plan, spec, hw).stages:
+        assert stage.compute_s > 0 and stage.communication_s > 0 and stage.memory_bound_s > 0
+        assert stage.compute_s + stage.communication_s + stage.memory_bound_s == pytest.approx(
+            stage.time_per_micro_batch_s
+        )
+        assert stage.param_gb > 0 and stage.accumulated_grad_gb > 0  # M = 4 accumulates unsharded gradients
+        assert stage.optimizer_gb == pytest.approx(2 * stage.grad_gb)  # 8 bytes of AdamW per 4 of gradient
+        assert stage.peak_memory_gb == max(stage.backward_start_gb, stage.optimizer_step_gb)
+    alone = uniform_plan(spec, 1, global_batch_size=4)
+    stage = estimate_plan(alone, spec, hw).stages[0]
+    assert stage.communication_s == 0 and stage.accumulated_grad_gb == 0  # one GPU, one micro-batch
+    assert stage.param_gb * GB == pytest.approx(6 * sum(layer.params for layer in spec.layers))  # fp32 + bf16 copy

@@ -38,13 +38,20 @@ def search_plan(
     progress: Progress | None = None,
     max_global_batch_size: int | None = None,
     accumulate_without_pipeline: bool = True,
+    time_budget_s: float | None = None,
+    find_minimum_memory: bool = True,
+    compare: bool = True,
 ) -> SearchResult:
     """The fastest plan for ``spec`` on ``num_gpus`` GPUs with ``memory_gb`` per GPU (GB = 1e9 bytes).
 
     ``global_batch_size`` None searches batches up to ``max_global_batch_size`` (default: 4M tokens).
     ``accumulate_without_pipeline=False`` searches pp = 1 plans with one micro-batch only (for a runtime that
     runs a pp = 1 batch in one pass; by default pp = 1 plans may accumulate gradients over micro-batches).
-    Raises :class:`ImpossibleBudgetError` (with ``min_memory_gb``) when no plan fits.
+    ``time_budget_s``: once spent, the search stops at the best plan found so far (``stats.complete`` is
+    then False); it never stops before a plan is found or every config is ruled out.
+    Raises :class:`ImpossibleBudgetError` when no plan fits, with the smallest budget that would
+    (``min_memory_gb``), unless ``find_minimum_memory`` is False (then ``min_memory_gb`` is None).
+    ``compare=False`` skips the comparisons (``best_uniform`` is None, ``baselines`` empty).
     """
     started = time.perf_counter()
     problem = SearchProblem.create(
@@ -67,11 +74,14 @@ def search_plan(
             f"{spec.name} (every micro-batch must divide over the data-parallel ranks); use a multiple of "
             f"{num_gpus} or leave --global_batch_size out to search it"
         )
-    found, stats = _best_first(problem, reporter, solvers)
+    deadline = None if time_budget_s is None else started + time_budget_s
+    found, stats = _best_first(problem, reporter, solvers, deadline)
     if found is None:
-        raise _impossible(problem, reporter)
-    reporter("comparing with uniform plans and plain DDP / ZeRO-3")
-    uniform, baselines = compare_with_uniform(problem, solvers)
+        raise _impossible(problem, reporter, find_minimum_memory)
+    uniform, baselines = None, {}
+    if compare:
+        reporter("comparing with uniform plans and plain DDP / ZeRO-3")
+        uniform, baselines = compare_with_uniform(problem, solvers)
     from_uniform = uniform is not None and uniform.samples_per_s > found.samples_per_s * (1 + 1e-9)
     stats = replace(
         stats, seconds=time.perf_counter() - started, from_uniform=from_uniform, dp_samples_per_s=found.samples_per_s
@@ -80,12 +90,15 @@ def search_plan(
     return SearchResult(best=best, best_uniform=uniform, baselines=baselines, stats=stats, memory_gb=memory_gb)
 
 
-def _impossible(problem: SearchProblem, reporter: Progress) -> ImpossibleBudgetError:
-    minimum = minimum_memory_gb(problem, reporter)
-    hint = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else "no budget found"
+def _impossible(problem: SearchProblem, reporter: Progress, find_minimum_memory: bool) -> ImpossibleBudgetError:
+    minimum, hint = None, ""
+    if find_minimum_memory:
+        minimum = minimum_memory_gb(problem, reporter)
+        found_budget = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else ""
+        hint = f" ({found_budget or 'no budget found'})"
     return ImpossibleBudgetError(
-        f"no plan for {problem.spec.name} fits in {problem.memory_gb:g} GB per GPU on {problem.num_gpus} GPUs "
-        f"({hint}); raise --memory_gb, add GPUs, shorten --seq_len or lower --global_batch_size",
+        f"no plan for {problem.spec.name} fits in {problem.memory_gb:g} GB per GPU on {problem.num_gpus} GPUs"
+        f"{hint}; raise --memory_gb, add GPUs, shorten --seq_len or lower --global_batch_size",
         minimum,
     )
 
@@ -107,9 +120,13 @@ class _Reporter:
 
 
 def _best_first(
-    problem: SearchProblem, reporter: Progress, solvers: list[ConfigSolver] | None = None
+    problem: SearchProblem,
+    reporter: Progress,
+    solvers: list[ConfigSolver] | None = None,
+    deadline: float | None = None,
 ) -> tuple[Evaluated | None, SearchStats]:
-    """Bound every config, then solve exactly in order of bound until no bound beats the best plan."""
+    """Bound every config, then solve exactly in order of bound until no bound beats the best plan (or, with
+    a ``deadline`` (perf_counter seconds) past and a plan found, stop there)."""
     if solvers is None:
         solvers = build_solvers(problem)
     bounds = {id(s): upper_bound(s) for s in solvers if s.feasible}
@@ -117,9 +134,12 @@ def _best_first(
     heap: list[tuple[float, int, ConfigSolver]] = []
     best: Evaluated | None = None
     relaxed = exact = 0
-    certified = True
+    certified = complete = True
     position = 0
     while True:
+        if deadline is not None and best is not None and time.perf_counter() > deadline:
+            complete = False
+            break
         incumbent = best.samples_per_s if best else 0.0
         next_bound = bounds[id(order[position])] if position < len(order) else 0.0
         top = -heap[0][0] if heap else 0.0
@@ -128,19 +148,19 @@ def _best_first(
         if next_bound >= top:
             solver = order[position]
             position += 1
+            reporter(f"bounding step config {relaxed + 1} of {len(order)} ({_config_text(solver)}); {_best_text(best)}")
             step = relaxed_bound(solver)
             relaxed += 1
             if step is not None:
                 heapq.heappush(heap, (-solver.config.global_batch_size / step, relaxed, solver))
-            reporter(f"bounded {relaxed} of {len(order)} step configs")
             continue
         _, _, solver = heapq.heappop(heap)
         exact += 1
+        reporter(f"solving {_config_text(solver)} exactly; {_best_text(best)}")
         evaluated, first_try = _solve_and_verify(solver, problem)
         certified &= first_try or evaluated is None
         if evaluated is not None and (best is None or evaluated.samples_per_s > best.samples_per_s):
             best = evaluated
-        reporter(f"solved {exact} configs exactly; best {incumbent:.2f} samples/s")
     configs = len(problem.configs)
     stats = SearchStats(
         configs=configs,
@@ -149,8 +169,18 @@ def _best_first(
         pruned=configs - relaxed,
         seconds=0.0,
         certified=certified,
+        complete=complete,
     )
     return best, stats
+
+
+def _config_text(solver: ConfigSolver) -> str:
+    config = solver.config
+    return f"pp={config.pp}, batch {config.global_batch_size} = {config.num_micro_batches} x {config.micro_batch_size}"
+
+
+def _best_text(best: Evaluated | None) -> str:
+    return f"best so far {best.samples_per_s:.2f} samples/s" if best else "no plan fits yet"
 
 
 def _solve_and_verify(solver: ConfigSolver, problem: SearchProblem) -> tuple[Evaluated | None, bool]:

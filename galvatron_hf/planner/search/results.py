@@ -41,6 +41,7 @@ class SearchStats:
     certified: bool  # every exact solve fit at its first (rounded-down) memory resolution
     from_uniform: bool = False  # a uniform plan beat the DP's plan (should not happen; kept visible)
     dp_samples_per_s: float = 0.0  # throughput of the DP's own plan
+    complete: bool = True  # False: ``time_budget_s`` stopped the search at its best plan so far
 
 
 @dataclass(frozen=True)
