@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import types
 
-from galvatron_hf.planner import search
+from galvatron_hf.planner.search import driver as search
 from galvatron_hf.profiler.builtin_hardware import builtin_hardware
 
 
