@@ -10,7 +10,7 @@
 # times out is recorded in OUT_DIR/phases.tsv and the suite goes on. OUT_DIR/summary.md is written last.
 # Knobs (environment): MODEL (1.3b | 2.7b | 7b | tiny), SEQ_LEN, GLOBAL_BATCH, STEPS, WARMUP, MEMORY_GB,
 # SUITE_BUDGET_S, T_CORRECTNESS, T_HARDWARE, T_MODEL, T_PLANS, T_RUN, HW_EXTRA, MODEL_EXTRA, PROFILE_CACHE, PYTHON,
-# BUNDLE (a folder that gets summary.md and multi_gpu_results.tar.gz of everything: for the device tool's $OUT).
+# BUNDLE (a folder that gets summary.md and multi_gpu_results.tar.gz of everything, for a remote runner that returns few files).
 
 # The GPU machines require NVLink multicast off; keep these before anything starts a process group.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -163,7 +163,7 @@ printf '%s\t%s\t%s\t%s\t%s\n' "suite" "total" "-" "$(( $(date +%s) - SUITE_START
   || echo "report failed: see $OUT/logs/report.log" >&2
 echo "summary: $OUT/summary.md" >&2
 
-# The device tool brings back at most 8 files, 2 folders down: BUNDLE=DIR gets summary.md and one archive.
+# A remote runner may return only a few files: BUNDLE=DIR gets summary.md and one archive.
 if [[ -n ${BUNDLE:-} ]]; then
   mkdir -p "$BUNDLE"
   cp "$OUT/summary.md" "$BUNDLE/summary.md"

@@ -317,7 +317,7 @@ def test_bert_gelu_new_activation_internals():
     compare(bert_config(hidden_act="gelu_new"), "BertForMaskedLM", token_batch, 32, "eager")
 
 
-# ----- CUDA (run by the lead on the GPU machine): fused SDPA kernels, bool dropout masks, bf16 --------------
+# ----- CUDA (GPU only): fused SDPA kernels, bool dropout masks, bf16 --------------
 
 GPU_CASES = {
     "llama": (lambda: llama_config(attention_dropout=0.1), "LlamaForCausalLM", token_batch, 32),

@@ -1,4 +1,4 @@
-"""parallelize() with pp > 1: the pipeline engineer's stages and runner under per-layer TP / DP layouts.
+"""parallelize() with pp > 1: the pipeline stages and runner under per-layer TP / DP layouts.
 
 4 ranks, 2 stages of 2 ranks: stage 0 blocks (tp1 zero3, tp2 ddp), stage 1 blocks (tp2 zero2 checkpointed,
 tp1 ddp), vocabulary tp 2; two micro-batches. Loss, gradients and clipped norm equal one process.
