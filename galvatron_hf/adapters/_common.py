@@ -15,7 +15,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from .errors import UnsupportedArchitectureError
-from .spec import LayerSpec, ModelSpec
+from .spec import ActivationModel, LayerSpec, ModelSpec, TPAttribute, TPRule
+
+LAYERNORM_STATS = 2  # fp32 mean and 1/std per token
 
 
 def linear_params(in_features: int, out_features: int, bias: bool) -> int:
@@ -29,6 +31,123 @@ def linear_flops(tokens: int, in_features: int, out_features: int) -> float:
 def attention_core_flops(seq_len: int, kv_seq_len: int, num_heads: int, head_dim: int) -> float:
     """Q K^T plus P V over the full (unmasked) score matrix."""
     return 2.0 * 2.0 * seq_len * kv_seq_len * num_heads * head_dim
+
+
+def mha_block_spec(
+    *,
+    kind: str,
+    index: int,
+    root: str,
+    modules: tuple[str, ...],
+    hidden: int,
+    heads: int,
+    ffn: int,
+    seq_len: int,
+    tp_params: int,
+    replicated_params: int,
+    activation: ActivationModel,
+    tp_rules: tuple[TPRule, ...],
+    tp_attributes: tuple[TPAttribute, ...],
+) -> LayerSpec:
+    """A block of full multi-head attention (q/k/v/o of width ``hidden``) and a two-matrix FFN (BERT, ViT, GPT-2).
+
+    ``tp_params`` are split by TP, ``replicated_params`` (biases, norms) kept whole on every rank.
+    """
+    flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
+    return LayerSpec(
+        name=f"{kind}.{index}",
+        kind=kind,
+        root=root,
+        modules=modules,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        ffn_size=ffn,
+        seq_len=seq_len,
+        params=tp_params + replicated_params,
+        tp_params=tp_params,
+        forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
+        activation=activation,
+        tp_rules=tp_rules,
+        tp_attributes=tp_attributes,
+    )
+
+
+def lm_head_spec(hidden: int, seq_len: int, vocab: int, tied: bool, fp32_log_probs: bool) -> LayerSpec:
+    """``lm_head`` (colwise under TP); a tied weight is counted by the embedding.
+
+    It keeps its input, the loss's log-probabilities (fp32 where the model upcasts the logits, else in the
+    logits' dtype) and the labels.
+    """
+    params = 0 if tied else vocab * hidden
+    log_probs = {"fp32_sharded": vocab} if fp32_log_probs else {"sharded": vocab}
+    return LayerSpec(
+        name="head",
+        kind="head",
+        root="",
+        modules=("lm_head",),
+        hidden_size=hidden,
+        seq_len=seq_len,
+        vocab_size=vocab,
+        params=params,
+        tp_params=params,
+        forward_flops=linear_flops(seq_len, hidden, vocab),
+        activation=ActivationModel(replicated=hidden, index_replicated=1, **log_probs),
+        tp_rules=(TPRule("lm_head", "colwise"),),
+    )
+
+
+def score_head_spec(hidden: int, seq_len: int, labels: int) -> LayerSpec:
+    """The bias-free ``score`` classifier of decoder models: HF scores every token, then pools one."""
+    return LayerSpec(
+        name="head",
+        kind="head",
+        root="",
+        modules=("score",),
+        hidden_size=hidden,
+        seq_len=seq_len,
+        params=hidden * labels,
+        forward_flops=linear_flops(seq_len, hidden, labels),
+        activation=ActivationModel(replicated=hidden),
+    )
+
+
+def first_token_dense_spec(
+    *, name: str, root: str, modules: tuple[str, ...], hidden: int, seq_len: int, width: int, activation: ActivationModel
+) -> LayerSpec:
+    """A biased Linear applied to one token per sample (a pooler or a [CLS] classifier); ``kind`` is ``name``."""
+    return LayerSpec(
+        name=name,
+        kind=name,
+        root=root,
+        modules=modules,
+        hidden_size=hidden,
+        seq_len=seq_len,
+        params=linear_params(hidden, width, True),
+        forward_flops=linear_flops(1, hidden, width),
+        activation=activation,
+    )
+
+
+def layernorm_final_spec(root: str, modules: tuple[str, ...], hidden: int, seq_len: int) -> LayerSpec:
+    """A final LayerNorm: it keeps its input and fp32 statistics; its output is kept by the next layer."""
+    return LayerSpec(
+        name="final_norm",
+        kind="final_norm",
+        root=root,
+        modules=modules,
+        hidden_size=hidden,
+        seq_len=seq_len,
+        params=2 * hidden,
+        activation=ActivationModel(replicated=hidden, fp32_replicated=LAYERNORM_STATS),
+    )
+
+
+def check_learned_positions(seq_len: int, positions: Any, model: str) -> None:
+    """A model with a learned position table cannot run past its length."""
+    if seq_len > int(positions):
+        raise ValueError(f"seq_len={seq_len} exceeds {model}'s {positions} learned positions; pass seq_len <= {positions}")
 
 
 class FamilyAdapter(ABC):

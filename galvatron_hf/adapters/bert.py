@@ -11,11 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
+from ._common import (
+    LAYERNORM_STATS,
+    FamilyAdapter,
+    check_learned_positions,
+    first_token_dense_spec,
+    linear_flops,
+    linear_params,
+    mha_block_spec,
+)
 from .gpt2 import gelu_kept
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
 
-LAYERNORM_STATS = 2  # fp32 mean and 1/std per token
 BLOCK_RULES = (
     TPRule("attention.self.query", "colwise"),
     TPRule("attention.self.key", "colwise"),
@@ -56,11 +63,7 @@ class BertAdapter(FamilyAdapter):
 
     def check_seq_len(self, config: Any, seq_len: int) -> None:
         super().check_seq_len(config, seq_len)
-        if seq_len > int(config.max_position_embeddings):
-            raise ValueError(
-                f"seq_len={seq_len} exceeds BERT's {config.max_position_embeddings} learned positions; pass "
-                f"seq_len <= {config.max_position_embeddings}"
-            )
+        check_learned_positions(seq_len, config.max_position_embeddings, "BERT")
 
     def ties_embeddings(self, config: Any, architecture: str) -> bool:
         return architecture == "BertForMaskedLM" and bool(getattr(config, "tie_word_embeddings", True))
@@ -145,31 +148,17 @@ class BertAdapter(FamilyAdapter):
 
     def pooler(self, prefix: str, hidden: int, seq_len: int) -> LayerSpec:
         """Dense + tanh on the first token; it keeps the last block's output (a view of the whole tensor)."""
-        return LayerSpec(
-            name="pooler",
-            kind="pooler",
-            root=f"{prefix}.pooler".lstrip("."),
-            modules=("",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=linear_params(hidden, hidden, True),
-            forward_flops=linear_flops(1, hidden, hidden),
-            activation=ActivationModel(replicated=hidden),
+        return first_token_dense_spec(
+            name="pooler", root=f"{prefix}.pooler".lstrip("."), modules=("",), hidden=hidden, seq_len=seq_len,
+            width=hidden, activation=ActivationModel(replicated=hidden),
         )
 
     def classifier(self, config: Any, hidden: int, seq_len: int) -> LayerSpec:
-        labels = int(config.num_labels)
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("classifier",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=linear_params(hidden, labels, True),
-            forward_flops=linear_flops(1, hidden, labels),  # one pooled vector per sample
+        """On the pooled vector (one per sample): what it keeps is negligible per token."""
+        return first_token_dense_spec(
+            name="head", root="", modules=("classifier",), hidden=hidden, seq_len=seq_len,
+            width=int(config.num_labels), activation=ActivationModel(),
         )
-
 
 def encoder_block_spec(
     config: Any,
@@ -192,24 +181,19 @@ def encoder_block_spec(
     heads = int(config.num_attention_heads)
     ffn = int(config.intermediate_size)
     split = 3 * linear_params(hidden, hidden, qkv_bias) + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
-    replicated = 2 * hidden + 2 * 2 * hidden  # rowwise biases, two LayerNorms
-    flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
     attn_dropout = float(config.attention_probs_dropout_prob or 0.0) > 0
     hidden_dropout = float(config.hidden_dropout_prob or 0.0) > 0
-    return LayerSpec(
-        name=f"encoder_block.{index}",
+    return mha_block_spec(
         kind="encoder_block",
+        index=index,
         root=root,
         modules=modules,
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        ffn_size=ffn,
+        hidden=hidden,
+        heads=heads,
+        ffn=ffn,
         seq_len=seq_len,
-        params=split + replicated,
         tp_params=split,
-        forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
+        replicated_params=2 * hidden + 2 * 2 * hidden,  # rowwise biases, two LayerNorms
         activation=activation_of(hidden, heads, ffn, attn_dropout, hidden_dropout, str(config.hidden_act)),
         tp_rules=tp_rules,
         tp_attributes=tp_attributes,

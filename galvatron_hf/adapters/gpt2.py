@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
+from ._common import (
+    LAYERNORM_STATS,
+    FamilyAdapter,
+    check_learned_positions,
+    layernorm_final_spec,
+    linear_params,
+    lm_head_spec,
+    mha_block_spec,
+    score_head_spec,
+)
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
 
 BLOCK_RULES = (
@@ -25,7 +34,6 @@ BLOCK_ATTRIBUTES = (
     TPAttribute("attn", "split_size"),
     TPAttribute("attn", "embed_dim"),
 )
-LAYERNORM_STATS = 2  # fp32 mean and 1/std per token
 # Elements per FFN unit the activation keeps: "gelu_new" (the GPT-2 default) is written out in Python
 # (0.5 * x * (1 + tanh(...))) and keeps x, tanh(...), 0.5 * x and 1 + tanh(...); torch's own GELUs keep x.
 GELU_KEPT = {"gelu_new": 4, "gelu_pytorch_tanh": 1, "gelu": 1, "relu": 1, "quick_gelu": 2}
@@ -70,11 +78,7 @@ class GPT2Adapter(FamilyAdapter):
 
     def check_seq_len(self, config: Any, seq_len: int) -> None:
         super().check_seq_len(config, seq_len)
-        if seq_len > int(config.n_positions):
-            raise ValueError(
-                f"seq_len={seq_len} exceeds GPT-2's {config.n_positions} learned positions; pass seq_len <= "
-                f"{config.n_positions}"
-            )
+        check_learned_positions(seq_len, config.n_positions, "GPT-2")
 
     def embedding(self, config: Any, hidden: int, seq_len: int) -> LayerSpec:
         vocab = int(config.vocab_size)
@@ -97,72 +101,32 @@ class GPT2Adapter(FamilyAdapter):
         heads = int(config.n_head)
         ffn = int(config.n_inner or 4 * hidden)
         split = 3 * hidden * hidden + hidden * hidden + linear_params(hidden, ffn, True) + ffn * hidden
-        # c_attn's bias (fused: kept whole by the runtime), rowwise biases, two LayerNorms
-        replicated = 3 * hidden + 2 * hidden + 2 * 2 * hidden
-        flops = linear_flops(seq_len, hidden, 4 * hidden) + linear_flops(seq_len, hidden, 2 * ffn)
-        return LayerSpec(
-            name=f"decoder_block.{index}",
+        return mha_block_spec(
             kind="decoder_block",
+            index=index,
             root=f"transformer.h.{index}",
             modules=("ln_1", "attn", "ln_2", "mlp"),
-            hidden_size=hidden,
-            num_heads=heads,
-            num_kv_heads=heads,
-            head_dim=hidden // heads,
-            ffn_size=ffn,
+            hidden=hidden,
+            heads=heads,
+            ffn=ffn,
             seq_len=seq_len,
-            params=split + replicated,
             tp_params=split,
-            forward_flops=flops + attention_core_flops(seq_len, seq_len, heads, hidden // heads),
+            # c_attn's bias (fused: kept whole by the runtime), rowwise biases, two LayerNorms
+            replicated_params=3 * hidden + 2 * hidden + 2 * 2 * hidden,
             activation=block_activation(config, hidden, heads, ffn),
             tp_rules=BLOCK_RULES,
             tp_attributes=BLOCK_ATTRIBUTES,
         )
 
     def final_norm(self, hidden: int, seq_len: int) -> LayerSpec:
-        return LayerSpec(
-            name="final_norm",
-            kind="final_norm",
-            root="transformer",
-            modules=("ln_f",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=2 * hidden,
-            # its input (the last block's output); its output is kept by the head
-            activation=ActivationModel(replicated=hidden, fp32_replicated=LAYERNORM_STATS),
-        )
+        return layernorm_final_spec("transformer", ("ln_f",), hidden, seq_len)
 
     def lm_head(self, config: Any, hidden: int, seq_len: int) -> LayerSpec:
-        vocab = int(config.vocab_size)
-        params = 0 if self.ties_embeddings(config, "GPT2LMHeadModel") else vocab * hidden
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("lm_head",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            vocab_size=vocab,
-            params=params,
-            tp_params=params,
-            forward_flops=linear_flops(seq_len, hidden, vocab),
-            activation=ActivationModel(replicated=hidden, fp32_sharded=vocab, index_replicated=1),
-            tp_rules=(TPRule("lm_head", "colwise"),),
-        )
+        tied = self.ties_embeddings(config, "GPT2LMHeadModel")
+        return lm_head_spec(hidden, seq_len, int(config.vocab_size), tied, fp32_log_probs=True)
 
     def classifier(self, config: Any, hidden: int, seq_len: int) -> LayerSpec:
-        labels = int(config.num_labels)
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("score",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=hidden * labels,
-            forward_flops=linear_flops(seq_len, hidden, labels),
-            activation=ActivationModel(replicated=hidden),
-        )
+        return score_head_spec(hidden, seq_len, int(config.num_labels))
 
     def hidden_size(self, config: Any) -> int:
         return int(config.n_embd)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params
+from ._common import FamilyAdapter, attention_core_flops, linear_flops, linear_params, lm_head_spec, score_head_spec
 from .spec import ActivationModel, LayerSpec, TPRule
 
 
@@ -183,33 +183,7 @@ class LlamaAdapter(FamilyAdapter):
 
     def lm_head(self, config: Any, d: LlamaDims, vocab: int, seq_len: int) -> LayerSpec:
         tied = bool(getattr(config, "tie_word_embeddings", False))
-        params = 0 if tied else vocab * d.hidden
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("lm_head",),
-            hidden_size=d.hidden,
-            seq_len=seq_len,
-            vocab_size=vocab,
-            params=params,
-            tp_params=params,
-            forward_flops=linear_flops(seq_len, d.hidden, vocab),
-            # its input (the final norm output); the loss keeps fp32 log-probabilities and the labels
-            activation=ActivationModel(replicated=d.hidden, fp32_sharded=vocab, index_replicated=1),
-            tp_rules=(TPRule("lm_head", "colwise"),),
-        )
+        return lm_head_spec(d.hidden, seq_len, vocab, tied, fp32_log_probs=True)
 
     def classifier(self, config: Any, d: LlamaDims, seq_len: int) -> LayerSpec:
-        labels = int(config.num_labels)
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("score",),
-            hidden_size=d.hidden,
-            seq_len=seq_len,
-            params=d.hidden * labels,
-            forward_flops=linear_flops(seq_len, d.hidden, labels),  # HF scores every token, then pools one
-            activation=ActivationModel(replicated=d.hidden),
-        )
+        return score_head_spec(d.hidden, seq_len, int(config.num_labels))

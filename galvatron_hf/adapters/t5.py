@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from ._common import FamilyAdapter, attention_core_flops, linear_flops
+from ._common import FamilyAdapter, attention_core_flops, linear_flops, lm_head_spec
 from .spec import ActivationModel, AttentionCall, Device, LayerSpec, TPAttribute, TPRule
 
 T5_NORM_STAT = 1  # fp32 1/rms per token
@@ -323,20 +323,6 @@ class T5Adapter(FamilyAdapter):
         )
 
     def lm_head(self, config: Any, d: T5Dims, seq_len: int) -> LayerSpec:
-        vocab = int(config.vocab_size)
-        params = 0 if self.ties_embeddings(config, "T5ForConditionalGeneration") else vocab * d.hidden
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("lm_head",),
-            hidden_size=d.hidden,
-            seq_len=seq_len,
-            vocab_size=vocab,
-            params=params,
-            tp_params=params,
-            forward_flops=linear_flops(seq_len, d.hidden, vocab),
-            # its input; nn.CrossEntropyLoss keeps log-probabilities in the logits' dtype; the labels
-            activation=ActivationModel(replicated=d.hidden, sharded=vocab, index_replicated=1),
-            tp_rules=(TPRule("lm_head", "colwise"),),
-        )
+        """nn.CrossEntropyLoss keeps log-probabilities in the logits' dtype."""
+        tied = self.ties_embeddings(config, "T5ForConditionalGeneration")
+        return lm_head_spec(d.hidden, seq_len, int(config.vocab_size), tied, fp32_log_probs=False)

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from ._common import FamilyAdapter, linear_flops, linear_params
-from .bert import LAYERNORM_STATS, encoder_block_spec
+from ._common import (
+    LAYERNORM_STATS,
+    FamilyAdapter,
+    first_token_dense_spec,
+    layernorm_final_spec,
+    linear_flops,
+    linear_params,
+)
+from .bert import encoder_block_spec
 from .gpt2 import gelu_kept
 from .spec import ActivationModel, LayerSpec, TPAttribute, TPRule
 
@@ -167,41 +174,18 @@ class ViTAdapter(FamilyAdapter):
         )
 
     def final_norm(self, prefix: str, hidden: int, seq_len: int) -> LayerSpec:
-        return LayerSpec(
-            name="final_norm",
-            kind="final_norm",
-            root=f"{prefix}.layernorm".lstrip("."),
-            modules=("",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=2 * hidden,
-            activation=ActivationModel(replicated=hidden, fp32_replicated=LAYERNORM_STATS),
-        )
+        return layernorm_final_spec(f"{prefix}.layernorm".lstrip("."), ("",), hidden, seq_len)
 
     def classifier(self, config: Any, hidden: int, seq_len: int) -> LayerSpec:
-        labels = int(config.num_labels)
-        return LayerSpec(
-            name="head",
-            kind="head",
-            root="",
-            modules=("classifier",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=linear_params(hidden, labels, True) if labels > 0 else 0,
-            forward_flops=linear_flops(1, hidden, labels),  # on the [CLS] token only
-            activation=ActivationModel(replicated=hidden),  # a view of the final norm's whole output
+        """On the [CLS] token only; it keeps a view of the final norm's whole output."""
+        return first_token_dense_spec(
+            name="head", root="", modules=("classifier",), hidden=hidden, seq_len=seq_len,
+            width=int(config.num_labels), activation=ActivationModel(replicated=hidden),
         )
 
     def pooler(self, config: Any, hidden: int, seq_len: int) -> LayerSpec:
         width = int(getattr(config, "pooler_output_size", None) or hidden)
-        return LayerSpec(
-            name="pooler",
-            kind="pooler",
-            root="pooler",
-            modules=("",),
-            hidden_size=hidden,
-            seq_len=seq_len,
-            params=linear_params(hidden, width, True),
-            forward_flops=linear_flops(1, hidden, width),
+        return first_token_dense_spec(
+            name="pooler", root="pooler", modules=("",), hidden=hidden, seq_len=seq_len, width=width,
             activation=ActivationModel(replicated=hidden),
         )
