@@ -14,6 +14,7 @@ loop is kept. This file holds the constructor and the training step; the argumen
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -93,17 +94,21 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
             self.parallel_model.data_size,
             self.plan.global_batch_size,
         )
-        super().__init__(self.parallel_model.module, args, **trainer_kwargs)
+        super().__init__(self.parallel_model.module, _without_kernel_flag(args), **trainer_kwargs)
         self._train_batch_size = self.batch_geometry.per_rank_batch_size
         self.accelerator.scaler = None  # the runtime scales fp16 losses itself (LossScaler)
         self._wrapped = ParallelModule(self.parallel_model)
         self._pending: list[dict[str, Any]] = []
         self.last_step_skipped = False  # fp16: whether the loss scaler skipped the last optimizer step
         self._resumed_rng: dict[str, Any] | None = None
-        self.plan_report = PlanReportCallback(self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0)
+        self.plan_report = PlanReportCallback(
+            self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0, self.parallel_model.compile_clock
+        )
         self.add_callback(self.plan_report)
         if self.is_world_process_zero():
             print(format_summary(self.resolved_plan), flush=True)
+            for line in self.parallel_model.kernels.describe():
+                print(f"galvatron: {line}", flush=True)
             print(self.batch_geometry.summary(), flush=True)
 
     def get_total_train_batch_size(self, args: TrainingArguments) -> int:
@@ -178,12 +183,16 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
     from galvatron_hf.parallel.attention import default_attn_implementation
+    from galvatron_hf.parallel.compile import CompileConfig
+    from galvatron_hf.parallel.kernels import KernelConfig, priced_for_kernels
 
     # plan for the attention kernel the runtime will run (eager attention keeps its scores: more memory)
     attn_impl = getattr(args, "attn_implementation", None) or default_attn_implementation(torch.device(device))
     dataset = trainer_kwargs.get("train_dataset")
     seq_len, decoder_seq_len = sequence_lengths(getattr(args, "seq_len", None), dataset, model)
+    kernels = KernelConfig.from_training_args(args)
     spec = describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
+    spec = priced_for_kernels(spec, kernels, dist.get_world_size())  # a fused head frees the logits' memory
     resolved = resolve_training_plan(
         args,
         spec,
@@ -199,6 +208,18 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
         device=device,
         mixed_precision=resolved.request.mixed_precision,
         attn_implementation=attn_impl,
+        kernels=kernels,
+        compile_config=CompileConfig.from_training_args(args),
     )
     return parallel_model, resolved
+
+
+def _without_kernel_flag(args: TrainingArguments) -> TrainingArguments:
+    """The Trainer's copy of ``args``: ``parallelize`` applied Liger before sharding (``use_liger_kernel``); the
+    Trainer's own pass in ``train()`` would patch the sharded model again (and a pipeline stage's forward)."""
+    if not getattr(args, "use_liger_kernel", False):
+        return args
+    trainer_args = copy.copy(args)
+    trainer_args.use_liger_kernel = False
+    return trainer_args
 

@@ -24,8 +24,10 @@ from torch import nn
 from galvatron_hf.adapters.spec import ModelSpec
 from galvatron_hf.parallel.activation_checkpoint import apply_ac
 from galvatron_hf.parallel.attention import attention_for, set_attn_implementation
+from galvatron_hf.parallel.compile import CompileClock, CompileConfig, apply_compile
 from galvatron_hf.parallel.data_parallel import apply_fsdp
 from galvatron_hf.parallel.families import family_for
+from galvatron_hf.parallel.kernels import KernelConfig, apply_kernels
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.parallel_model import ParallelModel
@@ -45,12 +47,16 @@ def parallelize(
     mixed_precision: str | None = None,
     attn_implementation: str | None = None,
     loss_scaler: LossScaler | None = None,
+    kernels: KernelConfig | None = None,
+    compile_config: CompileConfig | None = None,
 ) -> ParallelModel:
     """Apply ``plan`` to the HF ``model`` in place (built on CPU, on ``device`` or on the meta device).
 
     ``spec`` defaults to ``describe_model(model)``; ``mixed_precision`` to ``plan.mixed_precision``
     (``"bf16"``, ``"fp16"`` with dynamic loss scaling, ``"fp32"``); ``attn_implementation`` to SDPA
-    (flash_attention_2 on CUDA when installed). A meta-device model is materialised shard by shard and
+    (flash_attention_2 on CUDA when installed). ``kernels`` patches the whole model with fused kernels before
+    any pruning or sharding (``kernels.py``); ``compile_config`` compiles each block after TP, before
+    checkpointing and FSDP2 (``compile.py``). A meta-device model is materialised shard by shard and
     initialised with HF's initialisation. Raises ``PlanError`` before any collective if the plan cannot run.
     """
     if not dist.is_initialized():
@@ -63,6 +69,8 @@ def parallelize(
     device = torch.device(device) if device is not None else _default_device()
     precision = mixed_precision or plan.mixed_precision
     on_meta = _on_meta(model)
+    applied = apply_kernels(model, spec, plan, device, kernels)
+    clock = CompileClock() if compile_config is not None else None
     _prepare(model, plan, device, attn_implementation, on_meta)
     dims = ParallelDims.from_plan(plan, device_type=device.type)
     dims.prepare(plan)
@@ -75,6 +83,7 @@ def parallelize(
         tracker=tracker,
         heads=family_for(spec).head_tensors,
         precision=precision,
+        compile_config=compile_config,
         materialize_on=device if on_meta else None,
     )
     pipeline = None
@@ -84,7 +93,9 @@ def parallelize(
         pipeline = build_pipeline(model, spec, plan, dims, device, functools.partial(walk, is_stage=True))
     scaler = loss_scaler or (LossScaler() if precision == "fp16" else None)
     layout = pipeline.layout if pipeline is not None else None
-    return ParallelModel(model, plan, spec, dims, device, precision, tracker, scaler, pipeline, layout)
+    return ParallelModel(
+        model, plan, spec, dims, device, precision, tracker, scaler, pipeline, layout, applied, clock
+    )
 
 
 def _parallelize_module(
@@ -96,12 +107,15 @@ def _parallelize_module(
     tracker: RelayoutTracker,
     heads: HeadTensors | None,
     precision: str,
+    compile_config: CompileConfig | None,
     materialize_on: torch.device | None,
     is_stage: bool,
 ) -> None:
-    """TP -> activation checkpointing -> FSDP2 -> relayout hooks on ``module`` (a model or one pipeline stage),
-    then, for a meta-device module, its shards allocated and initialised on ``materialize_on``."""
+    """TP -> compile -> activation checkpointing -> FSDP2 -> relayout hooks on ``module`` (a model or one
+    pipeline stage), then, for a meta-device module, its shards allocated and initialised on ``materialize_on``.
+    Compile comes before checkpointing so a checkpointed block recomputes its compiled forward (``compile.py``)."""
     apply_tp(module, spec, plan, dims)
+    apply_compile(module, spec, compile_config)
     apply_ac(module, spec, plan)
     apply_fsdp(module, spec, plan, dims, precision)
     tracker.install(module, spec, plan, heads, is_stage)

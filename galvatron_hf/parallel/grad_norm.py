@@ -66,7 +66,8 @@ def total_grad_norm(
         for same_dtype in by_device_and_dtype(tensors):
             norms = torch._foreach_norm(same_dtype, norm_type)
             total += (torch.stack(norms).double() ** norm_type).sum() / copies
-    dist.all_reduce(total)
+    if dims.world_size > 1:  # one process: the local sum is the total, no collective to wait for
+        dist.all_reduce(total)
     return (total ** (1.0 / norm_type)).float()
 
 

@@ -16,7 +16,9 @@ from torch import nn
 
 from galvatron_hf.adapters.spec import ModelSpec
 from galvatron_hf.constants import IGNORE_INDEX, is_causal_lm
+from galvatron_hf.parallel.compile import CompileClock
 from galvatron_hf.parallel.grad_norm import clip_grad_norm_
+from galvatron_hf.parallel.kernels import AppliedKernels
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.pipeline_parallel import PipelineRunner
@@ -39,6 +41,8 @@ class ParallelModel:
     scaler: LossScaler | None = None
     pipeline: PipelineRunner | None = None  # when pp > 1
     stage_layout: StageLayout | None = None  # when pp > 1
+    kernels: AppliedKernels = AppliedKernels()  # fused kernels in place (and those left out, with why)
+    compile_clock: CompileClock | None = None  # time spent compiling the blocks (torch.compile on)
 
     @property
     def data_size(self) -> int:
@@ -147,8 +151,9 @@ class ParallelModel:
         if loss is None:
             raise ValueError("the model returned no loss: the batch needs 'labels'")
         items = self._items(batch)
-        if float(items) == 0:
-            return output["logits"].float().sum() * 0.0
+        if float(items) == 0:  # a fused head returns no logits: its loss is then 0 with zero gradients
+            logits = output.get("logits") if isinstance(output, dict) else None
+            return (logits if logits is not None else loss).float().sum() * 0.0
         return loss.float() * (items / global_items)
 
     def _global_items(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -58,9 +58,10 @@ def peak_memory_gb() -> tuple[float, str]:
 class PlanReportCallback(TrainerCallback):
     """Times optimizer steps and prints predicted vs measured step time and peak memory at the end."""
 
-    def __init__(self, plan: Plan, stage: int) -> None:
+    def __init__(self, plan: Plan, stage: int, compile_clock=None) -> None:
         self.plan = plan
         self.stage = stage
+        self.compile_clock = compile_clock  # parallel.compile.CompileClock when the blocks are compiled
         self.clock = StepClock()
         self.summary: str | None = None
 
@@ -78,6 +79,8 @@ class PlanReportCallback(TrainerCallback):
             dist.all_gather_object(gathered, per_rank[0])
             per_rank = gathered
         self.summary = format_report(self.plan, per_rank, what)
+        if self.compile_clock is not None:
+            self.summary += f"\n  {self.compile_clock.describe()} (this rank; the first step's time, not counted above)"
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(self.summary, flush=True)
             sys.stdout.flush()

@@ -147,6 +147,8 @@ class Case:
     clip: float | None = None  # clip the gradient norm to this before recording gradients
     pp: int = 1  # pipeline stages (blocks split evenly), with ``micro_batches`` micro-batches
     micro_batches: int = 1
+    compile_backend: str | None = None  # torch.compile every block with this backend
+    chunked_loss: bool = False  # the causal-LM loss in token chunks (no materialised logits)
 
     def plan(self, world: int) -> Plan:
         n = world // self.pp
@@ -251,7 +253,7 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case]) -> dict:
             reference_state = {k: v.clone() for k, v in model.state_dict().items()}
             with torch.device("meta"):
                 model = type(model)(model.config)
-        pm = parallelize(model, plan, spec=spec, device="cpu", mixed_precision=case.mixed_precision)
+        pm = parallelize(model, plan, spec=spec, device="cpu", mixed_precision=case.mixed_precision, **_speed(case))
         if meta:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -282,6 +284,16 @@ def parallel_run(rank: int, world: int, family: str, cases: list[Case]) -> dict:
             "names": [n for n, _ in pm.module.named_parameters()],
         }
     return results
+
+
+def _speed(case: Case) -> dict:
+    from galvatron_hf.parallel.compile import CompileConfig
+    from galvatron_hf.parallel.kernels import KernelConfig
+
+    return {
+        "compile_config": CompileConfig(backend=case.compile_backend) if case.compile_backend else None,
+        "kernels": KernelConfig(chunked_loss=True) if case.chunked_loss else None,
+    }
 
 
 def merged_grads(results: list[dict], name: str) -> list[dict]:
