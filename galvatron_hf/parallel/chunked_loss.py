@@ -9,7 +9,7 @@ recomputed, in backward); the price is one extra head matmul per step.
 It runs on any device (Liger's fused linear cross-entropy does the same without the recomputation, on CUDA
 only: ``kernels.py`` prefers it when asked). The model's own forward is kept for evaluation and for calls
 without labels; the chunked path replaces only the training forward of a causal LM whose loss is exactly
-``cross_entropy(lm_head(base_model(...)), shifted labels)`` (the Llama and GPT-2 families).
+``cross_entropy(lm_head(base_model(...)), shifted labels)`` (families with ``Family.plain_causal_head``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from torch.utils.checkpoint import checkpoint
 from galvatron_hf.adapters.spec import ModelSpec
 
 IGNORE_INDEX = -100
-FAMILIES = ("llama", "gpt2")  # forward = base model -> lm_head -> HF's causal cross-entropy, nothing else
 _ALTERING_CONFIG = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -86,10 +85,12 @@ def check_chunked_loss(model: nn.Module, spec: ModelSpec, vocab_tp: int, pp: int
     obstacle = fused_head_obstacle(spec, vocab_tp, pp)
     if obstacle:
         raise ChunkedLossError(f"chunked_loss cannot apply: {obstacle}; leave chunked_loss off")
-    if spec.family not in FAMILIES:
+    from galvatron_hf.parallel.families import family_for
+
+    if not family_for(spec).plain_causal_head:
         raise ChunkedLossError(
-            f"the chunked loss replaces the heads of the {', '.join(FAMILIES)} families, not {spec.family}'s: "
-            "leave chunked_loss off"
+            f"the {spec.family} family does not declare a plain causal-LM head (Family.plain_causal_head in "
+            "parallel/families/): leave chunked_loss off"
         )
     config = getattr(model, "config", None)
     altered = [name for name in _ALTERING_CONFIG if getattr(config, name, None) not in (None, 1, 1.0)]

@@ -78,6 +78,9 @@ class Family:
     name: str
     pipeline: PipelineStages | None = None  # None: plans with pp > 1 are refused
     head_tensors: HeadTensors | None = None  # block inputs/outputs with a heads dimension, shared between blocks
+    # its causal-LM forward is exactly base model -> lm_head -> HF's causal cross-entropy (no logit scaling):
+    # the chunked loss (chunked_loss.py) may then replace the head's training forward
+    plain_causal_head: bool = False
 
     def pipeline_refusal(self, spec: ModelSpec) -> str | None:
         """Why ``spec`` cannot run as pipeline stages (the fix included), or None when it can."""

@@ -36,4 +36,4 @@ class GPT2Stages(PipelineStages):
         return Task("causal_lm")
 
 
-FAMILY = Family("gpt2", pipeline=GPT2Stages())
+FAMILY = Family("gpt2", plain_causal_head=True, pipeline=GPT2Stages())

@@ -74,4 +74,4 @@ class LlamaStages(PipelineStages):
         return Task("causal_lm")
 
 
-FAMILY = Family("llama", pipeline=LlamaStages())
+FAMILY = Family("llama", plain_causal_head=True, pipeline=LlamaStages())
