@@ -102,7 +102,7 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
         self.last_step_skipped = False  # fp16: whether the loss scaler skipped the last optimizer step
         self._resumed_rng: dict[str, Any] | None = None
         self.plan_report = PlanReportCallback(
-            self.plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0, self.parallel_model.compile_clock
+            self.resolved_plan, self.parallel_model.dims.stage if self.plan.pp > 1 else 0, self.parallel_model.compile_clock
         )
         self.add_callback(self.plan_report)
         if self.is_world_process_zero():

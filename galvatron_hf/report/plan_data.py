@@ -165,6 +165,16 @@ class Headline:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """What a training run measured, drawn beside the prediction (``GalvatronTrainer`` adds it at the end)."""
+
+    step_time_s: float | None  # mean optimizer step after the warm-up steps; None: too few steps
+    peak_memory_gb: tuple[float, ...]  # per pipeline stage, the largest over the stage's ranks
+    memory_kind: str  # what was measured: "CUDA max allocated", "process peak RSS"
+    steps: int  # optimizer steps the step time is the mean of
+
+
+@dataclass(frozen=True)
 class PlanReport:
     """Everything the HTML report draws, in plain numbers and strings."""
 
@@ -181,6 +191,7 @@ class PlanReport:
     timeline: Timeline
     comparison: tuple[ComparisonRow, ...]
     footnote: str
+    measured: Measured | None = None
 
 
 # ----- gathering ------------------------------------------------------------------------------------------

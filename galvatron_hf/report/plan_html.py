@@ -17,6 +17,7 @@ from galvatron_hf.report.plan_data import (
     MEMORY_PARTS,
     TIME_PARTS,
     ComparisonRow,
+    Measured,
     PlanReport,
     Span,
     StageMemory,
@@ -42,6 +43,7 @@ PART_COLOURS = {
     "memory-bound": "#7d55b5",
 }
 IDLE, WAITING = "#c3cbd4", "#e3e8ee"
+MEASURED = "#111827"  # measured values: a near-black dotted line over the predicted drawing
 
 
 def render_plan_html(report: PlanReport) -> str:
@@ -50,7 +52,7 @@ def render_plan_html(report: PlanReport) -> str:
         _header(report),
         _layers_section(report),
         _memory_section(report),
-        _timeline_section(report.timeline),
+        _timeline_section(report.timeline, report.measured),
     ]
     if report.comparison:
         sections.append(_comparison_section(report.comparison))
@@ -92,7 +94,28 @@ def _metrics(report: PlanReport) -> str:
         ),
         ("pipeline", f"{h.pp} stage{'s' if h.pp > 1 else ''}", _bubble_text(report.timeline)),
     ]
+    if report.measured is not None:
+        cards[1:1] = _measured_cards(report.measured, h.step_time_s, h.peak_gb)
     return '<div class="metrics">' + "".join(_metric(*card) for card in cards) + "</div>"
+
+
+def _measured_cards(measured: Measured, predicted_step_s: float, predicted_peak_gb: float) -> list[tuple[str, ...]]:
+    """The run's measured step time and peak memory, each with the prediction's error."""
+    if measured.step_time_s is None:
+        step = ("measured step", "n/a", "too few steps to time")
+    else:
+        error = _error(predicted_step_s, measured.step_time_s)
+        step = ("measured step", s.seconds(measured.step_time_s), f"mean of {measured.steps} steps; prediction {error}")
+    peak = max(measured.peak_memory_gb, default=0.0)
+    error = _error(predicted_peak_gb, peak)
+    memory = ("measured peak", s.gigabytes(peak), f"{measured.memory_kind}; prediction {error}")
+    return [step, memory]
+
+
+def _error(predicted: float, measured: float) -> str:
+    if measured <= 0:
+        return "n/a"
+    return f"{(predicted - measured) / measured:+.0%}"
 
 
 def _bubble_text(timeline: Timeline) -> str:
@@ -261,7 +284,8 @@ def _memory_section(report: PlanReport) -> str:
     lead = (
         "Per GPU, for each pipeline stage, at the two moments the cost model prices: the start of backward "
         "(every activation held) and the optimizer step (this step's gradients complete). The taller one is the "
-        "stage's peak; the other is drawn faded. The dashed line is the budget."
+        "stage's peak; the other is drawn faded. The dashed line is the budget"
+        + ("; the dotted line over each stage is the peak the training run measured." if report.measured else ".")
     )
     legend = [(PART_COLOURS[part], part) for part in MEMORY_PARTS]
     return _section("Memory per GPU", lead, _memory_svg(report) + _legend(legend))
@@ -269,13 +293,16 @@ def _memory_section(report: PlanReport) -> str:
 
 def _memory_svg(report: PlanReport) -> str:
     budget = report.headline.budget_gb
-    top = max([budget, *(m.total_gb for stage in report.memory for m in stage.moments)])
+    measured = report.measured.peak_memory_gb if report.measured is not None else ()
+    top = max([budget, *measured, *(m.total_gb for stage in report.memory for m in stage.moments)])
     ticks = s.nice_ticks(top * 1.05, 6)
     scale = (MEMORY_BOTTOM - MEMORY_TOP) / ticks[-1]
     body = _y_axis(ticks, scale, "GB")
     group = (WIDTH - PLOT_LEFT - PLOT_RIGHT) / len(report.memory)
     for index, stage in enumerate(report.memory):
         body += _stage_bars(stage, PLOT_LEFT + index * group, group, scale)
+        if index < len(measured):
+            body += _measured_mark(measured[index], PLOT_LEFT + index * group, group, scale)
     y = MEMORY_BOTTOM - budget * scale
     body.append(s.line(PLOT_LEFT, y, WIDTH - PLOT_RIGHT, y, stroke=BUDGET, stroke_width=1.6, stroke_dasharray="6 4"))
     body.append(
@@ -283,6 +310,15 @@ def _memory_svg(report: PlanReport) -> str:
                font_weight=600)
     )  # fmt: skip
     return s.svg(WIDTH, MEMORY_BOTTOM + 46, body, "memory per stage")
+
+
+def _measured_mark(gb: float, x: float, group: float, scale: float) -> list[str]:
+    y = MEMORY_BOTTOM - gb * scale
+    left, right = x + group * 0.12, x + group * 0.88
+    return [
+        s.line(left, y, right, y, stroke=MEASURED, stroke_width=2, stroke_dasharray="2 3"),
+        s.text(right, y - 4, f"measured {gb:.1f}", text_anchor="end", font_size=11, fill=MEASURED),
+    ]
 
 
 def _y_axis(ticks: list[float], scale: float, unit: str) -> list[str]:
@@ -333,7 +369,7 @@ def _stacked_bar(stage: StageMemory, moment, x: float, width: float, scale: floa
 ROW_HEIGHT, ROW_GAP, LABEL_WIDTH, SHARE_WIDTH, TIMELINE_TOP = 26, 10, 70, 78, 8
 
 
-def _timeline_section(timeline: Timeline) -> str:
+def _timeline_section(timeline: Timeline, measured: Measured | None = None) -> str:
     m = timeline.num_micro_batches
     lead = (
         f"One step: {m} micro-batch{'es' if m > 1 else ''} per stage"
@@ -342,23 +378,33 @@ def _timeline_section(timeline: Timeline) -> str:
         "stage paces it, and idles while the later stages finish (drain); its micro-batches are drawn together "
         f"by kind of work. {_bubble_text(timeline).capitalize()}"
         + (f" ({s.seconds(timeline.bubble_s)}); ★ marks the slowest stage." if len(timeline.stages) > 1 else ".")
+        + (" The dotted line is the step time the training run measured." if _measured_step(measured) else "")
     )
     legend = [(PART_COLOURS[p], p) for p in TIME_PARTS]
     legend += [
         (f"repeating-linear-gradient(45deg,{IDLE} 0 2px,#f6f8fa 2px 5px)", "idle: pipeline fill and drain"),
         (WAITING, "waiting for the slowest stage"),
     ]
-    return _section("Step timeline", lead, _timeline_svg(timeline) + _legend(legend))
+    return _section("Step timeline", lead, _timeline_svg(timeline, _measured_step(measured)) + _legend(legend))
 
 
-def _timeline_svg(timeline: Timeline) -> str:
+def _measured_step(measured: Measured | None) -> float | None:
+    return measured.step_time_s if measured is not None else None
+
+
+def _timeline_svg(timeline: Timeline, measured_step_s: float | None = None) -> str:
     plot = WIDTH - LABEL_WIDTH - SHARE_WIDTH
-    scale = plot / timeline.step_s
+    scale = plot / max(timeline.step_s, measured_step_s or 0.0)
     body = ["<defs>" + s.hatch_pattern("idle", IDLE, "#f6f8fa") + "</defs>"]
     for row, stage in enumerate(timeline.stages):
         body += _timeline_row(stage, TIMELINE_TOP + row * (ROW_HEIGHT + ROW_GAP), scale, row == timeline.bottleneck)
     axis_y = TIMELINE_TOP + len(timeline.stages) * (ROW_HEIGHT + ROW_GAP)
     body += _time_axis(timeline.step_s, scale, axis_y)
+    if measured_step_s is not None:
+        x = LABEL_WIDTH + measured_step_s * scale
+        body.append(s.line(x, TIMELINE_TOP - 4, x, axis_y, stroke=MEASURED, stroke_width=2, stroke_dasharray="2 3"))
+        label = f"measured {s.seconds(measured_step_s)}"
+        body.append(s.text(x - 4, axis_y + 26, label, text_anchor="end", font_size=11, fill=MEASURED))
     return s.svg(WIDTH, axis_y + 34, body, "predicted step timeline")
 
 

@@ -146,3 +146,19 @@ def test_report_prints_predicted_and_measured(family_runs):
     _, _, _, results = family_runs
     report = results[0][0]["report"]
     assert "predicted" in report and "measured" in report and "stage 0 peak memory" in report
+
+
+def test_output_dir_keeps_the_plan_and_its_measured_report(family_runs):
+    """plan.json (the plan trained with), plan_report.json (predicted vs measured per stage), plan.html."""
+    from galvatron_hf.planner.plan import Plan
+
+    _, _, _, results = family_runs
+    for run in results[0]:
+        directory = Path(run["output_dir"])
+        assert Plan.load(directory / "plan.json") == run["plan"]
+        written = json.loads((directory / "plan_report.json").read_text())
+        assert len(written["measured"]["peak_memory_gb"]) == run["plan"].pp
+        assert all(gb > 0 for gb in written["measured"]["peak_memory_gb"])
+        assert written["predicted"]["step_time_s"] == run["plan"].predicted.step_time_s
+        html = (directory / "plan.html").read_text()
+        assert "measured peak" in html and "the training run measured" in html

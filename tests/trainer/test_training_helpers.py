@@ -15,7 +15,7 @@ from galvatron_hf.training.batching import (
 )
 from galvatron_hf.training.arguments import plan_request
 from galvatron_hf.training.plans import resolve_training_plan
-from galvatron_hf.training.report import format_report
+from galvatron_hf.training.report import format_report, measured_of
 from galvatron_hf.training.scheduler_state import SchedulerStateError, adapt_to_groups
 
 
@@ -191,5 +191,7 @@ def test_scheduler_state_maps_onto_another_group_count():
 def test_report_lists_every_stage():
     request = PlanRequest(pp=2, world_size=2, per_device_batch_size=4, mixed_precision="fp32")
     plan = resolve_plan(request, _llama_spec()).plan
-    text = format_report(plan, [(0, 1.5, 0.2), (1, 2.5, 0.25)], "CUDA max allocated")
+    measured = measured_of(plan, [(0, 1.5, 0.2), (1, 2.5, 0.25)], "CUDA max allocated", steps=3)
+    assert measured.step_time_s == 0.25 and measured.peak_memory_gb == (1.5, 2.5)
+    text = format_report(plan, measured)
     assert "measured 250.0 ms" in text and "stage 1 peak memory" in text and "measured 2.50 GB" in text

@@ -169,5 +169,6 @@ def galvatron_worker(rank: int, world_size: int, family: str, runs: list[dict[st
         if run.get("export"):
             trainer.save_model(os.path.join(workdir, run["export"]))
         result["report"] = trainer.plan_report.summary
+        result["output_dir"] = output_dir
         results.append(result)
     return results
