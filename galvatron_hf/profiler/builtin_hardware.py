@@ -36,7 +36,7 @@ from galvatron_hf.profiler.hardware_schema import (
 # Share of the datasheet dense rate large bf16 matmuls reach: `galvatron-hf profile hardware` measured 774.7 of
 # 989.4 TFLOP/s (4096^3 GEMM, torch 2.11) on one H100 SXM (benchmarks/profiles/h100/hardware-1gpu.json).
 # The same share is assumed for H200 (same die) and A100 (an estimate). The planner's analytic compute then
-# applies its own layer efficiency (planner/cost_model.py: LAYER_EFFICIENCY) for the non-matmul work.
+# applies its own layer efficiency (planner/cost_model/compute.py: LAYER_EFFICIENCY) for the non-matmul work.
 ACHIEVED_FRACTION = 0.78
 ACHIEVED_SOURCE = (
     "0.78 x datasheet dense rate: 774.7 of 989.4 TFLOP/s measured for a 4096^3 bf16 GEMM on one H100 SXM "

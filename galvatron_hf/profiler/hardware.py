@@ -459,7 +459,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, side: int, repeats: 
 def device_memory_gb(device: torch.device) -> tuple[float, float]:
     """(total GB, GB held outside PyTorch's allocator: CUDA context, NCCL buffers). CPU: RAM per local rank.
 
-    GB is 1e9 bytes, the planner's unit (``planner/cost_model.py``).
+    GB is 1e9 bytes, the planner's unit (``planner/cost_model/``).
     """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)

@@ -1,0 +1,148 @@
+"""Communication prices: collectives from the hardware profile's fits, TP and DP traffic of a layer, relayouts
+between layers and pipeline sends (docs/cost_model.md, "Communication")."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from galvatron_hf.planner.cost_model.shapes import StepShape
+from galvatron_hf.planner.cost_model.units import GRAD_BYTES, Precision
+from galvatron_hf.profiler.hardware_schema import bus_factor
+
+if TYPE_CHECKING:
+    from galvatron_hf.adapters.spec import LayerSpec
+    from galvatron_hf.profiler.hardware_schema import HardwareProfile
+
+
+class CommunicationCosts:
+    """The communication half of :class:`~galvatron_hf.planner.cost_model.CostModel` (a mixin: it reads the
+    model's hardware profile, precision and overlap slowdowns)."""
+
+    hardware: HardwareProfile
+    precision: Precision
+    _fits: dict[tuple, object]
+
+    def collective_s(self, op: str, nbytes: float, group_size: int, stride: int = 1) -> float:
+        """One collective over ``group_size`` ranks spaced ``stride`` apart (nccl-tests ``nbytes``).
+
+        Inside a node the profile's fit is used as is. Across nodes a ring is bounded by the NICs its GPUs
+        drive, so the fit's busbw is scaled by (GPUs per node in this group) / (GPUs per node in the group
+        the fit was measured on); see docs/cost_model.md.
+        """
+        hw = self.hardware
+        if group_size <= 1 or nbytes <= 0:
+            return 0.0
+        placement = hw.placement_of(group_size, stride)
+        ranks = "consecutive" if stride == 1 else "strided"
+        key = (op, group_size, placement, ranks)
+        fit = self._fits.get(key)
+        if fit is None:
+            fit = self._fits[key] = hw.collective(op, group_size, placement, ranks)
+        scale = 1.0
+        if placement == "inter_node":
+            scale = self._gpus_per_node_in(group_size, stride) / self._fit_gpus_per_node(fit)
+        algbw = fit.busbw_GBps * scale * 1e9 / bus_factor(op, group_size)
+        return fit.latency_s + nbytes / algbw
+
+    def _gpus_per_node_in(self, group_size: int, stride: int) -> int:
+        gpn = self.hardware.gpus_per_node
+        if stride >= gpn:
+            return 1
+        return max(1, min(group_size, gpn // stride))
+
+    def _fit_gpus_per_node(self, fit) -> int:
+        if fit.ranks == "consecutive":
+            return max(1, min(fit.group_size, self.hardware.gpus_per_node))
+        measured_stride = max(1, self.hardware.world_size // fit.group_size)
+        return self._gpus_per_node_in(fit.group_size, measured_stride)
+
+
+    def overlapped_s(self, window_s: float, comm_s: float) -> float:
+        """Extra time when ``comm_s`` runs beside ``window_s`` of compute (slowdowns from the profile)."""
+        if comm_s <= 0:
+            return 0.0
+        comm = comm_s * self.overlap.comm_slowdown
+        overlapped = min(comm, window_s)
+        return max(0.0, comm - window_s) + overlapped * (self.overlap.compute_slowdown - 1.0)
+
+
+    def _tp_comm_s(self, layer: LayerSpec, tp: int, samples: float) -> tuple[float, float]:
+        """Blocking TP collectives of one micro-batch: (forward, backward) seconds."""
+        if tp <= 1 or not layer.tp_params:
+            return 0.0, 0.0
+        act = self.precision.compute_bytes
+        hidden_bytes = samples * layer.seq_len * layer.hidden_size * act
+        if layer.kind == "embedding":  # vocab-parallel rows: partial sums all-reduced; input grads are ids
+            return self.collective_s("all_reduce", hidden_bytes, tp), 0.0
+        if layer.kind == "head":  # vocab-parallel columns, logits gathered; input grad all-reduced
+            logits = samples * layer.seq_len * max(layer.vocab_size, 1) * act
+            return self.collective_s("all_gather", logits, tp), self.collective_s("all_reduce", hidden_bytes, tp)
+        # Megatron-style block: one all-reduce per row-parallel output forward, one per column-parallel
+        # input backward; one each per sub-layer (attention, MLP, cross-attention).
+        count = sum(rule.style == "rowwise" for rule in layer.tp_rules) or 2
+        one = self.collective_s("all_reduce", hidden_bytes, tp)
+        return count * one, count * one
+
+    def _dp_comm_exposed_s(
+        self, params: float, tp: int, dp: int, dp_type: str, forward: float, backward: float, shape: StepShape
+    ) -> float:
+        """Once-per-step DP communication left exposed after overlapping with this layer's compute."""
+        if dp <= 1:
+            return 0.0
+        grad_bytes = params * GRAD_BYTES  # reduce in fp32
+        if dp_type == "ddp":
+            sync = self.collective_s("all_reduce", grad_bytes, dp, stride=tp)
+        else:
+            sync = self.collective_s("reduce_scatter", grad_bytes, dp, stride=tp)
+        exposed = self.overlapped_s(backward, sync)
+        gathers_forward, gathers_backward = self._gathers_per_step(dp_type, shape)
+        if gathers_forward or gathers_backward:
+            gather = self.collective_s("all_gather", params * self.precision.compute_bytes, dp, stride=tp)
+            exposed += gathers_forward * self.overlapped_s(forward, gather)
+            exposed += gathers_backward * self.overlapped_s(backward, gather)
+        return exposed
+
+    @staticmethod
+    def _gathers_per_step(dp_type: str, shape: StepShape) -> tuple[int, int]:
+        """(forward, backward) parameter all-gathers per step; ddp gathers over a shard group of one."""
+        m = shape.num_micro_batches
+        if dp_type == "zero2":  # gathered once, kept until backward (and across micro-batches when M > 1)
+            return (1 if (m == 1 or shape.pp > 1) else m), 0
+        if dp_type == "zero3":
+            if m == 1:
+                return 1, 1
+            if shape.pp > 1:  # pipelining turns reshard-after-backward off until the last micro-batch
+                return 1, m
+            return m, m
+        return 0, 0
+
+    def relayout_s(self, boundary: LayerSpec, tp_from: int, tp_to: int, shape: StepShape) -> float:
+        """Per micro-batch cost of the layout change after ``boundary`` (forward + backward).
+
+        Growing TP all-gathers the batch parts within the new TP group (backward: a local slice); shrinking
+        TP takes a local slice (backward: an all-gather of the gradient). Either way one all-gather of the
+        larger per-rank batch part over ``max / min`` ranks strided by the smaller tp.
+        """
+        if tp_from == tp_to:
+            return 0.0
+        small, large = sorted((tp_from, tp_to))
+        dp_of_large = shape.devices_per_stage // large
+        nbytes = shape.micro_batch_size / dp_of_large * self._hidden_bytes(boundary)
+        return self.collective_s("all_gather", nbytes, large // small, stride=small)
+
+    def p2p_s(self, boundary: LayerSpec, dp: int, stage: int, shape: StepShape) -> float:
+        """Per micro-batch send of activations to stage + 1 and receive of their gradients."""
+        nbytes = shape.micro_batch_size / dp * self._hidden_bytes(boundary)
+        placement = self._p2p_placement(stage, shape)
+        return 2 * self.hardware.p2p_time(nbytes, placement)
+
+    def _p2p_placement(self, stage: int, shape: StepShape) -> str:
+        gpn = self.hardware.gpus_per_node
+        first = stage * shape.devices_per_stage
+        for rank in range(first, first + shape.devices_per_stage):
+            if rank // gpn != (rank + shape.devices_per_stage) // gpn:
+                return "inter_node"
+        return "intra_node"
+
+    def _hidden_bytes(self, layer: LayerSpec) -> float:
+        return layer.seq_len * layer.hidden_size * self.precision.compute_bytes

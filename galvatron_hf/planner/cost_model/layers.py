@@ -1,0 +1,148 @@
+"""The cost model: time and memory of each layer under a strategy (blocks and vocabulary layers)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from galvatron_hf.planner.cost_model.communication import CommunicationCosts
+from galvatron_hf.planner.cost_model.compute import AnalyticCompute, LayerCostSource
+from galvatron_hf.planner.cost_model.memory import MemoryCosts, rank_state_params
+from galvatron_hf.planner.cost_model.shapes import LayerCost, StepShape
+from galvatron_hf.planner.cost_model.units import (
+    ACCUMULATED_GRAD_BYTES,
+    ADAM_BYTES,
+    GB,
+    GRAD_BYTES,
+    Precision,
+)
+from galvatron_hf.planner.plan import DP_TYPES, PlanError, VocabStrategy
+
+if TYPE_CHECKING:
+    from galvatron_hf.adapters.spec import LayerSpec, ModelSpec
+    from galvatron_hf.profiler.hardware_schema import HardwareProfile
+
+
+class CostModel(CommunicationCosts, MemoryCosts):
+    """Prices layers, layout changes and pipeline transfers for one model on one cluster."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        hardware: HardwareProfile,
+        *,
+        mixed_precision: str = "bf16",
+        attn_impl: str = "sdpa",
+        compute: LayerCostSource | None = None,
+    ) -> None:
+        self.spec = spec
+        self.hardware = hardware
+        self.precision = Precision.of(mixed_precision)
+        self.attn_impl = attn_impl
+        self.compute = compute or AnalyticCompute(hardware, mixed_precision, attn_impl)
+        self.overlap = hardware.overlap
+        self.reserved_bytes = hardware.device.reserved_memory_gb * GB
+        self._cache: dict[tuple, LayerCost] = {}
+        self._fits: dict[tuple, object] = {}
+        self.pre_layers = tuple(spec.pre_layers)  # the spec's properties rescan every layer: keep them
+        self.post_layers = tuple(spec.post_layers)
+
+
+    def local_params(self, layer: LayerSpec, tp: int) -> float:
+        """Parameters one rank holds before DP sharding: TP-split ones divided by tp."""
+        return (layer.params - layer.tp_params) + layer.tp_params / tp
+
+    def layer_cost(
+        self, layer: LayerSpec, tp: int, dp: int, dp_type: str, checkpoint: bool, shape: StepShape
+    ) -> LayerCost:
+        """Time and memory of a block, or of a vocab layer (embedding, norm, head) under ``(tp, dp)``.
+
+        Memoised: a model's blocks are mostly copies, and the search asks for the same prices many times.
+        """
+        key = (id(layer), tp, dp, dp_type, checkpoint, shape)
+        cost = self._cache.get(key)
+        if cost is None:
+            cost = self._layer_cost(layer, tp, dp, dp_type, checkpoint, shape)
+            self._cache[key] = cost
+        return cost
+
+    def _layer_cost(
+        self, layer: LayerSpec, tp: int, dp: int, dp_type: str, checkpoint: bool, shape: StepShape
+    ) -> LayerCost:
+        if dp_type not in DP_TYPES:
+            raise PlanError(f"dp_type {dp_type!r} is not one of {DP_TYPES}")
+        samples = shape.micro_batch_size / dp
+        compute_tp = tp if layer.tp_params else 1
+        forward = self.compute.forward_time_s(layer, samples, compute_tp)
+        backward = self.compute.backward_time_s(layer, samples, compute_tp)
+        tp_forward, tp_backward = self._tp_comm_s(layer, tp, samples)
+        tp_comm = tp_forward + tp_backward
+        per_micro_batch = forward + backward + tp_comm
+        if checkpoint:
+            per_micro_batch += forward + tp_forward  # recomputation re-runs the forward and its collectives
+            tp_comm += tp_forward
+        params = self.local_params(layer, tp)
+        dp_comm = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
+        sharded_params = rank_state_params(params, dp, dp_type)
+        memory_bound = self.optimizer_step_s(sharded_params) + self.clip_s(sharded_params)
+        memory_bound += self.fsdp_copy_s(params, dp, dp_type, shape)
+        m = shape.num_micro_batches
+        time_s = per_micro_batch + (dp_comm + memory_bound) / m
+        # the LM head gathers its vocab-parallel logits (output_layouts=Replicate): every rank keeps them whole
+        activation_tp = 1 if layer.kind == "head" else compute_tp
+        activation = self.compute.activation_bytes(layer, samples, activation_tp, checkpoint)
+        workspace = self._workspace_bytes(layer, params, compute_tp, samples, dp_type, checkpoint, activation, shape)
+        return LayerCost(
+            time_s,
+            self._static_bytes(params, dp, dp_type, shape),
+            activation,
+            workspace,
+            GRAD_BYTES * sharded_params,
+            communication_s=tp_comm + dp_comm / m,
+            memory_bound_s=memory_bound / m,
+            optimizer_bytes=ADAM_BYTES * sharded_params,
+            accumulated_grad_bytes=ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0,
+        )
+
+
+    # ----- vocabulary layers -----------------------------------------------------------------------------
+    def vocab_cost(self, vocab: VocabStrategy, first: bool, last: bool, shape: StepShape) -> LayerCost:
+        """Embedding (first stage) and norm / pooler / head (last stage) under the vocab strategy, summed.
+
+        With tied embeddings and pp > 1 the last stage holds its own copy of the tied weight (estimate).
+        """
+        layers = []
+        if first:
+            layers += list(self.pre_layers)
+        if last:
+            layers += list(self.post_layers)
+        costs = [self.layer_cost(layer, vocab.tp, vocab.dp, vocab.dp_type, False, shape) for layer in layers]
+        if last and shape.pp > 1 and self.spec.tie_word_embeddings:
+            head_params = sum(layer.params for layer in self.post_layers if layer.kind == "head")
+            if not head_params:
+                for layer in self.pre_layers:
+                    params = self.local_params(layer, vocab.tp)
+                    static = self._static_bytes(params, vocab.dp, vocab.dp_type, shape)
+                    sharded = rank_state_params(params, vocab.dp, vocab.dp_type)
+                    accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
+                    costs.append(
+                        LayerCost(
+                            time_s=0.0,
+                            static_bytes=static,
+                            activation_bytes=0.0,
+                            workspace_bytes=0.0,
+                            grad_bytes=GRAD_BYTES * sharded,
+                            optimizer_bytes=ADAM_BYTES * sharded,
+                            accumulated_grad_bytes=accumulated,
+                        )
+                    )
+        return LayerCost(
+            time_s=sum(c.time_s for c in costs),
+            static_bytes=sum(c.static_bytes for c in costs),
+            activation_bytes=sum(c.activation_bytes for c in costs),
+            workspace_bytes=max((c.workspace_bytes for c in costs), default=0.0),
+            grad_bytes=sum(c.grad_bytes for c in costs),
+            communication_s=sum(c.communication_s for c in costs),
+            memory_bound_s=sum(c.memory_bound_s for c in costs),
+            optimizer_bytes=sum(c.optimizer_bytes for c in costs),
+            accumulated_grad_bytes=sum(c.accumulated_grad_bytes for c in costs),
+        )

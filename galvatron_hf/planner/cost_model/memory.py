@@ -1,0 +1,110 @@
+"""Memory prices: the bytes FSDP2, AdamW and checkpointing keep per layer, and the time of memory-bound work
+(optimizer step, clipping, FSDP2's copies) as HBM traffic (docs/cost_model.md, "Memory")."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from galvatron_hf.planner.cost_model.compute import LayerCostSource
+from galvatron_hf.planner.cost_model.shapes import StepShape
+from galvatron_hf.planner.cost_model.units import (
+    ACCUMULATED_GRAD_BYTES,
+    ADAM_BYTES,
+    CLIP_BYTES,
+    GRAD_BYTES,
+    MASTER_BYTES,
+    OPTIMIZER_BYTES,
+    TRANSIENT_GRAD_BYTES,
+    Precision,
+)
+
+if TYPE_CHECKING:
+    from galvatron_hf.adapters.spec import LayerSpec
+    from galvatron_hf.profiler.hardware_schema import HardwareProfile
+
+
+def rank_state_params(params: float, dp: int, dp_type: str) -> float:
+    """Parameters whose fp32 state (weights, gradients, AdamW) one rank holds: all of them under ddp."""
+    return params if dp_type == "ddp" else params / dp
+
+
+class MemoryCosts:
+    """The memory half of :class:`~galvatron_hf.planner.cost_model.CostModel` (a mixin: it reads the model's
+    hardware profile, precision and compute source; ``_gathers_per_step`` comes from the communication half)."""
+
+    hardware: HardwareProfile
+    precision: Precision
+    compute: LayerCostSource
+
+    def optimizer_step_s(self, params: float) -> float:
+        """AdamW over ``params`` fp32 parameters: memory-bound, ``OPTIMIZER_BYTES`` of HBM traffic each.
+
+        Zero when the profile has no memory bandwidth (it then cannot be priced, and is small anyway).
+        """
+        return self.memory_traffic_s(params * OPTIMIZER_BYTES)
+
+    def clip_s(self, params: float) -> float:
+        """Gradient clipping over ``params`` local fp32 gradients (norm, then scale)."""
+        return self.memory_traffic_s(params * CLIP_BYTES)
+
+    def memory_traffic_s(self, nbytes: float) -> float:
+        """Seconds of memory-bound work moving ``nbytes`` through HBM (0 without a measured bandwidth)."""
+        bandwidth = self.hardware.device.memory_bandwidth_GBps
+        if bandwidth <= 0:
+            return 0.0
+        return nbytes / (bandwidth * 1e9)
+
+    def fsdp_copy_s(self, params: float, dp: int, dp_type: str, shape: StepShape) -> float:
+        """FSDP2's casts and copies around its collectives, per step, on the compute stream's memory.
+
+        They happen at every degree, dp = 1 included: each all-gather casts the fp32 shard into the bf16
+        gather buffer (copy-in) and copies the gathered buffer out into the unsharded parameters; each
+        gradient reduction casts the bf16 gradient into an fp32 reduce buffer and accumulates its shard into
+        the sharded gradient; with M > 1 and sync off, each micro-batch adds its gradient into the unsharded
+        fp32 accumulator. Measured on one H100 (benchmarks/results/h100-step-breakdown) these copies were
+        most of the gap between our runtime's step and the sum of its layers' compute.
+        """
+        act = self.precision.compute_bytes
+        forward_gathers, backward_gathers = self._gathers_per_step("zero2" if dp_type == "ddp" else dp_type, shape)
+        gather = params / dp * (MASTER_BYTES + act) + params * 2 * act
+        reduce = params * (act + GRAD_BYTES) + params / dp * 2 * GRAD_BYTES
+        accumulate = (shape.num_micro_batches - 1) * params * (act + 2 * ACCUMULATED_GRAD_BYTES)
+        return self.memory_traffic_s((forward_gathers + backward_gathers) * gather + reduce + accumulate)
+
+
+    def _static_bytes(self, params: float, dp: int, dp_type: str, shape: StepShape) -> float:
+        """Resident bytes: sharded fp32 weights and AdamW states, plus what FSDP2 keeps unsharded (see
+        docs/cost_model.md). The sharded gradients are :attr:`LayerCost.grad_bytes`."""
+        gathered = self.precision.compute_bytes
+        sharded = (MASTER_BYTES + ADAM_BYTES) * params
+        accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
+        if dp_type == "ddp":  # HSDP with shard size 1: whole state on every rank, bf16 copy kept fwd->bwd
+            return sharded + gathered * params + accumulated
+        if dp_type == "zero2":  # reshard_after_forward=False: unsharded params live from forward to backward
+            return sharded / dp + gathered * params + accumulated
+        held = gathered * params if (shape.accumulates and shape.pp > 1) else 0.0
+        return sharded / dp + accumulated + held
+
+    def _workspace_bytes(
+        self,
+        layer: LayerSpec,
+        params: float,
+        tp: int,
+        samples: float,
+        dp_type: str,
+        checkpoint: bool,
+        activation: float,
+        shape: StepShape,
+    ) -> float:
+        workspace = TRANSIENT_GRAD_BYTES * params
+        if dp_type == "zero3" and not (shape.accumulates and shape.pp > 1):
+            workspace += 2 * self.precision.compute_bytes * params  # this layer and the prefetched next one
+        if checkpoint:  # backward recomputes the whole layer's activations for one micro-batch
+            workspace += self.compute.activation_bytes(layer, samples, tp, False) - activation
+        if layer.kind == "head":
+            # the loss backward materialises the fp32 gradients of the log-softmax output and of its input
+            # on top of what the head keeps: measured on one H100 for a 128k vocabulary, the head's backward
+            # peak above its start is 1.98x its activations (benchmarks/profiles/h100/llama-1b-*.json), and
+            # pricing it at 1x let a searched plan run out of memory (benchmarks/results/h100-plan-accuracy)
+            workspace += 2 * activation
+        return workspace
