@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 
 class DeviceTimer:
@@ -121,15 +122,24 @@ def time_region(device: torch.device, work: Callable[[], object], repeats: Repea
 
 
 class Progress:
-    """One progress line per step on stderr, printed by rank 0 only (other ranks stay quiet)."""
+    """A progress bar on stderr (tqdm, as the HF libraries show long work), on rank 0 only.
+
+    Each finished step's result (a fitted bandwidth, a layer's time) is written as a line above the bar, so
+    a log that is not a terminal keeps every measurement; the bar closes when the last step is done.
+    """
 
     def __init__(self, prefix: str, total: int, enabled: bool = True) -> None:
         self.prefix = prefix
-        self.total = total
-        self.done = 0
         self.enabled = enabled
+        self.bar = tqdm(total=total, desc=prefix, unit="step", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+    @property
+    def done(self) -> int:
+        return self.bar.n
 
     def step(self, message: str) -> None:
-        self.done += 1
         if self.enabled:
-            print(f"[{self.prefix} {self.done}/{self.total}] {message}", file=sys.stderr, flush=True)
+            self.bar.write(f"{self.prefix}: {message}", file=sys.stderr)
+        self.bar.update(1)
+        if self.bar.total is not None and self.bar.n >= self.bar.total:
+            self.bar.close()

@@ -122,7 +122,7 @@ def test_cli_under_torchrun_writes_one_file(tmp_path):
     profile = HardwareProfile.load(output)
     assert (profile.world_size, profile.backend) == (2, "gloo")
     assert {c.op for c in profile.collectives} == set(COLLECTIVES)
-    assert "wrote" in done.stderr and "[profile hardware" in done.stderr
+    assert "wrote" in done.stderr and "profile hardware:" in done.stderr
 
 
 def test_layouts_and_pairs_of_a_two_node_cluster():

@@ -134,18 +134,18 @@ def test_cli_writes_reuses_and_forces(tmp_path, capsys):
     assert main(args) == 0
     first = capsys.readouterr()
     assert "measured vs analytic" in first.out and "decoder_block" in first.out
-    assert "[profile model" in first.err and "reusing" not in first.err
+    assert "profile model:" in first.err and "reusing" not in first.err
     profile = ModelProfile.load(tmp_path / "m.json")
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
 
     (tmp_path / "m.json").unlink()  # the cache alone answers the second run
     assert main(args) == 0
     second = capsys.readouterr()
-    assert "reusing" in second.err and "[profile model" not in second.err
+    assert "reusing" in second.err and "profile model:" not in second.err
     assert ModelProfile.load(tmp_path / "m.json") == profile
 
     assert main(args + ["--force"]) == 0
-    assert "[profile model" in capsys.readouterr().err
+    assert "profile model:" in capsys.readouterr().err
 
     assert main([a if a != "fp32" else "bf16" for a in args]) == 0  # another dtype is another key
     assert "reusing" not in capsys.readouterr().err
