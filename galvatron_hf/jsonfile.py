@@ -7,7 +7,8 @@ they follow the same rules:
   dataclass fields in order; the file is written to a temporary name and renamed, so a reader never sees
   half a file.
 * Reading, the header first: a type with a ``schema`` refuses a file of another schema; every type refuses
-  a ``version`` other than the one it reads, saying how to write a current file.
+  a ``version`` other than the ones it reads, saying how to write a current file. A type that reads older
+  versions (``JSON_OLDER_VERSIONS``) turns their data into the current version's (``_upgrade``) first.
 * Reading, every object (nested ones included) holds exactly the keys its dataclass declares: an unknown
   key is refused with its name, its place in the file and the known keys, and so is a missing required key.
   A key this version does not know may change what the file means, so it is never dropped silently; a
@@ -63,6 +64,7 @@ class VersionedJson:
     JSON_VERSION: ClassVar[int]
     JSON_ERROR: ClassVar[type[ValueError]]
     JSON_WRITE_HINT: ClassVar[str]  # the command that writes a current file; "{path}" is the file's path
+    JSON_OLDER_VERSIONS: ClassVar[tuple[int, ...]] = ()  # read too, through ``_upgrade``
 
     # ----- writing ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +82,8 @@ class VersionedJson:
         if not isinstance(data, dict):
             raise cls.JSON_ERROR(f"a {cls.JSON_KIND} file must hold a JSON object, got {type(data).__name__}")
         cls._check_header(data)
+        if data.get("version") != cls.JSON_VERSION:
+            data = cls._upgrade(data)
         return read_dataclass(cls, data, cls.JSON_KIND, cls.JSON_ERROR)
 
     @classmethod
@@ -110,12 +114,18 @@ class VersionedJson:
                 f"not a galvatron-hf {cls.JSON_KIND} file (schema {data.get('schema')!r}, expected "
                 f"{cls.JSON_SCHEMA!r})"
             )
-        if data.get("version") != cls.JSON_VERSION:
+        if data.get("version") != cls.JSON_VERSION and data.get("version") not in cls.JSON_OLDER_VERSIONS:
             hint = cls.JSON_WRITE_HINT.format(path="FILE")
             raise cls.JSON_ERROR(
                 f"{cls.JSON_KIND} file has version {data.get('version')!r}; this galvatron_hf reads version "
                 f"{cls.JSON_VERSION}: write a current file with {hint}"
             )
+
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The data of an older version (one of ``JSON_OLDER_VERSIONS``) as the current version reads it."""
+        raise NotImplementedError(f"{cls.__name__} lists older versions but does not say how to read them")
 
 
 def read_dataclass(cls: type, data: Any, where: str, error: type[ValueError]) -> Any:

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             _add_option(groups[title], name, types[name], by_name[name].metadata)
     for f in fields(DeprecatedPlanOptions):  # hidden from --help
         _add_option(parser, f.name, _without_none(f.type), f.metadata)
-    groups["output"].add_argument("--output", default=None, help="write the plan here (JSON, version 1)")
+    groups["output"].add_argument("--output", default=None, help="write the plan here (JSON, version 2)")
     groups["output"].add_argument("--json", action="store_true", help="print machine-readable JSON only on stdout")
     groups["output"].add_argument(
         "--report",

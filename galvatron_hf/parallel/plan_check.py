@@ -16,7 +16,22 @@ from galvatron_hf.planner.plan import Plan, PlanError
 def check_plan(plan: Plan, spec: ModelSpec, world_size: int | None = None) -> None:
     """Raise :class:`PlanError` naming the fix if ``plan`` cannot run ``spec`` on ``world_size`` processes."""
     plan.validate(world_size=world_size, spec=spec)
+    unsupported = _not_yet_run(plan)
+    if unsupported:
+        raise PlanError(f"this runtime does not run {unsupported} yet; search or write a plan without it")
     if plan.pp > 1:
         refusal = family_for(spec).pipeline_refusal(spec)
         if refusal is not None:
             raise PlanError(f"plan cannot be pipelined: {refusal}")
+
+
+def _not_yet_run(plan: Plan) -> str:
+    """Plan-format-2 options whose runtime part is not in this version (refused, never ignored)."""
+    parts = []
+    if plan.cp > 1:
+        parts.append(f"context parallelism (cp={plan.cp})")
+    if any(layer.sp for layer in plan.layers):
+        parts.append("sequence parallelism (sp)")
+    if plan.offload:
+        parts.append(f"CPU offload ({plan.offload})")
+    return ", ".join(parts)

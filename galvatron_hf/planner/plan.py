@@ -1,14 +1,16 @@
 """The plan: a typed, versioned description of one hybrid-parallel layout.
 
 The planner writes it, the runtime applies it, the trainer stores it beside checkpoints. Keys are fixed by
-these dataclasses (no comma-separated strings), the file carries ``"version": 1``, and ``validate`` says
-in plain words what is wrong before any process group exists.
+these dataclasses (no comma-separated strings), the file carries ``"version": 2``, and ``validate`` says
+in plain words what is wrong before any process group exists. Version 2 added sequence parallelism per layer
+(``sp``), a context-parallel degree (``cp``) and CPU offload (``offload``); version-1 files are read unchanged
+(every layer without ``sp``, ``cp`` 1, no offload).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from galvatron_hf.constants import MIXED_PRECISIONS
 from galvatron_hf.jsonfile import VersionedJson
@@ -16,10 +18,16 @@ from galvatron_hf.jsonfile import VersionedJson
 if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
     from galvatron_hf.adapters.spec import ModelSpec
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+# keys version 2 added, by where they sit: a version-1 file holding one is refused (it means something v1 lacks)
+V2_PLAN_KEYS = ("cp", "offload")
+V2_LAYER_KEYS = ("sp",)
 DP_TYPES = ("ddp", "zero2", "zero3")
 DP_TYPE_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}  # as people write them
 SCHEDULES = ("gpipe", "1f1b")
+# What FSDP2's CPUOffloadPolicy keeps in host memory: the sharded fp32 parameters, their gradients and (the
+# optimizer step then runs on the CPU) the optimizer states. It moves the three together.
+OFFLOAD_STATES = ("params", "grads", "optimizer")
 
 DPType = Literal["ddp", "zero2", "zero3"]
 Schedule = Literal["gpipe", "1f1b"]
@@ -33,8 +41,9 @@ class PlanError(ValueError):
 class LayerStrategy:
     """How one transformer block runs: its pipeline stage and its (dp, tp) layout inside the stage.
 
-    ``tp * dp`` equals the stage's device count (world_size / pp). TP groups are consecutive ranks
-    (innermost), DP groups are strided by ``tp``.
+    ``tp * dp * cp`` equals the stage's device count (world_size / pp; ``cp`` is the plan's). TP groups are
+    consecutive ranks (innermost), then CP, then DP. ``sp`` (tp > 1 only) shards the block's norms and
+    residual stream along the sequence over the TP group (Megatron-style sequence parallelism).
     """
 
     stage: int
@@ -42,6 +51,7 @@ class LayerStrategy:
     dp: int
     dp_type: DPType = "ddp"
     checkpoint: bool = False
+    sp: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Plan(VersionedJson):
     JSON_VERSION: ClassVar[int] = PLAN_VERSION
     JSON_ERROR: ClassVar[type[ValueError]] = PlanError
     JSON_WRITE_HINT: ClassVar[str] = "`galvatron-hf search --output {path}`"
+    JSON_OLDER_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
 
     world_size: int
     pp: int
@@ -90,12 +101,37 @@ class Plan(VersionedJson):
     model_name: str = ""
     model_type: str = ""
     predicted: Predicted | None = None
+    cp: int = 1  # context parallelism: every layer's sequence split over cp ranks (ring attention)
+    offload: list[str] = field(default_factory=list)  # states kept in host memory: [] or all of OFFLOAD_STATES
     version: int = PLAN_VERSION
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A version-1 file is a version-2 plan without sp, cp or offload; it may not hold their keys."""
+        misplaced = [key for key in V2_PLAN_KEYS if key in data]
+        layers = data.get("layers")
+        if isinstance(layers, list):
+            found = {key for layer in layers if isinstance(layer, dict) for key in V2_LAYER_KEYS if key in layer}
+            misplaced += [f"layers[].{key}" for key in sorted(found)]
+        if misplaced:
+            raise PlanError(
+                f"plan file has version 1 but holds version-2 keys {misplaced}; set \"version\": 2 (or drop them)"
+            )
+        return {**data, "version": PLAN_VERSION}
 
     # ----- derived views -------------------------------------------------------------------------------
     @property
     def devices_per_stage(self) -> int:
         return self.world_size // self.pp
+
+    @property
+    def batch_devices_per_stage(self) -> int:
+        """Devices of a stage that split the batch or the parameters' states: tp x dp (cp splits the sequence)."""
+        return self.devices_per_stage // self.cp if self.cp >= 1 else self.devices_per_stage
+
+    @property
+    def offloaded(self) -> bool:
+        return bool(self.offload)
 
     @property
     def micro_batch_size(self) -> int:
@@ -166,7 +202,8 @@ class Plan(VersionedJson):
             )
         errors.extend(self._batch_errors())
         errors.extend(self._stage_errors())
-        stage_devices = self.devices_per_stage
+        errors.extend(self._v2_errors())
+        stage_devices = self.batch_devices_per_stage
         strategies = [(f"layer {i}", s) for i, s in enumerate(self.layers)] + [("vocab", self.vocab)]
         for name, strategy in strategies:
             errors.extend(self._layout_errors(name, strategy, stage_devices))
@@ -190,6 +227,26 @@ class Plan(VersionedJson):
             ]
         return []
 
+    def _v2_errors(self) -> list[str]:
+        """cp and offload: values the runtime can run."""
+        errors = []
+        if self.cp < 1 or self.devices_per_stage % self.cp:
+            errors.append(f"cp={self.cp} must be >= 1 and divide the devices per stage ({self.devices_per_stage})")
+        if self.cp > 1 and self.seq_len and self.seq_len % (2 * self.cp):
+            errors.append(
+                f"cp={self.cp} splits the sequence into 2 x cp load-balanced chunks: seq_len={self.seq_len} must "
+                f"be a multiple of {2 * self.cp}"
+            )
+        unknown = [state for state in self.offload if state not in OFFLOAD_STATES]
+        if unknown:
+            errors.append(f"offload {unknown} is not among {list(OFFLOAD_STATES)}")
+        elif self.offload and sorted(self.offload) != sorted(OFFLOAD_STATES):
+            errors.append(
+                f"offload {self.offload}: FSDP2's CPUOffloadPolicy keeps parameters, gradients and optimizer states "
+                f"in host memory together; use offload {list(OFFLOAD_STATES)} or []"
+            )
+        return errors
+
     def _stage_errors(self) -> list[str]:
         stages = [layer.stage for layer in self.layers]
         if any(b < a for a, b in zip(stages, stages[1:])):
@@ -206,9 +263,17 @@ class Plan(VersionedJson):
     def _layout_errors(self, name: str, strategy: LayerStrategy | VocabStrategy, stage_devices: int) -> list[str]:
         errors = []
         if strategy.tp < 1 or strategy.dp < 1 or strategy.tp * strategy.dp != stage_devices:
+            where = f"world_size / pp = {stage_devices}" if self.cp == 1 else f"world_size / pp / cp = {stage_devices}"
+            errors.append(f"{name}: tp={strategy.tp} x dp={strategy.dp} must equal the devices per stage ({where})")
+        if getattr(strategy, "sp", False) and strategy.tp < 2:
             errors.append(
-                f"{name}: tp={strategy.tp} x dp={strategy.dp} must equal the devices per stage "
-                f"(world_size / pp = {stage_devices})"
+                f"{name}: sp shards the sequence over the TP group, so it needs tp > 1 (got tp={strategy.tp}); "
+                "set sp false or raise tp"
+            )
+        if getattr(strategy, "sp", False) and self.seq_len and (self.seq_len // max(self.cp, 1)) % strategy.tp:
+            errors.append(
+                f"{name}: sp splits each rank's {self.seq_len // max(self.cp, 1)} tokens over tp={strategy.tp}; "
+                "use a seq_len that tp divides"
             )
         if strategy.dp_type not in DP_TYPES:
             errors.append(f"{name}: dp_type {strategy.dp_type!r} is not one of {DP_TYPES}")
