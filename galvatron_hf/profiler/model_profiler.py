@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from galvatron_hf.adapters.spec import BLOCK_KINDS, LayerSpec, ModelSpec
+from galvatron_hf.adapters.spec import BLOCK_KINDS, LayerSpec, ModelSpec, module_path
 from galvatron_hf.constants import MIXED_PRECISIONS, torch_dtype
 from galvatron_hf.profiler.fitting import fit_tokens
 from galvatron_hf.profiler.model_schema import (
@@ -244,7 +244,7 @@ def module_paths(layer: LayerSpec) -> list[str]:
     """
     if layer.is_block and layer.root:
         return [layer.root]
-    return [f"{layer.root}.{m}" if layer.root and m else (m or layer.root) for m in layer.modules]
+    return [module_path(layer.root, m) for m in layer.modules]
 
 
 def modules_of(model: torch.nn.Module, layer: LayerSpec) -> list[torch.nn.Module]:
