@@ -34,7 +34,7 @@ EXIT_NO_FIT = 3
 # where each PlanOptions field appears in --help (auto_parallel and galvatron_plan are the trainer's only)
 OPTION_GROUPS = {
     "model": ("seq_len", "attn_implementation"),
-    "cluster": ("hardware", "num_nodes", "memory_gb", "profile"),
+    "cluster": ("hardware", "num_nodes", "gpus_per_node", "memory_gb", "profile"),
     "training": ("global_batch_size",),
     "uniform plan (price one plan instead of searching)": UNIFORM_OPTIONS,
 }

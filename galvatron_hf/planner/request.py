@@ -124,6 +124,13 @@ class PlanOptions:
         default=None,
         metadata={"help": "Nodes in the cluster (default: as many as the devices fill)."},
     )
+    gpus_per_node: int | None = field(
+        default=None,
+        metadata={
+            "help": "GPUs used on each node (default: the devices / --num_nodes, else full nodes); collectives "
+            "are priced by how many of a group's ranks share a node."
+        },
+    )
     profile: str | None = field(
         default=None,
         metadata={"help": "Model profile JSON (`galvatron-hf profile model`): measured layer costs, not FLOPs."},
@@ -329,7 +336,7 @@ def _pricing(request: PlanRequest, spec: ModelSpec) -> _Pricing:
     from galvatron_hf.planner.search import default_memory_gb
     from galvatron_hf.profiler.builtin_hardware import hardware_for
 
-    hardware = hardware_for(request.hardware, request.world_size, request.num_nodes)
+    hardware = hardware_for(request.hardware, request.world_size, request.num_nodes, request.gpus_per_node)
     memory_gb = request.memory_gb if request.memory_gb is not None else default_memory_gb(hardware)
     attention = request.attention
     compute, lines = profiled_source_for(request.profile, spec, hardware, request.mixed_precision, attention)

@@ -29,6 +29,7 @@ from galvatron_hf.profiler.hardware_schema import (
     DeviceSpec,
     HardwareProfile,
     HardwareProfileError,
+    NetworkSpec,
     OverlapSpec,
     P2PFit,
 )
@@ -51,6 +52,16 @@ NIC_SOURCE = "busbw ~ 0.9 x NIC line rate for large messages (nccl-tests PERFORM
 INTRA_LATENCY_S = 15e-6
 INTER_LATENCY_S = 40e-6
 LATENCY_SOURCE = "nccl-tests small-message times: ~15 us in a node, ~40 us across InfiniBand (estimates)"
+# NCCL's own latency model for rings with the Simple protocol (the one bulk transfers use), NCCL
+# src/graph/tuning.cc (baseLat / hwLat tables, 2.18-2.23): 8.4 us base, 3.4 us per NVLink step, 14 us per
+# network step; a collective over n ranks on k nodes takes n - 1 steps per pass, k - 1 of them across nodes.
+RING_BASE_LATENCY_S = 8.4e-6
+NVLINK_HOP_LATENCY_S = 3.4e-6
+NET_HOP_LATENCY_S = 14e-6
+RING_LATENCY_SOURCE = (
+    "NCCL src/graph/tuning.cc, Ring/Simple: baseLat 8.4 us, hwLat NVLink 3.4 us and NET 14 us per ring step "
+    "(used for groups that span nodes: docs/cost_model.md, Topology)"
+)
 # CUDA context (~0.5-1 GB), NCCL communicator buffers and allocator fragmentation; an estimate that a
 # profile measured on the target machine replaces (the profiler records reserved memory).
 RESERVED_GB = 3.0
@@ -76,6 +87,8 @@ class NodeFigures:
     nic_GBps: float  # one NIC per GPU, line rate in GB/s
     sources: dict[str, str]
     gpus_per_node: int = 8
+    nics_per_node: int = 8
+    fabric: str = ""
 
 
 H100 = NodeFigures(
@@ -91,12 +104,15 @@ H100 = NodeFigures(
     nvlink_allreduce_busbw_GBps=460.0,
     nvlink_p2p_GBps=360.0,  # 80% of 450 GB/s one way (same ring efficiency as above)
     nic_GBps=50.0,  # 8x ConnectX-7 NDR 400 Gb/s per node, one per GPU: 400 Gb/s = 50 GB/s
+    fabric="8x 400 Gb/s InfiniBand NDR per node (ConnectX-7, one per GPU), rail-optimised fat tree",
     sources={
         "peak_tflops": "NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 1979 TFLOPS with sparsity = 989.4 dense; FP32 67",
         "memory": "NVIDIA H100 datasheet: 80 GB HBM3, 3.35 TB/s",
         "nvlink": "NVLink 4 900 GB/s per GPU bidirectional (H100 datasheet); ring busbw taken as 80% of 450 GB/s one way",
         "all_reduce_8": "nccl-tests all_reduce_perf busbw 460-480 GB/s on 8x H100 SXM5 (docs.alayanew.com nccl-tests guide, 2026)",
         "nic": "DGX H100: 8x ConnectX-7 400 Gb/s NDR InfiniBand, one per GPU (NVIDIA DGX H100 user guide)",
+        "fabric": "DGX SuperPOD H100 reference architecture: compute fabric InfiniBand NDR 400 Gb/s, rail-optimised "
+        "(GPU i of every node on leaf switch group i), full fat tree (NVIDIA DGX SuperPOD RA, H100)",
     },
 )
 
@@ -113,6 +129,8 @@ H200 = replace(
         "nvlink": "NVLink 4 900 GB/s per GPU bidirectional (H200 datasheet); ring busbw taken as 80% of 450 GB/s one way",
         "all_reduce_8": "same NVSwitch fabric as DGX H100: nccl-tests all_reduce busbw 460 GB/s (docs.alayanew.com nccl-tests guide)",
         "nic": "HGX H200 reference: 8x ConnectX-7 400 Gb/s NDR, one per GPU (NVIDIA HGX platform brief)",
+        "fabric": "HGX H200 reference: InfiniBand NDR 400 Gb/s compute fabric, rail-optimised, one NIC per GPU "
+        "(NVIDIA HGX platform brief; DGX SuperPOD H200 reference architecture)",
     },
 )
 
@@ -126,12 +144,15 @@ A100 = NodeFigures(
     nvlink_allreduce_busbw_GBps=230.0,  # no NVLS on A100: same ring busbw
     nvlink_p2p_GBps=240.0,  # 80% of 300 GB/s one way
     nic_GBps=25.0,  # DGX A100: 8x ConnectX-6 HDR 200 Gb/s, one per GPU: 25 GB/s
+    fabric="8x 200 Gb/s InfiniBand HDR per node (ConnectX-6, one per GPU), rail-optimised fat tree",
     sources={
         "peak_tflops": "NVIDIA A100 datasheet: BF16/FP16 312 TFLOPS dense, FP32 19.5",
         "memory": "NVIDIA A100 80GB datasheet: HBM2e 2,039 GB/s (SXM)",
         "nvlink": "NVLink 3 600 GB/s per GPU bidirectional = 300 one way (A100 datasheet)",
         "all_reduce_8": "nccl-tests all_reduce busbw 230-250 GB/s on 8x A100 SXM4 (docs.alayanew.com nccl-tests guide, 2026)",
         "nic": "DGX A100: 8x ConnectX-6 200 Gb/s HDR InfiniBand, one per GPU (NVIDIA DGX A100 user guide)",
+        "fabric": "DGX SuperPOD A100 reference architecture: compute fabric InfiniBand HDR 200 Gb/s, rail-optimised "
+        "fat tree (NVIDIA DGX SuperPOD RA, A100)",
     },
 )
 
@@ -143,8 +164,9 @@ def builtin_names() -> list[str]:
     return sorted(BUILTIN_NODES)
 
 
-def builtin_hardware(name: str, num_nodes: int = 1) -> HardwareProfile:
-    """The built-in profile ``name`` ("h100", "h200", "a100") for a cluster of ``num_nodes`` such nodes."""
+def builtin_hardware(name: str, num_nodes: int = 1, gpus_per_node: int | None = None) -> HardwareProfile:
+    """The built-in profile ``name`` ("h100", "h200", "a100") for a cluster of ``num_nodes`` such nodes, using
+    ``gpus_per_node`` GPUs of each (default: all of them; fewer GPUs drive fewer NICs)."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in BUILTIN_NODES:
         raise HardwareProfileError(
@@ -153,18 +175,30 @@ def builtin_hardware(name: str, num_nodes: int = 1) -> HardwareProfile:
         )
     if num_nodes < 1:
         raise HardwareProfileError(f"num_nodes must be >= 1, got {num_nodes}")
-    return _build(BUILTIN_NODES[key], num_nodes)
+    node = BUILTIN_NODES[key]
+    used = node.gpus_per_node if gpus_per_node is None else gpus_per_node
+    if not 1 <= used <= node.gpus_per_node:
+        raise HardwareProfileError(
+            f"gpus_per_node must be between 1 and {node.gpus_per_node} (a {key} node holds {node.gpus_per_node} "
+            f"GPUs), got {used}: spread the GPUs over more nodes (--num_nodes)"
+        )
+    return _build(node, num_nodes, used)
 
 
-def load_hardware(name_or_path: str | Path, num_nodes: int | None = None) -> HardwareProfile:
-    """A built-in name or a JSON profile path; ``num_nodes`` (when given) sets the cluster size.
+def load_hardware(
+    name_or_path: str | Path, num_nodes: int | None = None, gpus_per_node: int | None = None
+) -> HardwareProfile:
+    """A built-in name or a JSON profile path; ``num_nodes`` (when given) sets the cluster size and
+    ``gpus_per_node`` the GPUs used on each node.
 
     A measured profile keeps its own fits; only its node count changes (inter-node fits apply to any count).
+    Using fewer GPUs per node than it was measured with on several nodes is refused: its fits' layouts
+    would be read wrongly.
     """
     text = str(name_or_path)
     key = ALIASES.get(text.lower(), text.lower())
     if key in BUILTIN_NODES:
-        return builtin_hardware(key, num_nodes or 1)
+        return builtin_hardware(key, num_nodes or 1, gpus_per_node)
     path = Path(text)
     if not path.suffix == ".json" and not path.exists():
         raise HardwareProfileError(
@@ -174,28 +208,45 @@ def load_hardware(name_or_path: str | Path, num_nodes: int | None = None) -> Har
     profile = HardwareProfile.load(path)
     if num_nodes is not None and num_nodes != profile.num_nodes:
         profile = replace(profile, num_nodes=num_nodes)
+    if gpus_per_node is not None and gpus_per_node != profile.gpus_per_node and profile.num_nodes > 1:
+        raise HardwareProfileError(
+            f"{path} was measured with {profile.gpus_per_node} GPUs per node; {gpus_per_node} per node on "
+            f"{profile.num_nodes} nodes needs a profile measured that way (`galvatron-hf profile hardware` on "
+            "that layout) or a built-in hardware name"
+        )
     return profile
 
 
-def hardware_for(name_or_path: str | Path, world_size: int, num_nodes: int | None = None) -> HardwareProfile:
-    """The hardware a plan for ``world_size`` devices is priced on: ``num_nodes`` nodes when given, else as
-    many nodes as the devices fill (``ceil(world_size / gpus_per_node)``), for built-in and measured profiles
-    alike. What `galvatron-hf search` and ``GalvatronTrainer`` both load."""
+def hardware_for(
+    name_or_path: str | Path, world_size: int, num_nodes: int | None = None, gpus_per_node: int | None = None
+) -> HardwareProfile:
+    """The hardware a plan for ``world_size`` devices is priced on, for built-in and measured profiles alike.
+
+    The devices sit ``gpus_per_node`` to a node when given, else ``world_size / num_nodes`` when ``num_nodes``
+    is given (16 GPUs on 4 nodes: 4 per node, each driving its own NIC), else they fill whole nodes
+    (``ceil(world_size / node size)`` nodes). What `galvatron-hf search` and ``GalvatronTrainer`` both load.
+    """
     if world_size < 1:
         raise HardwareProfileError(f"the number of devices must be >= 1, got {world_size}")
-    hardware = load_hardware(name_or_path, num_nodes)
+    if gpus_per_node is not None and gpus_per_node < 1:
+        raise HardwareProfileError(f"--gpus_per_node must be >= 1, got {gpus_per_node}")
+    if gpus_per_node is None and num_nodes is not None:
+        gpus_per_node = math.ceil(world_size / num_nodes)
+    if num_nodes is None and gpus_per_node is not None:
+        num_nodes = math.ceil(world_size / gpus_per_node)
+    hardware = load_hardware(name_or_path, num_nodes, gpus_per_node)
     needed = max(1, math.ceil(world_size / hardware.gpus_per_node))
     if num_nodes is None and needed != hardware.num_nodes:
         hardware = load_hardware(name_or_path, needed)
     return hardware
 
 
-def _build(node: NodeFigures, num_nodes: int) -> HardwareProfile:
-    gpn = node.gpus_per_node
+def _build(node: NodeFigures, num_nodes: int, gpn: int) -> HardwareProfile:
+    """The profile of ``num_nodes`` nodes using ``gpn`` GPUs of each."""
     world = gpn * num_nodes
-    collectives = _intra_fits(node)
+    collectives = _intra_fits(node, gpn)
     if num_nodes > 1:
-        collectives += _inter_fits(node, world)
+        collectives += _inter_fits(node, gpn, world)
     p2p = [P2PFit("intra_node", INTRA_LATENCY_S, node.nvlink_p2p_GBps)]
     p2p.append(P2PFit("inter_node", INTER_LATENCY_S, node.nic_GBps * NIC_EFFICIENCY))
     sources = {
@@ -203,6 +254,7 @@ def _build(node: NodeFigures, num_nodes: int) -> HardwareProfile:
         "matmul_tflops": ACHIEVED_SOURCE,
         "inter_node_busbw": f"{NIC_SOURCE}; a group with g GPUs per node drives g NICs",
         "latency": LATENCY_SOURCE,
+        "ring_latency": RING_LATENCY_SOURCE,
         "reserved_memory_gb": RESERVED_SOURCE,
         "overlap": OVERLAP_SOURCE,
     }
@@ -214,6 +266,14 @@ def _build(node: NodeFigures, num_nodes: int) -> HardwareProfile:
         memory_bandwidth_GBps=node.memory_bandwidth_GBps,
         reserved_memory_gb=RESERVED_GB,
     )
+    network = NetworkSpec(
+        nics_per_node=node.nics_per_node,
+        nic_Gbps=node.nic_GBps * 8,
+        ring_base_latency_s=RING_BASE_LATENCY_S,
+        nvlink_hop_latency_s=NVLINK_HOP_LATENCY_S,
+        net_hop_latency_s=NET_HOP_LATENCY_S,
+        fabric=node.fabric,
+    )
     profile = HardwareProfile(
         name=f"builtin:{node.name}",
         num_nodes=num_nodes,
@@ -222,6 +282,7 @@ def _build(node: NodeFigures, num_nodes: int) -> HardwareProfile:
         collectives=collectives,
         p2p=p2p,
         overlap=OVERLAP,
+        network=network,
         sources=sources,
         created="built-in (galvatron_hf/profiler/builtin_hardware.py)",
     )
@@ -237,10 +298,10 @@ def _powers_of_two(limit: int) -> list[int]:
     return sizes
 
 
-def _intra_fits(node: NodeFigures) -> list[CollectiveFit]:
+def _intra_fits(node: NodeFigures, gpn: int) -> list[CollectiveFit]:
     fits = []
     for op in COLLECTIVES:
-        for n in _powers_of_two(node.gpus_per_node):
+        for n in _powers_of_two(gpn):
             busbw = node.nvlink_busbw_GBps
             if op == "all_reduce" and n == node.gpus_per_node:
                 busbw = node.nvlink_allreduce_busbw_GBps
@@ -249,9 +310,9 @@ def _intra_fits(node: NodeFigures) -> list[CollectiveFit]:
     return fits
 
 
-def _inter_fits(node: NodeFigures, world: int) -> list[CollectiveFit]:
-    """Fits for groups spanning nodes, in the profiler's two layouts (consecutive, stride world / n)."""
-    gpn = node.gpus_per_node
+def _inter_fits(node: NodeFigures, gpn: int, world: int) -> list[CollectiveFit]:
+    """Fits for groups spanning nodes, in the profiler's two layouts (consecutive, stride world / n); a group
+    with g GPUs on each node drives min(g, NICs per node) NICs."""
     fits = []
     for op in COLLECTIVES:
         for n in _powers_of_two(world):
@@ -260,6 +321,7 @@ def _inter_fits(node: NodeFigures, world: int) -> list[CollectiveFit]:
                 span = n if ranks == "consecutive" else (n - 1) * (world // n) + 1
                 if span <= gpn:
                     continue  # stays in one node: covered by the intra-node fits
-                busbw = min(gpus_in_node * node.nic_GBps * NIC_EFFICIENCY, node.nvlink_busbw_GBps)
+                nics = min(gpus_in_node, node.nics_per_node)
+                busbw = min(nics * node.nic_GBps * NIC_EFFICIENCY, node.nvlink_busbw_GBps)
                 fits.append(CollectiveFit(op, n, "inter_node", INTER_LATENCY_S, busbw, ranks))
     return fits

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from galvatron_hf.jsonfile import VersionedJson
 
 HARDWARE_SCHEMA = "galvatron-hf/hardware"
-HARDWARE_VERSION = 1
+HARDWARE_VERSION = 2  # version 2 adds the optional ``network`` (inter-node links); version-1 files still read
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 PLACEMENTS = ("intra_node", "inter_node")
 
@@ -97,6 +97,30 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """The links between nodes: what prices a collective by where its group lies (docs/cost_model.md, "Topology").
+
+    ``nics_per_node`` NICs of ``nic_Gbps`` line rate each (one per GPU on rail-optimised H100 / A100 nodes:
+    GPU ``i`` of every node sits on rail ``i``); a group with ``g`` ranks per node drives ``min(g, nics)`` of
+    them. Latencies follow NCCL's ring model (``src/graph/tuning.cc``): a collective pays
+    ``ring_base_latency_s`` once, ``nvlink_hop_latency_s`` per ring step inside a node and
+    ``net_hop_latency_s`` per step that crosses nodes. ``fabric`` says in words what the network is.
+    """
+
+    nics_per_node: int
+    nic_Gbps: float
+    ring_base_latency_s: float
+    nvlink_hop_latency_s: float
+    net_hop_latency_s: float
+    fabric: str = ""
+
+    @property
+    def nic_GBps(self) -> float:
+        """One NIC's line rate in GB/s (1e9 bytes), one direction."""
+        return self.nic_Gbps / 8.0
+
+
+@dataclass(frozen=True)
 class OverlapSpec:
     """Slowdown factors when communication runs alongside computation (both > 1 on real GPUs)."""
 
@@ -121,6 +145,7 @@ class HardwareProfile(VersionedJson):
     collectives: list[CollectiveFit]
     p2p: list[P2PFit]
     overlap: OverlapSpec = field(default_factory=OverlapSpec)
+    network: NetworkSpec | None = None  # inter-node links; without it inter-node groups use the fits alone
     backend: str = "nccl"
     sources: dict[str, str] = field(default_factory=dict)  # figure -> where the number comes from
     created: str = ""
@@ -179,6 +204,8 @@ class HardwareProfile(VersionedJson):
     # ----- (de)serialisation: VersionedJson, plus a check of the numbers -----------------------------------
     @classmethod
     def from_dict(cls, data: Any) -> HardwareProfile:
+        if isinstance(data, dict) and data.get("version") == 1 and "network" not in data:
+            data = {**data, "version": HARDWARE_VERSION}  # version 1 is version 2 without ``network``
         profile = super().from_dict(data)
         profile.check()
         return profile
@@ -198,5 +225,10 @@ class HardwareProfile(VersionedJson):
         for p in self.p2p:
             if p.bandwidth_GBps <= 0 or p.latency_s < 0:
                 problems.append(f"p2p {p.placement}: needs bandwidth > 0 and latency >= 0")
+        net = self.network
+        if net is not None and (net.nics_per_node < 1 or net.nic_Gbps <= 0):
+            problems.append("network: needs nics_per_node >= 1 and nic_Gbps > 0")
+        if net is not None and min(net.ring_base_latency_s, net.nvlink_hop_latency_s, net.net_hop_latency_s) < 0:
+            problems.append("network: latencies must be >= 0")
         if problems:
             raise HardwareProfileError(f"hardware profile {self.name!r} is not valid: " + "; ".join(problems))

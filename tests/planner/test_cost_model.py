@@ -17,6 +17,7 @@ from galvatron_hf.planner.cost_model import (
 )
 from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
 from galvatron_hf.planner.search import uniform_plan
+from galvatron_hf.planner.cost_model.topology import GroupLayout, ring_latency_s
 from galvatron_hf.profiler.builtin_hardware import builtin_hardware
 
 
@@ -162,8 +163,9 @@ def test_overlap_and_inter_node_bandwidth(spec_factory):
     assert model.overlapped_s(1.0, 2.0) == pytest.approx(2.4 - 1.0 + 1.0 * 0.1)
     nbytes = 1e9
     # 8 ranks, one per node (stride 8) drive one NIC each; 64 consecutive ranks drive all eight per node
-    one_nic = model.collective_s("all_reduce", nbytes, 8, stride=8) - 40e-6
-    all_nics = model.collective_s("all_reduce", nbytes, 64, stride=1) - 40e-6
+    latency = lambda n, stride: ring_latency_s("all_reduce", GroupLayout(n, stride, 8), hw.network)  # noqa: E731
+    one_nic = model.collective_s("all_reduce", nbytes, 8, stride=8) - latency(8, 8)
+    all_nics = model.collective_s("all_reduce", nbytes, 64, stride=1) - latency(64, 1)
     factor = lambda n: 2 * (n - 1) / n  # noqa: E731
     assert one_nic / factor(8) == pytest.approx(8 * all_nics / factor(64), rel=1e-6)
     assert model.collective_s("all_reduce", nbytes, 8) < one_nic  # NVLink inside a node is faster

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from galvatron_hf.planner.cost_model.shapes import StepShape
+from galvatron_hf.planner.cost_model.topology import GroupLayout, inter_node_fit
 from galvatron_hf.planner.cost_model.units import GRAD_BYTES, Precision
 from galvatron_hf.profiler.hardware_schema import bus_factor
 
@@ -23,39 +24,31 @@ class CommunicationCosts:
     _fits: dict[tuple, object]
 
     def collective_s(self, op: str, nbytes: float, group_size: int, stride: int = 1) -> float:
-        """One collective over ``group_size`` ranks spaced ``stride`` apart (nccl-tests ``nbytes``).
-
-        Inside a node the profile's fit is used as is. Across nodes a ring is bounded by the NICs its GPUs
-        drive, so the fit's busbw is scaled by (GPUs per node in this group) / (GPUs per node in the group
-        the fit was measured on); see docs/cost_model.md.
-        """
-        hw = self.hardware
+        """One collective over ``group_size`` ranks spaced ``stride`` apart (nccl-tests ``nbytes``), priced by
+        where the group lies: inside a node from the intra-node fit, across nodes from the inter-node fit
+        scaled to the NICs this group drives (``cost_model/topology.py``; docs/cost_model.md, "Topology")."""
         if group_size <= 1 or nbytes <= 0:
             return 0.0
-        placement = hw.placement_of(group_size, stride)
-        ranks = "consecutive" if stride == 1 else "strided"
-        key = (op, group_size, placement, ranks)
-        fit = self._fits.get(key)
-        if fit is None:
-            fit = self._fits[key] = hw.collective(op, group_size, placement, ranks)
-        scale = 1.0
-        if placement == "inter_node":
-            scale = self._gpus_per_node_in(group_size, stride) / self._fit_gpus_per_node(fit)
-        algbw = fit.busbw_GBps * scale * 1e9 / bus_factor(op, group_size)
-        return fit.latency_s + nbytes / algbw
+        latency, busbw = self._collective_fit(op, group_size, stride)
+        return latency + nbytes / (busbw * 1e9 / bus_factor(op, group_size))
 
-    def _gpus_per_node_in(self, group_size: int, stride: int) -> int:
-        gpn = self.hardware.gpus_per_node
-        if stride >= gpn:
-            return 1
-        return max(1, min(group_size, gpn // stride))
+    def _collective_fit(self, op: str, group_size: int, stride: int) -> tuple[float, float]:
+        """(latency_s, busbw_GBps) of a collective over this group; memoised per (op, size, stride)."""
+        key = (op, group_size, stride)
+        priced = self._fits.get(key)
+        if priced is None:
+            priced = self._fits[key] = self._price_group(op, GroupLayout(group_size, stride, self.hardware.gpus_per_node))
+        return priced
 
-    def _fit_gpus_per_node(self, fit) -> int:
-        if fit.ranks == "consecutive":
-            return max(1, min(fit.group_size, self.hardware.gpus_per_node))
-        measured_stride = max(1, self.hardware.world_size // fit.group_size)
-        return self._gpus_per_node_in(fit.group_size, measured_stride)
-
+    def _price_group(self, op: str, layout: GroupLayout) -> tuple[float, float]:
+        hw = self.hardware
+        ranks = "consecutive" if layout.stride == 1 else "strided"
+        if layout.placement == "intra_node":
+            fit = hw.collective(op, layout.size, "intra_node", ranks)
+            return fit.latency_s, fit.busbw_GBps
+        fit = hw.collective(op, layout.size, "inter_node", ranks)
+        intra = [c.busbw_GBps for c in hw.collectives if c.op == op and c.placement == "intra_node"]
+        return inter_node_fit(hw, fit, layout, max(intra) if intra else None)
 
     def overlapped_s(self, window_s: float, comm_s: float) -> float:
         """Extra time when ``comm_s`` runs beside ``window_s`` of compute (slowdowns from the profile)."""

@@ -1,0 +1,74 @@
+"""Topology-aware collective prices (planner/cost_model/topology.py) and the node layout flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from galvatron_hf.planner.cost_model import CostModel, estimate_plan
+from galvatron_hf.planner.cost_model.topology import GroupLayout, ring_latency_s, ring_steps
+from galvatron_hf.planner.search import uniform_plan
+from galvatron_hf.profiler.builtin_hardware import builtin_hardware, hardware_for
+from galvatron_hf.profiler.hardware_schema import HardwareProfile, HardwareProfileError
+
+
+def test_group_layout_counts_ranks_per_node_and_nodes():
+    assert (GroupLayout(8, 1, 8).nodes, GroupLayout(8, 1, 8).ranks_per_node) == (1, 8)
+    assert (GroupLayout(16, 1, 8).nodes, GroupLayout(16, 1, 8).ranks_per_node) == (2, 8)
+    dp_of_tp2 = GroupLayout(512, 2, 8)  # the DP group of tp=2 on 1,024 GPUs: 4 ranks on each of 128 nodes
+    assert (dp_of_tp2.nodes, dp_of_tp2.ranks_per_node, dp_of_tp2.placement) == (128, 4, "inter_node")
+    assert GroupLayout(3, 3, 8).placement == "intra_node"  # ranks 0, 3, 6
+    # NCCL's ring: n - 1 steps per pass, nodes - 1 of them across nodes; all-reduce makes two passes
+    assert ring_steps("all_gather", dp_of_tp2) == (511 - 127, 127)
+    assert ring_steps("all_reduce", GroupLayout(16, 1, 8)) == (2 * 14, 2 * 1)
+
+
+def test_sixteen_gpus_on_two_four_and_sixteen_nodes_predict_different_steps(spec_factory):
+    spec = spec_factory(num_blocks=4, hidden=2048, seq=2048)
+    plan = uniform_plan(spec, 16, global_batch_size=16, dp_type="zero3")
+    steps = {}
+    for nodes in (2, 4, 16):
+        hw = hardware_for("h100", 16, num_nodes=nodes)
+        assert (hw.num_nodes, hw.gpus_per_node) == (nodes, 16 // nodes)
+        steps[nodes] = estimate_plan(plan, spec, hw).step_time_s
+    assert steps[2] < steps[4] < steps[16]  # fewer NICs per group, more ring steps across nodes
+    assert hardware_for("h100", 16, gpus_per_node=4).num_nodes == 4
+
+
+def test_inter_node_busbw_follows_nics_and_never_beats_nvlink():
+    hw = builtin_hardware("h100", 16, 4)  # 64 GPUs, 4 per node
+    model = CostModel.__new__(CostModel)
+    model.hardware, model._fits = hw, {}
+    nic = hw.network.nic_GBps * 0.9
+    assert model._collective_fit("reduce_scatter", 16, 4)[1] == pytest.approx(nic)  # one rank per node
+    assert model._collective_fit("reduce_scatter", 16, 1)[1] == pytest.approx(4 * nic)  # four per node
+    full = builtin_hardware("h100", 4)
+    model.hardware, model._fits = full, {}
+    latency, busbw = model._collective_fit("all_gather", 32, 1)
+    assert busbw <= max(c.busbw_GBps for c in full.collectives if c.placement == "intra_node")
+    assert latency == pytest.approx(ring_latency_s("all_gather", GroupLayout(32, 1, 8), full.network))
+    assert latency == pytest.approx(8.4e-6 + 28 * 3.4e-6 + 3 * 14e-6)
+
+
+def test_builtin_network_has_sources_and_refuses_too_many_gpus_per_node():
+    hw = builtin_hardware("h100", 2)
+    assert hw.network is not None and hw.network.nic_Gbps == 400 and hw.network.nics_per_node == 8
+    assert "rail-optimised" in hw.network.fabric and "rail-optimised" in hw.sources["fabric"]
+    assert "tuning.cc" in hw.sources["ring_latency"]
+    with pytest.raises(HardwareProfileError, match="gpus_per_node must be between 1 and 8"):
+        builtin_hardware("h100", 2, 16)
+
+
+def test_version_1_hardware_files_still_read(tmp_path):
+    data = builtin_hardware("a100", 2).to_dict()
+    del data["network"]
+    data["version"] = 1
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    profile = HardwareProfile.load(path)
+    assert profile.network is None and profile.version == 2
+    data["network"] = None  # a version-1 file with a version-2 key is refused, not half-read
+    path.write_text(json.dumps(data))
+    with pytest.raises(HardwareProfileError, match="version 1"):
+        HardwareProfile.load(path)
