@@ -137,6 +137,7 @@ class HardwareProfile(VersionedJson):
     JSON_VERSION: ClassVar[int] = HARDWARE_VERSION
     JSON_ERROR: ClassVar[type[ValueError]] = HardwareProfileError
     JSON_WRITE_HINT: ClassVar[str] = "`galvatron-hf profile hardware --output {path}`"
+    JSON_OLDER_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
 
     name: str
     num_nodes: int
@@ -203,9 +204,16 @@ class HardwareProfile(VersionedJson):
 
     # ----- (de)serialisation: VersionedJson, plus a check of the numbers -----------------------------------
     @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A version-1 file is a version-2 profile without ``network``; it may not hold that key."""
+        if "network" in data:
+            raise HardwareProfileError(
+                "hardware file has version 1 but holds 'network', a version-2 key: set \"version\": 2"
+            )
+        return {**data, "version": HARDWARE_VERSION}
+
+    @classmethod
     def from_dict(cls, data: Any) -> HardwareProfile:
-        if isinstance(data, dict) and data.get("version") == 1 and "network" not in data:
-            data = {**data, "version": HARDWARE_VERSION}  # version 1 is version 2 without ``network``
         profile = super().from_dict(data)
         profile.check()
         return profile
