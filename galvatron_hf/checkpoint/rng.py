@@ -68,7 +68,7 @@ def restore_rank_rng(
     ("rank0"): ranks have new roles, and TP / pipeline peers must draw the same numbers.
     """
     same_layout = saved_world_size == world_size() and (
-        saved_plan is None or plan is None or _layout(saved_plan) == _layout(plan)
+        saved_plan is None or plan is None or layout_key(saved_plan) == layout_key(plan)
     )
     source = rng_file(directory, rank() if same_layout else 0)
     if not source.is_file():
@@ -77,5 +77,6 @@ def restore_rank_rng(
     return "per-rank" if same_layout else "rank0"
 
 
-def _layout(plan: Plan) -> tuple:
+def layout_key(plan: Plan) -> tuple:
+    """What makes two plans give every rank the same role (world size, stages, block and vocab layouts)."""
     return (plan.world_size, plan.pp, tuple(plan.layers), plan.vocab)

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from galvatron_hf.training.batching import BatchGeometry
 from galvatron_hf.training.optimizer import unwrap_optimizer
+from galvatron_hf.training.resume import ResumeBatchError, describe_layout_change, resume_batch_decision, saved_layout
 from galvatron_hf.training.scheduler_state import load_scheduler_state
 
 TRAINING_ARGS_NAME = "training_args.bin"
 LOSS_SCALE_KEY = "loss_scale"  # the fp16 loss scale, in the manifest's ``extra``
 EXPORT_STAGING = ".galvatron-export"
+RNG_SOURCES = {
+    "per-rank": "each rank its own",
+    "rank0": "rank 0's on every rank (ranks have new roles)",
+    "none": "not restored",
+}
 
 
 class CheckpointHooks:
@@ -36,7 +44,8 @@ class CheckpointHooks:
       sharded state is already in the checkpoint (every rank writes its shards).
     - ``_load_from_checkpoint``: the Trainer's loads a weights file before the optimizer exists; a sharded
       checkpoint loads model and optimizer together, so this only finishes an interrupted save and checks
-      the checkpoint (early, on every rank, before the Trainer reads ``trainer_state.json``).
+      the checkpoint (early, on every rank, before the Trainer reads ``trainer_state.json``) and keeps its
+      global batch, before the training loader is built (``training/resume.py``).
     - ``_load_optimizer_and_scheduler``: the actual load (DCP reshards into this layout), the scheduler
       mapped onto this layout's param groups, the fp16 loss scale.
     - ``_load_best_model``: the best checkpoint is a sharded one.
@@ -108,6 +117,57 @@ class CheckpointHooks:
             recover_interrupted_save(path)
         dist.barrier()
         read_manifest(path)
+        self._keep_checkpoint_batch(path)
+
+    def _keep_checkpoint_batch(self, path: Path) -> None:
+        """Train with the checkpoint's global batch (``training/resume.py``), before the loader is built."""
+        saved = saved_layout(path).global_batch_size
+        current = self.batch_geometry.global_batch_size
+        asked = getattr(self.args, "global_batch_size", None) is not None or bool(self.resolved_plan.request.galvatron_plan)
+        asked = asked or self.resolved_plan.source == "given plan"  # the trainer's plan= argument
+        batch, note = resume_batch_decision(saved, current, asked, self.args.ignore_data_skip, path)
+        if batch != current:
+            self._adopt_global_batch(batch, path)
+        if note and self.is_world_process_zero():
+            print(note, flush=True)
+            print(self.batch_geometry.summary(), flush=True)
+
+    def _adopt_global_batch(self, batch: int, path: Path) -> None:
+        """Re-price this layout for ``batch`` and load batches of its size; the sharded model is unchanged
+        (the runtime reads only pp and the micro-batch count, which stay)."""
+        from galvatron_hf.planner.request import resolve_plan
+
+        resolved = self.resolved_plan
+        try:
+            geometry = BatchGeometry.from_arguments(
+                self.args.per_device_train_batch_size,
+                self.args.gradient_accumulation_steps,
+                self.parallel_model.data_size,
+                batch,
+            )
+            repriced = resolve_plan(
+                replace(resolved.request, global_batch_size=batch),
+                resolved.spec,
+                plan=replace(self.plan, global_batch_size=batch, predicted=None),
+            )
+        except ValueError as err:
+            raise ResumeBatchError(
+                f"{path} was trained with a global batch of {batch}, which this layout cannot train ({err}); "
+                f"resume on a process count whose data-parallel groups divide {batch}, or pass "
+                "global_batch_size with ignore_data_skip=True"
+            ) from err
+        if not repriced.fits:
+            raise ResumeBatchError(
+                f"{path} was trained with a global batch of {batch}; this plan, made for {self.plan.global_batch_size}, "
+                f"needs {repriced.report.peak_memory_gb:.1f} GB with it (budget {repriced.memory_gb:g} GB). Set "
+                "resume_from_checkpoint in the training arguments, so the plan is made for the checkpoint's batch"
+            )
+        self.resolved_plan = replace(repriced, source=resolved.source)
+        self.plan = self.parallel_model.plan = self.plan_report.plan = repriced.plan
+        if self.parallel_model.pipeline is not None:
+            self.parallel_model.pipeline.plan = repriced.plan
+        self.batch_geometry = geometry
+        self._train_batch_size = geometry.per_rank_batch_size
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Model, optimizer and scheduler from a checkpoint of any layout (DCP reshards on load)."""
@@ -126,12 +186,9 @@ class CheckpointHooks:
         load_scheduler_state(self.lr_scheduler, Path(checkpoint) / SCHEDULER_NAME)
         if self.parallel_model.scaler is not None and LOSS_SCALE_KEY in state.extra:
             self.parallel_model.scaler.scale = float(state.extra[LOSS_SCALE_KEY])
-        if self.is_world_process_zero() and state.plan is not None and state.plan != self.plan:
-            print(
-                f"galvatron: resumed step {state.step} saved by another layout ({state.plan.world_size} "
-                f"processes, pp={state.plan.pp}); RNG restored as {state.rng!r}",
-                flush=True,
-            )
+        change = describe_layout_change(saved_layout(checkpoint), self.plan, dist.get_world_size())
+        if self.is_world_process_zero() and change:
+            print(f"{change}; resumed at step {state.step}, RNG: {RNG_SOURCES[state.rng]}", flush=True)
 
     def _load_best_model(self) -> None:
         from galvatron_hf.checkpoint import load_checkpoint

@@ -5,7 +5,8 @@ Sources, precedence and defaults are ``planner/request.py``'s, the same as `galv
 ``checkpoint``, ``schedule``, ``num_micro_batches``) > plain data parallelism over every process (what
 ``Trainer`` does under DDP; one process when launched alone). What is the trainer's own: the batch comes from
 TrainingArguments (``training/arguments.py``), and it must split over the plan's data-parallel groups, which
-is checked here, before the model is sharded.
+is checked here, before the model is sharded. When ``resume_from_checkpoint`` names a checkpoint and no
+global batch is given, the plan is made (searched) for the checkpoint's global batch (``training/resume.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from galvatron_hf.planner.plan import Plan
 from galvatron_hf.planner.request import ResolvedPlan, resolve_plan
 from galvatron_hf.training.arguments import plan_request
 from galvatron_hf.training.batching import BatchGeometry
+from galvatron_hf.training.resume import checkpoint_batch_for_request
 
 
 def resolve_training_plan(
@@ -39,6 +41,7 @@ def resolve_training_plan(
         attn_implementation,
         auto_parallel=auto_parallel,
         galvatron_plan=plan if isinstance(plan, str) else None,
+        global_batch_size=checkpoint_batch_for_request(args) if plan is None else None,
     )
     resolved = resolve_plan(request, spec, plan=plan if isinstance(plan, Plan) else None)
     BatchGeometry.from_arguments(
