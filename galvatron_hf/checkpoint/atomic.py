@@ -8,6 +8,7 @@ and only then deletes the old one. A crash between the two renames leaves no ``<
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -21,6 +22,7 @@ from galvatron_hf.checkpoint.manifest import MANIFEST_NAME
 
 STAGING_MARK = ".tmp-"
 ASIDE_MARK = ".old-"
+FULL_BELOW_BYTES = 1 << 20  # a file system with less room than this cannot take another checkpoint file
 
 
 def staging_name(target: Path, mark: str, nonce: str) -> Path:
@@ -101,3 +103,30 @@ def fsync_directory(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def describe_os_error(error: BaseException, where: Path) -> str:
+    """``error`` in words, saying so when the disk holding ``where`` is full (torch's own message for a
+    failed write, "unexpected pos ...", does not)."""
+    text = str(error)
+    if disk_full(error, where):
+        text += f" -- the disk holding {where} is full ({free_bytes(where):,} bytes free); free space or save elsewhere"
+    return text
+
+
+def disk_full(error: BaseException, where: Path) -> bool:
+    """Whether ``error`` (or an error it was raised from) is "no space left", or the disk has no room left."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return free_bytes(where) < FULL_BELOW_BYTES
+
+
+def free_bytes(where: Path) -> int:
+    """Free bytes on the file system holding ``where`` (or its nearest existing parent)."""
+    existing = Path(where).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
-from galvatron_hf.checkpoint.atomic import recover_interrupted_save
+from galvatron_hf.checkpoint.atomic import describe_os_error, recover_interrupted_save
 from galvatron_hf.checkpoint.collective import single_process_dcp_is_intended
 from galvatron_hf.checkpoint.hf_weights import tied_weight_sources
 from galvatron_hf.checkpoint.manifest import CONFIG_NAME, DCP_DIR, CheckpointError, read_manifest
@@ -36,13 +37,17 @@ def export_to_hf(
     model_class: str | None = None,
     dtype: torch.dtype | None = None,
     max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
 ) -> Path:
     """Write ``out_dir`` so that ``AutoModel*.from_pretrained(out_dir)`` gives the trained model.
 
     Offline, one process, CPU: DCP reassembles full tensors from the shards of any layout into a model built
-    from the checkpoint's config.json (or ``config``, a config object or a directory holding one).
+    from the checkpoint's config.json (or ``config``, a config object or a directory holding one). A file at
+    ``out_dir``, or a non-empty directory without ``overwrite``, is refused before anything is read.
     """
     path = Path(checkpoint_dir).absolute()
+    out = Path(out_dir)
+    check_export_target(out, overwrite)
     recover_interrupted_save(path)
     read_manifest(path)
     hf_config = _export_config(path, config)
@@ -50,10 +55,23 @@ def export_to_hf(
     load_full_weights(path, model)
     if dtype is not None:
         model = model.to(dtype)
-    out = Path(out_dir)
-    model.save_pretrained(str(out), max_shard_size=max_shard_size)
-    _copy_tokenizer_files(path, out)
+    try:
+        model.save_pretrained(str(out), max_shard_size=max_shard_size)
+        _copy_tokenizer_files(path, out)
+    except OSError as err:
+        raise CheckpointError(f"writing the exported model into {out} failed: {describe_os_error(err, out)}") from err
     return out
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse a file, and a non-empty directory unless ``overwrite`` (its model files would be replaced)."""
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} is a file; give the export a directory (it writes config.json and weights)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"{out} exists and is not empty; its config.json and weights would be replaced. Choose another "
+            "directory, or pass --overwrite (overwrite=True) to replace them"
+        )
 
 
 def _export_config(path: Path, config: Any) -> Any:
@@ -82,8 +100,15 @@ def build_empty_model(config: Any, model_class: str | None = None) -> nn.Module:
     if not name:
         raise CheckpointError("the config names no architecture; pass --model_class (e.g. LlamaForCausalLM)")
     cls = getattr(transformers, name, None)
-    if cls is None:
-        raise CheckpointError(f"transformers has no class {name!r}; pass --model_class with an existing one")
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        raise CheckpointError(f"transformers has no model class {name!r}; pass --model_class with an existing one")
+    expected = getattr(cls, "config_class", None)
+    if expected is not None and not isinstance(config, expected):
+        raise CheckpointError(
+            f"{name} is built from a {expected.__name__}, and the checkpoint's config is a "
+            f"{type(config).__name__} ({getattr(config, 'model_type', '?')}); pass a --model_class of that family "
+            f"(the config's architectures: {config.architectures})"
+        )
     with torch.device("meta"):
         model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
     model = model.to_empty(device="cpu")
@@ -105,8 +130,11 @@ def load_full_weights(path: Path, model: nn.Module) -> None:
             "is the config the one the model was trained with?"
         )
     to_load = {key: value for key, value in state.items() if key in stored}
-    with single_process_dcp_is_intended():
-        dcp.load({MODEL_KEY: to_load}, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=True)
+    try:
+        with single_process_dcp_is_intended():
+            dcp.load({MODEL_KEY: to_load}, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=True)
+    except (Exception, CheckpointException) as err:  # DCP wraps a reader's error in a BaseException
+        raise CheckpointError(f"reading the weights from {dcp_dir} failed (corrupt or truncated?): {err}") from err
     model.load_state_dict(to_load, strict=False)
     _fill_tie_targets(model, stored, ties)
 

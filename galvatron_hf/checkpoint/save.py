@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
-from galvatron_hf.checkpoint.atomic import STAGING_MARK, atomic_torch_save, publish, staging_name
+from galvatron_hf.checkpoint.atomic import STAGING_MARK, atomic_torch_save, describe_os_error, publish, staging_name
 from galvatron_hf.checkpoint.collective import (
     checked_on_all_ranks,
     decided_by_rank0,
     distributed,
+    rank,
     single_process_dcp_is_intended,
     world_size,
 )
@@ -67,6 +69,30 @@ def save_checkpoint(
     staging = decided_by_rank0(
         lambda: _start_staging(target), CheckpointError, f"cannot start a checkpoint at {target}"
     )
+    try:
+        _write_and_publish(staging, target, model, optimizer, lr_scheduler, plan, step, extra)
+    except CheckpointError as err:  # raised on every rank (each phase is agreed on)
+        note = describe_os_error(err, staging)
+        if rank() == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(
+            f"{note}; the unfinished save folder {staging.name} was removed and the previous checkpoint at {target}, "
+            "if any, is kept"
+        ) from err
+    return target
+
+
+def _write_and_publish(
+    staging: Path,
+    target: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    lr_scheduler: Any,
+    plan: Plan | None,
+    step: int,
+    extra: dict[str, Any],
+) -> None:
+    """The phases of a save after its staging folder exists; each raises ``CheckpointError`` on every rank."""
     _dcp_save(staging, model, optimizer)
     checked_on_all_ranks(lambda: write_rank_rng(staging), f"writing RNG states into {staging}", CheckpointError)
     checked_on_all_ranks(
@@ -86,7 +112,6 @@ def save_checkpoint(
     checked_on_all_ranks(
         lambda: publish(staging, target, manifest), f"publishing {target}", CheckpointError, only_rank0=True
     )
-    return target
 
 
 def _start_staging(target: Path) -> Path:

@@ -3,6 +3,7 @@
 Offline, one process, CPU: the shards of whatever layout saved the checkpoint are reassembled into full
 tensors and written with ``save_pretrained``, so ``AutoModel*.from_pretrained(OUT_DIR)`` loads the trained
 model. The architecture comes from the checkpoint's config.json; the flags are for checkpoints without one.
+A non-empty OUT_DIR is refused unless ``--overwrite``; a file is always refused.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=DTYPES, help="dtype of the written weights (default: the config's `dtype`, fp32 if it names none)")
     parser.add_argument("--max_shard_size", default="5GB", help="largest safetensors file (default: 5GB)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into OUT_DIR even if it is not empty (its config.json and weights are replaced)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             model_class=args.model_class,
             dtype=getattr(torch, args.dtype) if args.dtype else None,
             max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
         )
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

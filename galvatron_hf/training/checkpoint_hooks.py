@@ -88,7 +88,7 @@ class CheckpointHooks:
         error: list[str | None] = [None]
         if self.is_world_process_zero():
             try:
-                export_to_hf(staging, output_dir)
+                export_to_hf(staging, output_dir, overwrite=True)  # save_model writes into output_dir, as HF's
             except (CheckpointError, OSError, ValueError) as err:  # re-raised on every rank below
                 error = [f"exporting {staging} to {output_dir} failed: {err!r}"]
             shutil.rmtree(staging, ignore_errors=True)

@@ -22,7 +22,15 @@ class SchedulerStateError(ValueError):
 
 def load_scheduler_state(scheduler: Any, path: Path) -> None:
     """Load ``path`` (a scheduler ``state_dict`` file) into ``scheduler``, adapting the per-group entries."""
-    saved = torch.load(path, weights_only=True)
+    if not path.is_file():
+        raise SchedulerStateError(
+            f"{path.parent} is incomplete: the learning-rate scheduler state {path.name} is missing; resume from "
+            "an earlier checkpoint (the schedule's position cannot be recovered without it)"
+        )
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise SchedulerStateError(f"{path} cannot be read (corrupt or truncated?): {err}") from err
     scheduler.load_state_dict(adapt_to_groups(saved, scheduler.state_dict(), path))
 
 
