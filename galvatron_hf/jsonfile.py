@@ -10,7 +10,9 @@ they follow the same rules:
   a ``version`` other than the ones it reads, saying how to write a current file. A type that reads older
   versions (``JSON_OLDER_VERSIONS``) turns their data into the current version's (``_upgrade``) first.
 * Reading, every object (nested ones included) holds exactly the keys its dataclass declares: an unknown
-  key is refused with its name, its place in the file and the known keys, and so is a missing required key.
+  key is refused with its name, its place in the file and the known keys, and so is a missing required key
+  (``JSON_REQUIRED`` names keys with a Python default that a file must still hold) and a value of the
+  wrong type (``"tp": "2"``).
   A key this version does not know may change what the file means, so it is never dropped silently; a
   format that gains keys gets a new version.
 """
@@ -137,8 +139,11 @@ def read_dataclass(cls: type, data: Any, where: str, error: type[ValueError]) ->
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise error(f"{where} has unknown keys {unknown}; known keys are {sorted(known)}")
+    required = set(getattr(cls, "JSON_REQUIRED", ()))  # keys with a default in Python that a file must hold
     missing = [
-        f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        f.name
+        for f in fields(cls)
+        if f.name not in data and (f.name in required or (f.default is MISSING and f.default_factory is MISSING))
     ]
     if missing:
         raise error(f"{where} is missing required keys {missing}")
@@ -166,7 +171,32 @@ def _read_value(annotation: Any, value: Any, where: str, error: type[ValueError]
         if not isinstance(value, dict):
             raise error(f"{where} must be an object, got {type(value).__name__}")
         return {key: read_dataclass(args[1], item, f"{where}[{key!r}]", error) for key, item in value.items()}
+    _check_plain(annotation, value, where, error)
     return value
+
+
+PLAIN_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_plain(annotation: Any, value: Any, where: str, error: type[ValueError]) -> None:
+    """Refuse a value of the wrong JSON type (``"tp": "2"``), naming the key: plain fields are used as they are."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        if value not in args:
+            raise error(f"{where} must be one of {list(args)}, got {value!r}")
+    elif origin is list and args and args[0] in PLAIN_TYPES:
+        if not isinstance(value, list):
+            raise error(f"{where} must be a list, got {value!r}")
+        for index, item in enumerate(value):
+            _check_plain(args[0], item, f"{where}[{index}]", error)
+    elif annotation in PLAIN_TYPES and not _is_instance(value, annotation):
+        raise error(f"{where} must be {PLAIN_TYPES[annotation]}, got {value!r}")
+
+
+def _is_instance(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool  # JSON true is not the number 1
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 @functools.cache

@@ -5,6 +5,8 @@ Synthetic task by default: the target is the source reversed (learnable, fixed l
 ``--max_target_length`` (target) with padding, pads in the labels set to -100.
 
 CPU smoke run: torchrun --standalone --nproc_per_node 2 recipes/train_t5.py --auto_parallel
+(PyTorch's "FSDP2-wrapped module (FSDPT5Block) returned a view tensor" warning is expected and harmless:
+docs/trainer.md, "A PyTorch warning on T5".)
 GPU node: accelerate launch --config_file recipes/accelerate/1node_8gpu.yaml recipes/train_t5.py \
         --model_name_or_path t5-3b --tokenizer_name /data/t5 --dataset_path /data/pairs.jsonl --bf16 --auto_parallel
 """

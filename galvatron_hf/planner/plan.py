@@ -46,6 +46,8 @@ class LayerStrategy:
     residual stream along the sequence over the TP group (Megatron-style sequence parallelism).
     """
 
+    JSON_REQUIRED: ClassVar[tuple[str, ...]] = ("dp_type", "checkpoint")  # a file states them, never defaulted
+
     stage: int
     tp: int
     dp: int
@@ -60,6 +62,8 @@ class VocabStrategy:
 
     ``tp`` > 1 splits the vocabulary across the TP group (vocab-parallel embedding and LM head).
     """
+
+    JSON_REQUIRED: ClassVar[tuple[str, ...]] = ("tp", "dp", "dp_type")
 
     tp: int = 1
     dp: int = 1
@@ -88,6 +92,7 @@ class Plan(VersionedJson):
     JSON_ERROR: ClassVar[type[ValueError]] = PlanError
     JSON_WRITE_HINT: ClassVar[str] = "`galvatron-hf search --output {path}`"
     JSON_OLDER_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
+    JSON_REQUIRED: ClassVar[tuple[str, ...]] = ("vocab", "mixed_precision")  # a file states them, never defaulted
 
     world_size: int
     pp: int

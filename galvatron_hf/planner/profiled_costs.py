@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from galvatron_hf.planner.cost_model import AnalyticCompute, LayerCostSource, Precision
-from galvatron_hf.profiler.model_schema import LayerProfile, ModelProfile, config_hash
+from galvatron_hf.profiler.model_schema import LayerProfile, ModelProfile, ModelProfileError, config_hash
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import LayerSpec, ModelSpec
@@ -187,6 +187,7 @@ def profiled_source_for(
         )
         return None, lines
     profile = ModelProfile.load(profile_path)
+    refuse_foreign_profile(profile, spec, profile_path)
     compute = profiled_compute(profile, spec, hardware, mixed_precision, attn_impl, warn=False)
     compute = replace(compute, profile_path=str(profile_path))
     lines += [f"{figure}: {where}" for figure, where in compute.figure_sources().items()]
@@ -195,3 +196,15 @@ def profiled_source_for(
         for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware)
     ]
     return compute, lines
+
+
+def refuse_foreign_profile(profile: ModelProfile, spec: ModelSpec, profile_path: str | Path) -> None:
+    """A profile of another model (another config or model type) prices nothing of this one: refuse it."""
+    key = profile.key
+    same_model = key.config_hash == config_hash(spec.config) if spec.config else key.model_type == spec.model_type
+    if not same_model:
+        raise ModelProfileError(
+            f"model profile {profile_path} measured {profile.model_name} ({key.model_type}), not {spec.name} "
+            f"({spec.model_type}); profile this model with `galvatron-hf profile model --model_name_or_path "
+            f"{spec.name} --output FILE`, or drop --profile for analytic costs"
+        )

@@ -257,6 +257,11 @@ class ResolvedPlan:
     search: SearchResult | None = None  # the search's comparisons, when the plan was searched
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """What the prediction depends on that a reader might not expect (printed under the plan)."""
+        return pipeline_notes(self.plan)
+
+    @property
     def fits(self) -> bool:
         peak = self.report.peak_memory_gb if self.report is not None else max(self.plan.predicted.peak_memory_gb)
         return peak <= self.memory_gb + 1e-9
@@ -292,6 +297,7 @@ def resolve_plan(
         return _searched(request, pricing, progress)
     chosen, source = _chosen(request, spec, plan)
     chosen = chosen.validate(world_size=request.world_size, spec=spec)
+    check_precision(chosen, request.mixed_precision, source)
     report = None
     if chosen.predicted is None:
         from galvatron_hf.planner.cost_model import estimate_plan
@@ -317,6 +323,18 @@ def _chosen(request: PlanRequest, spec: ModelSpec, plan: Plan | None) -> tuple[P
     return _uniform(request, spec), request.plan_source
 
 
+def pipeline_notes(plan: Plan) -> tuple[str, ...]:
+    """A pipeline with fewer micro-batches than stages leaves stages idle: say how much and how to change it."""
+    if plan.pp == 1 or plan.num_micro_batches >= plan.pp:
+        return ()
+    idle = (plan.pp - 1) / (plan.num_micro_batches + plan.pp - 1)
+    return (
+        f"pp={plan.pp} with {plan.num_micro_batches} micro-batch(es): each stage waits for the others "
+        f"{idle:.0%} of the step (the pipeline bubble), which the prediction includes; more micro-batches "
+        "(--num_micro_batches, with a --global_batch_size they split) overlap the stages",
+    )
+
+
 def check_request(request: PlanRequest) -> None:
     """Refuse counts below one and budgets that are not a positive number, naming the flag."""
     if request.world_size < 1:
@@ -329,6 +347,39 @@ def check_request(request: PlanRequest) -> None:
             raise ValueError(f"--{name} must be >= 1, got {value}")
     if request.memory_gb is not None and not (math.isfinite(request.memory_gb) and request.memory_gb > 0):
         raise ValueError(f"--memory_gb must be a number of GB > 0, got {request.memory_gb}")
+    if request.num_nodes is not None and (request.num_nodes > request.world_size or request.world_size % request.num_nodes):
+        raise ValueError(
+            f"--num_nodes {request.num_nodes} does not fit {request.world_size} devices: every node holds the same "
+            f"number of devices, at least one; give a divisor of {request.world_size}"
+        )
+    check_plan_sources(request)
+
+
+def check_plan_sources(options: PlanOptions) -> None:
+    """A plan file is the whole plan: next to it, a search or uniform flags would be dropped, so refuse them."""
+    if not options.galvatron_plan:
+        return
+    given = ["--auto_parallel"] if options.auto_parallel else []
+    given += [f"--{name}" for name in UNIFORM_OPTIONS if getattr(options, name) not in (None, False)]
+    if given:
+        raise ValueError(
+            f"--galvatron_plan {options.galvatron_plan} is the whole plan; {', '.join(given)} would be ignored. "
+            "Give the plan file alone, or drop it to search / build a uniform plan"
+        )
+
+
+PRECISION_FLAGS = {"bf16": "--bf16", "fp16": "--fp16", "fp32": "neither --bf16 nor --fp16"}
+
+
+def check_precision(plan: Plan, mixed_precision: str, source: str) -> None:
+    """A plan is priced (and its memory checked) for its own precision: training in another is refused."""
+    if plan.mixed_precision != mixed_precision:
+        raise PlanError(
+            f"{source} was made for {plan.mixed_precision} and this run trains in {mixed_precision} "
+            f"({PRECISION_FLAGS.get(mixed_precision, mixed_precision)}); pass "
+            f"{PRECISION_FLAGS.get(plan.mixed_precision, plan.mixed_precision)} to train as planned, or make the plan "
+            f"for {mixed_precision}"
+        )
 
 
 def _pricing(request: PlanRequest, spec: ModelSpec) -> _Pricing:
@@ -337,10 +388,21 @@ def _pricing(request: PlanRequest, spec: ModelSpec) -> _Pricing:
     from galvatron_hf.profiler.builtin_hardware import hardware_for
 
     hardware = hardware_for(request.hardware, request.world_size, request.num_nodes, request.gpus_per_node)
+    check_cluster(request, hardware)
     memory_gb = request.memory_gb if request.memory_gb is not None else default_memory_gb(hardware)
     attention = request.attention
     compute, lines = profiled_source_for(request.profile, spec, hardware, request.mixed_precision, attention)
     return _Pricing(spec, hardware, memory_gb, attention, compute, tuple(lines))
+
+
+def check_cluster(request: PlanRequest, hardware: HardwareProfile) -> None:
+    """Refuse a budget above the device's memory (the hardware refuses more devices than its nodes hold)."""
+    device = hardware.device
+    if request.memory_gb is not None and request.memory_gb > device.memory_gb:
+        raise ValueError(
+            f"--memory_gb {request.memory_gb:g} is more than the {device.name} has ({device.memory_gb:g} GB); give "
+            f"at most {device.memory_gb:g}, or a --hardware profile of the device you run on"
+        )
 
 
 def _resolved(request, pricing: _Pricing, plan: Plan, source: str, report, search=None) -> ResolvedPlan:

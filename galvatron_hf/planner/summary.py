@@ -19,6 +19,7 @@ def format_summary(resolved: ResolvedPlan) -> str:
     lines = [_header(resolved)]
     lines += [f"  {line}" for line in resolved.figure_sources]
     lines.append(format_plan(resolved.plan))
+    lines += [f"note: {note}" for note in resolved.notes]
     return "\n".join(lines)
 
 

@@ -199,8 +199,10 @@ def _stage_sums(solver: ConfigSolver) -> list[_StageSums]:
 def plain_data_parallel(problem: SearchProblem, solvers: list[ConfigSolver], dp_type: str) -> Evaluated | None:
     """The fastest plain data-parallel plan (pp = 1, tp = 1, no checkpointing) over the searched batches.
 
-    ``ddp`` replicates everything, ``zero3`` shards it. When none fits, the one needing the least memory is
-    returned, so the caller can say how much it would need. None when no batch splits over the GPUs.
+    ``ddp`` replicates everything, ``zero3`` shards it. When none of the searched batches fits (they may not
+    even split over the GPUs: powers of two on 3 GPUs), the baseline's own batches are tried too
+    (:func:`_plain_on_own_batches`). When none fits, the one needing the least memory is returned, so the
+    caller can say how much it would need. None when no batch splits over the GPUs.
     """
     options = []  # (does not fit, -samples/s when it fits else peak bytes): the least is the answer
     for solver in solvers:
@@ -212,17 +214,41 @@ def plain_data_parallel(problem: SearchProblem, solvers: list[ConfigSolver], dp_
                 fits = candidate.peak_bytes <= budget
                 rank = (not fits, -candidate.samples_per_s if fits else candidate.peak_bytes)
                 options.append((rank, candidate.config))
-    if not options:
-        return None
-    _, config = min(options, key=lambda option: option[0])
+    searched = None
+    if options:
+        _, config = min(options, key=lambda option: option[0])
+        searched = _plain(problem, dp_type, config.global_batch_size, config.num_micro_batches)
+        if searched.report.fits(problem.memory_gb):
+            return searched
+    return _plain_on_own_batches(problem, dp_type) or searched
+
+
+def _plain(problem: SearchProblem, dp_type: str, global_batch_size: int, num_micro_batches: int = 1) -> Evaluated:
     plan = uniform_plan(
         problem.spec,
-        config.world_size,
-        global_batch_size=config.global_batch_size,
+        problem.num_gpus,
+        global_batch_size=global_batch_size,
         dp_type=dp_type,
-        num_micro_batches=config.num_micro_batches,
+        num_micro_batches=num_micro_batches,
         mixed_precision=problem.model.precision.name,
         vocab_tp=1,
     )
     report = problem.estimate(plan)
     return Evaluated(plan.with_predicted(report.predicted), report)
+
+
+def _plain_on_own_batches(problem: SearchProblem, dp_type: str) -> Evaluated | None:
+    """Plain data parallelism with 1, 2, 4, ... samples per GPU, up to the largest batch the search tried
+    (only the searched batch when the batch was given): the fastest that fits, else the smallest."""
+    batches = sorted({config.global_batch_size for config in problem.configs})
+    if not batches:
+        return None
+    if len(batches) == 1:  # a given global batch: the baseline trains that one, or none
+        own = batches if batches[0] % problem.num_gpus == 0 else []
+    else:
+        own = [problem.num_gpus * 2**k for k in range(64) if problem.num_gpus * 2**k <= max(batches[-1], problem.num_gpus)]
+    priced = [_plain(problem, dp_type, batch) for batch in own]
+    fitting = [evaluated for evaluated in priced if evaluated.report.fits(problem.memory_gb)]
+    if fitting:
+        return max(fitting, key=lambda evaluated: evaluated.report.predicted.samples_per_s)
+    return priced[0] if priced else None

@@ -163,6 +163,9 @@ def test_constructor_arguments_override_the_plan_source(tmp_path):
     searched = resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", auto_parallel=True)
     assert searched.source == "search" and searched.plan.global_batch_size == 8
     path = searched.plan.save(tmp_path / "plan.json")
+    with pytest.raises(ValueError, match="is the whole plan; --pp would be ignored"):  # a plan file and pp=2
+        resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", plan=str(path))
+    args = _arguments(per_device_train_batch_size=2, bf16=True, memory_gb=40)
     from_file = resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", plan=str(path))
     assert from_file.plan == searched.plan and from_file.source == f"plan file {path}"
     given = resolve_training_plan(args, spec, world_size=4, attn_implementation="sdpa", plan=searched.plan)
