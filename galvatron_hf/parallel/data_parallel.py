@@ -1,6 +1,8 @@
-"""Data parallelism per layer with FSDP2 ``fully_shard``: ddp, zero2 and zero3 are three mesh settings.
+"""Data parallelism per layer with FSDP2 ``fully_shard``: ddp, zero2, zero3 and hsdp are four mesh settings.
 
 - ``zero3``: ``fully_shard`` on the DP mesh, parameters resharded after forward.
+- ``hsdp``: ``fully_shard`` on a 2-D (replicate = dp / dp_shard, shard = dp_shard) mesh, resharded after
+  forward: ZeRO-3 inside each shard group (e.g. one node), gradients all-reduced across the groups.
 - ``zero2``: the same with ``reshard_after_forward=False`` (parameters stay gathered until backward ends).
 - ``ddp``: ``fully_shard`` on a 2-D (replicate = dp, shard = 1) mesh, i.e. HSDP with shard size 1: every
   rank keeps whole parameters and gradients are all-reduced per layer. This composes with DTensor TP
@@ -54,7 +56,7 @@ def apply_data_parallel(
     fully_shard(
         module,
         mesh=fsdp_mesh,
-        reshard_after_forward=(dp_type == "zero3"),
+        reshard_after_forward=(dp_type in ("zero3", "hsdp")),
         mp_policy=mp_policy,
     )
     module.set_gradient_divide_factor(1.0)

@@ -27,10 +27,21 @@ class Layout:
     dp: int
     tp: int
     dp_type: str = "ddp"
+    dp_shard: int = 0  # "hsdp": ranks the state is sharded over; the dp / dp_shard groups replicate it
 
     @classmethod
     def of(cls, strategy: LayerStrategy | VocabStrategy) -> Layout:
-        return cls(strategy.dp, strategy.tp, strategy.dp_type)
+        return cls(strategy.dp, strategy.tp, strategy.dp_type, strategy.dp_shard)
+
+    @property
+    def replicate_shard(self) -> tuple[int, int]:
+        """(dp_replicate, dp_shard) of the FSDP2 mesh: ddp replicates over dp, zero2/zero3 shard over dp,
+        hsdp shards over ``dp_shard`` consecutive DP ranks and replicates over the ``dp / dp_shard`` groups."""
+        if self.dp_type == "ddp":
+            return self.dp, 1
+        if self.dp_type == "hsdp":
+            return self.dp // self.dp_shard, self.dp_shard
+        return 1, self.dp
 
     @property
     def batch_layout(self) -> tuple[int, int]:
@@ -108,16 +119,15 @@ class ParallelDims:
         return self._meshes[key]
 
     def layout_mesh(self, layout: Layout) -> DeviceMesh:
-        """4-D mesh (pp, dp_replicate, dp_shard, tp) for one layer layout; ddp replicates, zero shards."""
-        replicate = layout.dp if layout.dp_type == "ddp" else 1
-        shard = 1 if layout.dp_type == "ddp" else layout.dp
+        """4-D mesh (pp, dp_replicate, dp_shard, tp) for one layer layout (``Layout.replicate_shard``)."""
+        replicate, shard = layout.replicate_shard
         return self.mesh((self.pp, replicate, shard, layout.tp), MESH_DIMS)
 
     def tp_mesh(self, layout: Layout) -> DeviceMesh:
         return self.layout_mesh(layout)["tp"]
 
     def fsdp_mesh(self, layout: Layout) -> DeviceMesh:
-        """The mesh ``fully_shard`` gets: 2-D (replicate, shard) so HSDP with shard 1 means DDP."""
+        """The mesh ``fully_shard`` gets: 2-D (replicate, shard), which FSDP2 runs as HSDP (shard 1: DDP)."""
         return self.layout_mesh(layout)["dp_replicate", "dp_shard"]
 
     def dp_group(self, layout: Layout) -> dist.ProcessGroup:

@@ -21,15 +21,15 @@ if TYPE_CHECKING:  # the planner never needs torch; adapters are pure Python too
 PLAN_VERSION = 2
 # keys version 2 added, by where they sit: a version-1 file holding one is refused (it means something v1 lacks)
 V2_PLAN_KEYS = ("cp", "offload")
-V2_LAYER_KEYS = ("sp",)
-DP_TYPES = ("ddp", "zero2", "zero3")
-DP_TYPE_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}  # as people write them
+V2_LAYER_KEYS = ("sp", "dp_shard")
+DP_TYPES = ("ddp", "zero2", "zero3", "hsdp")
+DP_TYPE_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "hsdp": "HSDP"}  # as people write them
 SCHEDULES = ("gpipe", "1f1b")
 # What FSDP2's CPUOffloadPolicy keeps in host memory: the sharded fp32 parameters, their gradients and (the
 # optimizer step then runs on the CPU) the optimizer states. It moves the three together.
 OFFLOAD_STATES = ("params", "grads", "optimizer")
 
-DPType = Literal["ddp", "zero2", "zero3"]
+DPType = Literal["ddp", "zero2", "zero3", "hsdp"]
 Schedule = Literal["gpipe", "1f1b"]
 
 
@@ -44,6 +44,8 @@ class LayerStrategy:
     ``tp * dp * cp`` equals the stage's device count (world_size / pp; ``cp`` is the plan's). TP groups are
     consecutive ranks (innermost), then CP, then DP. ``sp`` (tp > 1 only) shards the block's norms and
     residual stream along the sequence over the TP group (Megatron-style sequence parallelism).
+    ``dp_type`` "hsdp" shards the block's state over ``dp_shard`` DP ranks (consecutive after TP, e.g. one
+    node) as ZeRO-3 does and replicates it over the ``dp / dp_shard`` groups; ``dp_shard`` is 0 otherwise.
     """
 
     JSON_REQUIRED: ClassVar[tuple[str, ...]] = ("dp_type", "checkpoint")  # a file states them, never defaulted
@@ -54,6 +56,7 @@ class LayerStrategy:
     dp_type: DPType = "ddp"
     checkpoint: bool = False
     sp: bool = False
+    dp_shard: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class VocabStrategy:
     tp: int = 1
     dp: int = 1
     dp_type: DPType = "ddp"
+    dp_shard: int = 0  # "hsdp" only: the shard-group size (see LayerStrategy)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,9 @@ class Plan(VersionedJson):
         if isinstance(layers, list):
             found = {key for layer in layers if isinstance(layer, dict) for key in V2_LAYER_KEYS if key in layer}
             misplaced += [f"layers[].{key}" for key in sorted(found)]
+        vocab = data.get("vocab")
+        if isinstance(vocab, dict) and "dp_shard" in vocab:
+            misplaced.append("vocab.dp_shard")
         if misplaced:
             raise PlanError(
                 f"plan file has version 1 but holds version-2 keys {misplaced}; set \"version\": 2 (or drop them)"
@@ -282,6 +289,7 @@ class Plan(VersionedJson):
             )
         if strategy.dp_type not in DP_TYPES:
             errors.append(f"{name}: dp_type {strategy.dp_type!r} is not one of {DP_TYPES}")
+        errors.extend(_shard_errors(name, strategy))
         if strategy.dp >= 1 and self.num_micro_batches >= 1 and self.micro_batch_size % strategy.dp:
             errors.append(
                 f"{name}: the micro-batch of {self.micro_batch_size} samples does not split over dp={strategy.dp}; "
@@ -309,6 +317,21 @@ class Plan(VersionedJson):
             errors.append(f"vocab: tp={self.vocab.tp} does not divide the vocabulary size {vocab_size}")
         # A different sequence length changes the predictions, not whether the plan runs: not an error here.
         return errors
+
+
+def _shard_errors(name: str, strategy: LayerStrategy | VocabStrategy) -> list[str]:
+    """HSDP needs a shard group that divides dp and is neither 1 (that is ddp) nor dp (that is zero3)."""
+    shard, dp = strategy.dp_shard, strategy.dp
+    if strategy.dp_type != "hsdp":
+        if shard:
+            return [f"{name}: dp_shard={shard} is for dp_type 'hsdp' only (got {strategy.dp_type!r}); remove it"]
+        return []
+    if not (isinstance(shard, int) and 1 < shard < dp and dp % shard == 0):
+        return [
+            f"{name}: hsdp needs dp_shard dividing dp={dp} with 1 < dp_shard < dp (got {shard}); dp_shard 1 is "
+            "'ddp' and dp_shard = dp is 'zero3'"
+        ]
+    return []
 
 
 def _collapse_layer_errors(errors: list[str]) -> list[str]:

@@ -37,11 +37,18 @@ def uniform_plan(
     schedule: str = "1f1b",
     mixed_precision: str = "bf16",
     vocab_tp: int | None = None,
+    dp_shard: int = 0,
 ) -> Plan:
     """One strategy for every block, blocks split evenly over ``pp`` stages (extra blocks on early stages).
 
     The vocab layers use the blocks' tp when it divides the vocabulary (else ``vocab_tp`` or 1).
+    ``dp_shard`` is the shard group of dp_type "hsdp" (blocks and vocab layers alike).
     """
+    if dp_type == "hsdp" and not dp_shard:
+        raise PlanError(
+            "a uniform hsdp plan needs its shard-group size (dp_shard, e.g. GPUs per node / tp): write it in a "
+            "plan file or let the search choose it (--auto_parallel)"
+        )
     if pp < 1 or world_size % pp:
         raise PlanError(f"pp={pp} must be >= 1 and divide the number of GPUs ({world_size})")
     devices = world_size // pp
@@ -52,7 +59,7 @@ def uniform_plan(
     if pp > spec.num_blocks:
         raise PlanError(f"pp={pp} is larger than the number of blocks ({spec.num_blocks}); lower pp")
     layers = [
-        LayerStrategy(stage=stage, tp=tp, dp=devices // tp, dp_type=dp_type, checkpoint=checkpoint)
+        LayerStrategy(stage=stage, tp=tp, dp=devices // tp, dp_type=dp_type, checkpoint=checkpoint, dp_shard=dp_shard)
         for stage, size in enumerate(even_stage_sizes(spec.num_blocks, pp))
         for _ in range(size)
     ]
@@ -65,7 +72,7 @@ def uniform_plan(
         global_batch_size=global_batch_size,
         num_micro_batches=num_micro_batches,
         layers=layers,
-        vocab=VocabStrategy(tp=vocab_tp, dp=devices // vocab_tp, dp_type=dp_type),
+        vocab=VocabStrategy(tp=vocab_tp, dp=devices // vocab_tp, dp_type=dp_type, dp_shard=dp_shard),
         seq_len=spec.seq_len,
         mixed_precision=mixed_precision,
         model_name=spec.name,
@@ -154,8 +161,8 @@ def uniform_candidates(solver: ConfigSolver) -> list[UniformCandidate]:
     stages = _stage_sums(solver)
     found = []
     for index, strategy in enumerate(solver.strategies):
-        if not ctx.all_blocks_support(strategy.tp):
-            continue
+        if not ctx.all_blocks_support(strategy.tp) or strategy.dp_type == "hsdp":
+            continue  # the uniform comparison is of the flat kinds (ddp, zero2, zero3)
         vocab_tp = strategy.tp if ctx.vocab_supports(strategy.tp) else 1
         if config.micro_batch_size % (devices // vocab_tp):
             continue

@@ -96,7 +96,8 @@ def test_version_1_files_read_unchanged_and_version_2_keys_round_trip(tmp_path):
     v1["version"] = 1
     v1.pop("cp"), v1.pop("offload")
     for layer in v1["layers"]:
-        layer.pop("sp")
+        layer.pop("sp"), layer.pop("dp_shard")
+    v1["vocab"].pop("dp_shard")
     assert Plan.from_dict(v1) == make_plan()  # no sp, cp 1, no offload
     with pytest.raises(PlanError, match=r"version 1 but holds version-2 keys \['cp'\]"):
         Plan.from_dict({**v1, "cp": 2})

@@ -18,6 +18,7 @@ from galvatron_hf.planner.plan import (
 from galvatron_hf.planner.search import (
     ImpossibleBudgetError,
     divisors,
+    hsdp_shard,
     search_plan,
     vocab_supports,
 )
@@ -41,8 +42,11 @@ def brute_force(spec, hardware, world, memory_gb, batch):
         for m in divisors(batch):
             mb = batch // m
             tps = [t for t in divisors(devices) if mb % (devices // t) == 0]
-            strategies = [(t, devices // t, d, c) for t in tps for d in DP_TYPES for c in (False, True)]
-            vocabs = [VocabStrategy(t, devices // t, d) for t in tps if vocab_supports(spec, t) for d in DP_TYPES]
+            gpn = hardware.gpus_per_node  # hsdp is offered with one node's DP ranks as its shard group
+            kinds = [(t, d, hsdp_shard(t, devices // t, gpn) if d == "hsdp" else 0) for t in tps for d in DP_TYPES]
+            kinds = [(t, d, shard) for t, d, shard in kinds if d != "hsdp" or shard]
+            strategies = [(t, devices // t, d, c, False, shard) for t, d, shard in kinds for c in (False, True)]
+            vocabs = [VocabStrategy(t, devices // t, d, shard) for t, d, shard in kinds if vocab_supports(spec, t)]
             for schedule in SCHEDULES:
                 if schedule == "1f1b" and m < pp:
                     continue  # the runtime refuses 1F1B with fewer micro-batches than stages

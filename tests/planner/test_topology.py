@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from galvatron_hf.planner.cost_model import CostModel, estimate_plan
+from galvatron_hf.planner.cost_model import CostModel, StepShape, estimate_plan
 from galvatron_hf.planner.cost_model.topology import GroupLayout, ring_latency_s, ring_steps
-from galvatron_hf.planner.search import uniform_plan
+from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, VocabStrategy
+from galvatron_hf.planner.search import hsdp_shard, search_plan, uniform_plan
 from galvatron_hf.profiler.builtin_hardware import builtin_hardware, hardware_for
 from galvatron_hf.profiler.hardware_schema import HardwareProfile, HardwareProfileError
 
@@ -72,3 +74,54 @@ def test_version_1_hardware_files_still_read(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(HardwareProfileError, match="version 1"):
         HardwareProfile.load(path)
+
+
+# ----- HSDP: priced as ZeRO-3 inside the shard group plus an all-reduce across replicas ----------------------
+def test_hsdp_keeps_zero3_state_of_its_shard_group_and_adds_the_replica_all_reduce(spec_factory):
+    spec = spec_factory(num_blocks=2, hidden=4096, seq=2048)
+    hw = builtin_hardware("h100", 4)  # 32 GPUs
+    model = CostModel(spec, hw)
+    shape = StepShape(pp=1, num_micro_batches=1, micro_batch_size=32, devices_per_stage=32)
+    block = spec.blocks[0]
+    hsdp = model.layer_cost(block, 1, 32, "hsdp", False, shape, dp_shard=8)
+    zero3_node = model.layer_cost(block, 1, 8, "zero3", False, replace(shape, micro_batch_size=8, devices_per_stage=8))
+    assert hsdp.static_bytes == pytest.approx(zero3_node.static_bytes)
+    assert hsdp.grad_bytes == pytest.approx(zero3_node.grad_bytes)
+    grads = model.local_params(block, 1) * 4
+    sync = model.collective_s("reduce_scatter", grads, 8) + model.collective_s("all_reduce", grads / 8, 4, stride=8)
+    one = lambda s: model._dp_comm_exposed_s(model.local_params(block, 1), 1, 32, "hsdp", 0.0, 0.0, shape, 8) - s  # noqa: E731
+    gathers = 2 * model.collective_s("all_gather", model.local_params(block, 1) * 2, 8)
+    assert one(0.0) == pytest.approx(1.2 * (sync + gathers))  # nothing to hide behind: comm x slowdown 1.2
+    with pytest.raises(PlanError, match="dp_shard"):
+        model.layer_cost(block, 1, 32, "hsdp", False, shape, dp_shard=32)
+
+
+def test_plans_check_the_shard_group():
+    layers = [LayerStrategy(0, 1, 8, "hsdp", dp_shard=4)]
+    Plan(world_size=8, pp=1, schedule="gpipe", global_batch_size=8, num_micro_batches=1, layers=layers,
+         vocab=VocabStrategy(1, 8, "zero3")).validate()  # fmt: skip
+    for bad in (LayerStrategy(0, 1, 8, "hsdp", dp_shard=3), LayerStrategy(0, 1, 8, "zero3", dp_shard=4)):
+        with pytest.raises(PlanError, match="dp_shard"):
+            Plan(world_size=8, pp=1, schedule="gpipe", global_batch_size=8, num_micro_batches=1, layers=[bad],
+                 vocab=VocabStrategy(1, 8, "zero3")).validate()  # fmt: skip
+    assert hsdp_shard(tp=2, dp=64, gpus_per_node=8) == 4  # the DP ranks of one node
+    assert hsdp_shard(tp=1, dp=8, gpus_per_node=8) == 0  # one node holds all of dp: that is zero3
+
+
+def test_search_picks_hsdp_where_it_wins(spec_factory):
+    """16 GPUs on 2 nodes, a network 20x slower, one wide block (no pipeline): the large vocabulary layers
+    are sharded inside each node and all-reduced across the two, and the plan is priced as searched."""
+    spec = spec_factory(num_blocks=1, hidden=8192, seq=2048)
+    hw = builtin_hardware("h100", 2)
+    slow = replace(
+        hw,
+        collectives=[
+            replace(c, busbw_GBps=c.busbw_GBps / 20) if c.placement == "inter_node" else c for c in hw.collectives
+        ],
+    )
+    result = search_plan(spec, slow, 16, 12.0, global_batch_size=64)
+    strategies = [*result.plan.layers, result.plan.vocab]
+    hsdp = [s for s in strategies if s.dp_type == "hsdp"]
+    assert hsdp and all(s.dp_shard == 8 // s.tp for s in hsdp), strategies
+    report = estimate_plan(result.plan, spec, slow, memory_gb=12.0)
+    assert report.predicted.samples_per_s == pytest.approx(result.best.samples_per_s, rel=1e-9)

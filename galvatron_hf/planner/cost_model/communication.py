@@ -77,20 +77,36 @@ class CommunicationCosts:
         return count * one, count * one
 
     def _dp_comm_exposed_s(
-        self, params: float, tp: int, dp: int, dp_type: str, forward: float, backward: float, shape: StepShape
+        self,
+        params: float,
+        tp: int,
+        dp: int,
+        dp_type: str,
+        forward: float,
+        backward: float,
+        shape: StepShape,
+        dp_shard: int = 0,
     ) -> float:
-        """Once-per-step DP communication left exposed after overlapping with this layer's compute."""
+        """Once-per-step DP communication left exposed after overlapping with this layer's compute.
+
+        HSDP reduce-scatters inside its shard group (``dp_shard`` ranks strided by tp), all-reduces the shard
+        across the ``dp / dp_shard`` replicas (strided by ``tp x dp_shard``) and all-gathers inside the shard
+        group, as ZeRO-3 over the shard group does.
+        """
         if dp <= 1:
             return 0.0
         grad_bytes = params * GRAD_BYTES  # reduce in fp32
+        group = dp_shard if dp_type == "hsdp" else dp
         if dp_type == "ddp":
             sync = self.collective_s("all_reduce", grad_bytes, dp, stride=tp)
         else:
-            sync = self.collective_s("reduce_scatter", grad_bytes, dp, stride=tp)
+            sync = self.collective_s("reduce_scatter", grad_bytes, group, stride=tp)
+        if dp_type == "hsdp":
+            sync += self.collective_s("all_reduce", grad_bytes / dp_shard, dp // dp_shard, stride=tp * dp_shard)
         exposed = self.overlapped_s(backward, sync)
-        gathers_forward, gathers_backward = self._gathers_per_step(dp_type, shape)
+        gathers_forward, gathers_backward = self._gathers_per_step("zero3" if dp_type == "hsdp" else dp_type, shape)
         if gathers_forward or gathers_backward:
-            gather = self.collective_s("all_gather", params * self.precision.compute_bytes, dp, stride=tp)
+            gather = self.collective_s("all_gather", params * self.precision.compute_bytes, group, stride=tp)
             exposed += gathers_forward * self.overlapped_s(forward, gather)
             exposed += gathers_backward * self.overlapped_s(backward, gather)
         return exposed

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from galvatron_hf.profiler.hardware_schema import HardwareProfile
 
 
+def state_sharding(dp: int, dp_type: str, dp_shard: int) -> tuple[int, str]:
+    """(ranks the state is split over, dp type whose memory rules apply): an HSDP layer keeps what a ZeRO-3
+    layer over its shard group keeps; only its gradient sync differs (``_dp_comm_exposed_s``)."""
+    if dp_type != "hsdp":
+        return dp, dp_type
+    if not (1 < dp_shard < dp and dp % dp_shard == 0):
+        raise PlanError(f"hsdp needs dp_shard dividing dp={dp} with 1 < dp_shard < dp, got {dp_shard}")
+    return dp_shard, "zero3"
+
+
 class CostModel(CommunicationCosts, MemoryCosts):
     """Prices layers, layout changes and pipeline transfers for one model on one cluster."""
 
@@ -52,24 +62,33 @@ class CostModel(CommunicationCosts, MemoryCosts):
         return (layer.params - layer.tp_params) + layer.tp_params / tp
 
     def layer_cost(
-        self, layer: LayerSpec, tp: int, dp: int, dp_type: str, checkpoint: bool, shape: StepShape
+        self,
+        layer: LayerSpec,
+        tp: int,
+        dp: int,
+        dp_type: str,
+        checkpoint: bool,
+        shape: StepShape,
+        dp_shard: int = 0,
     ) -> LayerCost:
-        """Time and memory of a block, or of a vocab layer (embedding, norm, head) under ``(tp, dp)``.
+        """Time and memory of a block, or of a vocab layer (embedding, norm, head) under ``(tp, dp)``
+        (``dp_shard``: the shard-group size of an "hsdp" layer).
 
         Memoised: a model's blocks are mostly copies, and the search asks for the same prices many times.
         """
-        key = (id(layer), tp, dp, dp_type, checkpoint, shape)
+        key = (id(layer), tp, dp, dp_type, checkpoint, shape, dp_shard)
         cost = self._cache.get(key)
         if cost is None:
-            cost = self._layer_cost(layer, tp, dp, dp_type, checkpoint, shape)
+            cost = self._layer_cost(layer, tp, dp, dp_type, checkpoint, shape, dp_shard)
             self._cache[key] = cost
         return cost
 
     def _layer_cost(
-        self, layer: LayerSpec, tp: int, dp: int, dp_type: str, checkpoint: bool, shape: StepShape
+        self, layer: LayerSpec, tp: int, dp: int, dp_type: str, checkpoint: bool, shape: StepShape, dp_shard: int
     ) -> LayerCost:
         if dp_type not in DP_TYPES:
             raise PlanError(f"dp_type {dp_type!r} is not one of {DP_TYPES}")
+        state_dp, state_type = state_sharding(dp, dp_type, dp_shard)
         samples = shape.micro_batch_size / dp
         compute_tp = tp if layer.tp_params else 1
         forward = self.compute.forward_time_s(layer, samples, compute_tp)
@@ -81,19 +100,19 @@ class CostModel(CommunicationCosts, MemoryCosts):
             per_micro_batch += forward + tp_forward  # recomputation re-runs the forward and its collectives
             tp_comm += tp_forward
         params = self.local_params(layer, tp)
-        dp_comm = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape)
-        sharded_params = rank_state_params(params, dp, dp_type)
+        dp_comm = self._dp_comm_exposed_s(params, tp, dp, dp_type, forward, backward, shape, dp_shard)
+        sharded_params = rank_state_params(params, state_dp, state_type)
         memory_bound = self.optimizer_step_s(sharded_params) + self.clip_s(sharded_params)
-        memory_bound += self.fsdp_copy_s(params, dp, dp_type, shape)
+        memory_bound += self.fsdp_copy_s(params, state_dp, state_type, shape)
         m = shape.num_micro_batches
         time_s = per_micro_batch + (dp_comm + memory_bound) / m
         # the LM head gathers its vocab-parallel logits (output_layouts=Replicate): every rank keeps them whole
         activation_tp = 1 if layer.kind == "head" else compute_tp
         activation = self.compute.activation_bytes(layer, samples, activation_tp, checkpoint)
-        workspace = self._workspace_bytes(layer, params, compute_tp, samples, dp_type, checkpoint, activation, shape)
+        workspace = self._workspace_bytes(layer, params, compute_tp, samples, state_type, checkpoint, activation, shape)
         return LayerCost(
             time_s,
-            self._static_bytes(params, dp, dp_type, shape),
+            self._static_bytes(params, state_dp, state_type, shape),
             activation,
             workspace,
             GRAD_BYTES * sharded_params,
@@ -115,14 +134,17 @@ class CostModel(CommunicationCosts, MemoryCosts):
             layers += list(self.pre_layers)
         if last:
             layers += list(self.post_layers)
-        costs = [self.layer_cost(layer, vocab.tp, vocab.dp, vocab.dp_type, False, shape) for layer in layers]
+        costs = [
+            self.layer_cost(layer, vocab.tp, vocab.dp, vocab.dp_type, False, shape, vocab.dp_shard) for layer in layers
+        ]
+        state_dp, state_type = state_sharding(vocab.dp, vocab.dp_type, vocab.dp_shard)
         if last and shape.pp > 1 and self.spec.tie_word_embeddings:
             head_params = sum(layer.params for layer in self.post_layers if layer.kind == "head")
             if not head_params:
                 for layer in self.pre_layers:
                     params = self.local_params(layer, vocab.tp)
-                    static = self._static_bytes(params, vocab.dp, vocab.dp_type, shape)
-                    sharded = rank_state_params(params, vocab.dp, vocab.dp_type)
+                    static = self._static_bytes(params, state_dp, state_type, shape)
+                    sharded = rank_state_params(params, state_dp, state_type)
                     accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
                     costs.append(
                         LayerCost(

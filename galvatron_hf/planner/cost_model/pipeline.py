@@ -135,7 +135,9 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
     previous_tp = plan.vocab.tp if first else plan.layers[indices[0] - 1].tp
     for index in indices:
         strategy: LayerStrategy = plan.layers[index]
-        cost = model.layer_cost(blocks[index], strategy.tp, strategy.dp, strategy.dp_type, strategy.checkpoint, shape)
+        cost = model.layer_cost(
+            blocks[index], strategy.tp, strategy.dp, strategy.dp_type, strategy.checkpoint, shape, strategy.dp_shard
+        )
         costs.append(cost)
         relayout = model.relayout_s(blocks[max(index - 1, 0)], previous_tp, strategy.tp, shape)
         time_s += cost.time_s

@@ -55,6 +55,7 @@ _PARTS = {
         "Strategy",
         "default_max_batch",
         "divisors",
+        "hsdp_shard",
         "step_configs",
         "tp_options",
         "vocab_supports",

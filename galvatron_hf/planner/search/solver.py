@@ -16,7 +16,7 @@ import numpy as np
 
 from galvatron_hf.planner.cost_model import LayerCost
 from galvatron_hf.planner.plan import DP_TYPES, VocabStrategy
-from galvatron_hf.planner.search.space import SLOTS, StepConfig, Strategy, tp_options, vocab_supports
+from galvatron_hf.planner.search.space import SLOTS, StepConfig, Strategy, hsdp_shard, tp_options, vocab_supports
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import LayerSpec
@@ -167,6 +167,18 @@ def _prefix_reuse(sig: list[int]) -> list[int]:
     return reuse
 
 
+def _shard_of(dp_type: str, tp: int, dp: int, gpus_per_node: int) -> int:
+    return hsdp_shard(tp, dp, gpus_per_node) if dp_type == "hsdp" else 0
+
+
+def _offered(strategy: Strategy) -> bool:
+    """Every slot is offered but hsdp where its tp and dp leave no proper shard group (``hsdp_shard``)."""
+    return strategy.dp_type != "hsdp" or strategy.dp_shard > 0
+
+
+NOT_OFFERED = LayerCost(time_s=float("inf"), static_bytes=0.0, activation_bytes=0.0, workspace_bytes=0.0)
+
+
 class ConfigSolver:
     """Prices one step config and runs its DP passes (the relaxed bound and the exact plan use them)."""
 
@@ -179,12 +191,21 @@ class ConfigSolver:
         self.feasible = bool(self.tps)
         if not self.feasible:
             return
-        self.strategies = [Strategy(t, devices // t, slot.dp_type, slot.checkpoint) for t in self.tps for slot in SLOTS]
+        gpn = ctx.model.hardware.gpus_per_node
+        self.strategies = [
+            Strategy(t, devices // t, slot.dp_type, slot.checkpoint, _shard_of(slot.dp_type, t, devices // t, gpn))
+            for t in self.tps
+            for slot in SLOTS
+        ]
         self.tp_of = np.repeat(np.arange(len(self.tps)), len(SLOTS))
         self.arrays = {s: self._strategy_costs(layer) for s, layer in ctx.representative.items()}
         self.switch = {s: self._relayout_matrix(layer) for s, layer in ctx.representative.items()}
         self.vocab_options = [
-            VocabStrategy(t, devices // t, d) for t in self.tps if ctx.vocab_supports(t) for d in DP_TYPES
+            VocabStrategy(t, devices // t, d, _shard_of(d, t, devices // t, gpn))
+            for t in self.tps
+            if ctx.vocab_supports(t)
+            for d in DP_TYPES
+            if d != "hsdp" or _shard_of(d, t, devices // t, gpn)
         ]
         self.feasible = bool(self.vocab_options)
         self._vocab_cache: dict[tuple, LayerCost] = {}
@@ -194,8 +215,11 @@ class ConfigSolver:
 
     def _strategy_costs(self, layer: LayerSpec) -> StrategyCosts:
         model, shape = self.ctx.model, self.shape
-        costs = [model.layer_cost(layer, s.tp, s.dp, s.dp_type, s.checkpoint, shape) for s in self.strategies]
-        usable = np.array([layer.supports_tp(s.tp) for s in self.strategies])
+        costs = [
+            model.layer_cost(layer, s.tp, s.dp, s.dp_type, s.checkpoint, shape, s.dp_shard) if _offered(s) else NOT_OFFERED
+            for s in self.strategies
+        ]
+        usable = np.array([layer.supports_tp(s.tp) and _offered(s) for s in self.strategies])
         return StrategyCosts(
             time_s=np.where(usable, [x.time_s for x in costs], np.inf),
             static_bytes=np.array([x.static_bytes for x in costs]),

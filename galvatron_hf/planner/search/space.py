@@ -26,15 +26,32 @@ SLOTS = tuple(Slot(dp_type, checkpoint) for dp_type in DP_TYPES for checkpoint i
 
 
 class Strategy(NamedTuple):
-    """One block's layout on a stage: ``tp * dp`` is the stage's devices."""
+    """One block's layout on a stage: ``tp * dp`` is the stage's devices (``dp_shard``: hsdp's shard group)."""
 
     tp: int
     dp: int
     dp_type: str
     checkpoint: bool
+    dp_shard: int = 0
 
     def on_stage(self, stage: int) -> LayerStrategy:
-        return LayerStrategy(stage=stage, tp=self.tp, dp=self.dp, dp_type=self.dp_type, checkpoint=self.checkpoint)
+        return LayerStrategy(
+            stage=stage,
+            tp=self.tp,
+            dp=self.dp,
+            dp_type=self.dp_type,
+            checkpoint=self.checkpoint,
+            dp_shard=self.dp_shard,
+        )
+
+
+def hsdp_shard(tp: int, dp: int, gpus_per_node: int) -> int:
+    """The shard group the search gives an "hsdp" layer: the DP ranks of one node (``gpus_per_node / tp``),
+    so parameter gathers and gradient reduce-scatters stay on NVLink and only the replica all-reduce crosses
+    nodes (torchtitan's and accelerate's usual HSDP). 0 when that group is not a proper divisor of ``dp``
+    (one node holds all of dp, or a single rank): the slot is then not offered."""
+    shard = gpus_per_node // tp if tp <= gpus_per_node else 1
+    return shard if 1 < shard < dp and dp % shard == 0 else 0
 
 
 @dataclass(frozen=True)
