@@ -1,7 +1,8 @@
 """How long `search_plan` takes, and what it finds, on the issue's reference cases.
 
 Targets (a 2-core CPU machine): Llama-2-70b on 64 GPUs (8 nodes) x 80 GB at seq 4096 in at most 10 s,
-Llama-2-7b on 8 GPUs in at most 2 s. Times cover the search only (describe_model, which imports the HF config
+Llama-2-7b on 8 GPUs in at most 2 s; at scale, Llama-2-70b on 1,024 GPUs (128 nodes) and the Llama 3.1 405B
+shape on 4,096 GPUs (512 nodes) at seq 8192 in a few seconds (10 s). Times cover the search only (describe_model, which imports the HF config
 classes, is timed apart). Each case runs ``--repeats`` times; the median is reported. Results go to
 benchmarks/results/search_speed.json (and a short .md table beside it).
 
@@ -36,6 +37,8 @@ CASES = (
     Case("meta-llama/Llama-2-7b", 8, 80.0, 4096, 2.0),
     Case("meta-llama/Llama-2-7b", 8, 40.0, 4096, 2.0),
     Case("meta-llama/Llama-2-70b-hf", 64, 80.0, 4096, 10.0),
+    Case("meta-llama/Llama-2-70b-hf", 1024, 80.0, 4096, 10.0),
+    Case("meta-llama/Llama-3.1-405B", 4096, 80.0, 8192, 10.0),
 )
 
 
@@ -49,6 +52,7 @@ def plan_summary(plan) -> dict:
             "tp": s.tp,
             "dp": s.dp,
             "dp_type": s.dp_type,
+            "dp_shard": s.dp_shard,
             "checkpoint": s.checkpoint,
         }
         for first, last, s in layer_runs(plan)
@@ -59,7 +63,12 @@ def plan_summary(plan) -> dict:
         "global_batch_size": plan.global_batch_size,
         "num_micro_batches": plan.num_micro_batches,
         "stage_sizes": plan.stage_sizes,
-        "vocab": {"tp": plan.vocab.tp, "dp": plan.vocab.dp, "dp_type": plan.vocab.dp_type},
+        "vocab": {
+            "tp": plan.vocab.tp,
+            "dp": plan.vocab.dp,
+            "dp_type": plan.vocab.dp_type,
+            "dp_shard": plan.vocab.dp_shard,
+        },
         "layer_runs": runs,
     }
 
@@ -81,12 +90,12 @@ def predicted(evaluated) -> dict | None:
 def run_case(case: Case, hardware_name: str, repeats: int) -> dict:
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.planner.search import search_plan
-    from galvatron_hf.profiler.builtin_hardware import builtin_hardware
+    from galvatron_hf.profiler.builtin_hardware import hardware_for
 
     started = time.perf_counter()
     spec = describe_model(case.model, seq_len=case.seq_len)
     describe_s = time.perf_counter() - started
-    hardware = builtin_hardware(hardware_name, max(1, case.num_gpus // 8))
+    hardware = hardware_for(hardware_name, case.num_gpus)
     times, cpu_times, result = [], [], None
     for _ in range(repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -136,8 +145,10 @@ def markdown(results: list[dict], meta: dict) -> str:
     ]
     for r in results:
         p, plan = r["predicted"], r["plan"]
-        kinds = sorted({(x["tp"], x["dp_type"], x["checkpoint"]) for x in plan["layer_runs"]})
-        layout = "; ".join(f"tp{tp} {dt}{' ckpt' if ck else ''}" for tp, dt, ck in kinds)
+        kinds = sorted({(x["tp"], x["dp_type"], x["dp_shard"], x["checkpoint"]) for x in plan["layer_runs"]})
+        layout = "; ".join(
+            f"tp{tp} {dt}{f'(shard {sh})' if sh else ''}{' ckpt' if ck else ''}" for tp, dt, sh, ck in kinds
+        )
         uniform = r["best_uniform"]["samples_per_s"] if r["best_uniform"] else float("nan")
         zero3 = r["plain_zero3"]
         zero3_text = (
