@@ -11,6 +11,7 @@ Hugging Face directory, and loading a Hugging Face directory straight into a par
 | ``save.py`` / ``load.py`` | :func:`save_checkpoint` / :func:`load_checkpoint` |
 | ``export.py`` | :func:`export_to_hf` (``galvatron-hf export``) |
 | ``hf_weights.py`` | :func:`load_hf_pretrained`: each rank reads only its slices of an HF safetensors directory |
+| ``plain_trainer.py`` | a plain HF ``Trainer`` checkpoint (weights, ``optimizer.pt``, RNG files) into any layout |
 
 See docs/checkpoints.md for the directory layout and what a resume in another layout restores.
 """

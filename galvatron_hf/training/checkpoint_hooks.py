@@ -9,6 +9,7 @@ state, the plan and the fp16 loss scale, atomically. See docs/checkpoints.md.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from dataclasses import replace
@@ -18,6 +19,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from galvatron_hf.checkpoint.plain_trainer import (
+    is_plain_trainer_checkpoint,
+    load_plain_trainer_checkpoint,
+    restore_plain_trainer_rng,
+)
 from galvatron_hf.training.batching import BatchGeometry
 from galvatron_hf.training.optimizer import unwrap_optimizer
 from galvatron_hf.training.resume import ResumeBatchError, describe_layout_change, resume_batch_decision, saved_layout
@@ -113,6 +119,16 @@ class CheckpointHooks:
         from galvatron_hf.checkpoint import read_manifest, recover_interrupted_save
 
         path = Path(resume_from_checkpoint).absolute()
+        if is_plain_trainer_checkpoint(path):
+            if self.is_world_process_zero():
+                print(
+                    f"galvatron: {path} is a plain Trainer checkpoint: its weights, optimizer, scheduler and RNG "
+                    f"are loaded into this layout; it does not record its global batch, so the data position is "
+                    f"exact if it trained with this run's ({self.batch_geometry.global_batch_size}: pass "
+                    "global_batch_size to match it)",
+                    flush=True,
+                )
+            return
         if self.is_world_process_zero():
             recover_interrupted_save(path)
         dist.barrier()
@@ -175,6 +191,9 @@ class CheckpointHooks:
             return
         from galvatron_hf.checkpoint import SCHEDULER_NAME, load_checkpoint
 
+        if is_plain_trainer_checkpoint(checkpoint):
+            self._load_plain_trainer_checkpoint(Path(checkpoint))
+            return
         state = load_checkpoint(
             checkpoint,
             model=self.model,
@@ -189,6 +208,33 @@ class CheckpointHooks:
         change = describe_layout_change(saved_layout(checkpoint), self.plan, dist.get_world_size())
         if self.is_world_process_zero() and change:
             print(f"{change}; resumed at step {state.step}, RNG: {RNG_SOURCES[state.rng]}", flush=True)
+
+    def _load_plain_trainer_checkpoint(self, path: Path) -> None:
+        """A plain Trainer's ``checkpoint-N/`` (``checkpoint/plain_trainer.py``), resharded into this layout."""
+        from galvatron_hf.checkpoint import SCHEDULER_NAME
+
+        load_plain_trainer_checkpoint(
+            path, model=self.model, optimizer=unwrap_optimizer(self.optimizer), param_groups=self._plain_param_groups()
+        )
+        load_scheduler_state(self.lr_scheduler, path / SCHEDULER_NAME)
+        rng = restore_plain_trainer_rng(path)
+        if self.is_world_process_zero():
+            print(f"galvatron: resumed {path} (plain Trainer checkpoint); RNG from {rng}", flush=True)
+
+    def _plain_param_groups(self) -> list[list[str]]:
+        """The parameter names of the plain Trainer's two param groups (weight decay, none), in its order: what
+        the indices of its ``optimizer.pt`` count through. Read from an unsharded copy built on the meta device."""
+        import transformers
+
+        hf_class = next(cls for cls in type(self.model).__mro__ if cls.__module__.startswith("transformers."))
+        with torch.device("meta"):
+            full = hf_class._from_config(copy.deepcopy(self.model.config))
+        if not isinstance(full, transformers.PreTrainedModel):
+            raise TypeError(f"cannot rebuild {hf_class.__name__} to read a plain Trainer checkpoint")
+        frozen = {name for name, param in self.model.named_parameters() if not param.requires_grad}
+        names = [name for name, _ in full.named_parameters() if name not in frozen]
+        decay = set(self.get_decay_parameter_names(full))
+        return [[name for name in names if name in decay], [name for name in names if name not in decay]]
 
     def _load_best_model(self) -> None:
         from galvatron_hf.checkpoint import load_checkpoint

@@ -101,3 +101,40 @@ def auto_resumed(rank: int, world_size: int, workdir: str):
     """2 processes: the auto_parallel run resumed from the 4-process checkpoint."""
     resume = os.path.join(workdir, "auto4", f"checkpoint-{SAVE_EVERY}")
     return {"auto": auto_parallel_run(rank, world_size, os.path.join(workdir, "auto2"), resume)}
+
+
+PLAIN_LAYOUTS = {"zero3": {"dp_type": "zero3"}, "tp2": {"tp": 2}, "pp2": {"pp": 2, "num_micro_batches": 2}}
+
+
+def plain_trainer_run(output_dir: str) -> list[float]:
+    """The plain HF Trainer, one process: 4 steps of the global batch, ``checkpoint-2`` saved; its losses."""
+    from transformers import Trainer, TrainingArguments
+
+    values = cases.common_arguments(output_dir, per_device_train_batch_size=8, max_steps=AUTO_STEPS)
+    values.update(save_strategy="steps", save_steps=SAVE_EVERY)
+    trainer = Trainer(
+        cases.make_model("llama"),
+        TrainingArguments(**values),
+        train_dataset=cases.make_dataset("llama"),
+        data_collator=cases.collate,
+    )
+    trainer.train()
+    return cases.logged_losses(trainer.state.log_history)
+
+
+def resume_plain_checkpoint(rank: int, world_size: int, workdir: str, checkpoint: str):
+    """2 processes: the plain Trainer's ``checkpoint-2`` resumed under ZeRO-3, TP2 and PP2; each run's losses."""
+    from galvatron_hf.trainer import GalvatronTrainer, GalvatronTrainingArguments
+
+    losses = {}
+    for name, layout in PLAIN_LAYOUTS.items():
+        values = cases.common_arguments(os.path.join(workdir, name), global_batch_size=8, max_steps=AUTO_STEPS)
+        trainer = GalvatronTrainer(
+            cases.make_model("llama", seed=1),  # other initial weights: the checkpoint's must replace them
+            GalvatronTrainingArguments(**values, **layout),
+            train_dataset=cases.make_dataset("llama"),
+            data_collator=cases.collate,
+        )
+        trainer.train(resume_from_checkpoint=checkpoint)
+        losses[name] = cases.logged_losses(trainer.state.log_history)
+    return losses
