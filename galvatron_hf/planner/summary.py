@@ -45,8 +45,8 @@ def layer_runs(plan: Plan) -> list[tuple[int, int, LayerStrategy]]:
     return runs
 
 
-def strategy_text(tp: int, dp: int, dp_type: str, checkpoint: bool = False) -> str:
-    text = f"tp={tp} dp={dp} {dp_type}"
+def strategy_text(tp: int, dp: int, dp_type: str, checkpoint: bool = False, dp_shard: int = 0) -> str:
+    text = f"tp={tp} dp={dp} {dp_type}" + (f" (shard groups of {dp_shard})" if dp_shard else "")
     return text + (" +checkpoint" if checkpoint else "")
 
 
@@ -55,12 +55,13 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"plan: pp={plan.pp}, schedule {plan.schedule}, global batch {plan.global_batch_size} = "
         f"{plan.num_micro_batches} micro-batch(es) of {plan.micro_batch_size}",
-        f"  vocab (embedding / head): {strategy_text(plan.vocab.tp, plan.vocab.dp, plan.vocab.dp_type)}",
+        f"  vocab (embedding / head): {strategy_text(plan.vocab.tp, plan.vocab.dp, plan.vocab.dp_type, dp_shard=plan.vocab.dp_shard)}",
     ]
     for first, last, layer in layer_runs(plan):
         blocks = f"block {first}" if first == last else f"blocks {first}-{last}"
         lines.append(
-            f"  stage {layer.stage}  {blocks:<14} {strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint)}"
+            f"  stage {layer.stage}  {blocks:<14} "
+            f"{strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint, layer.dp_shard)}"
         )
     p = plan.predicted
     if p is not None:

@@ -99,6 +99,7 @@ class SearchContext:
         self.model = problem.model
         self.budget = problem.budget_bytes
         self.blocks = problem.spec.blocks
+        self.block_params = float(sum(block.params for block in self.blocks))
         signatures: dict[tuple, int] = {}
         self.sig = [signatures.setdefault(_signature(block), len(signatures)) for block in self.blocks]
         self.representative: dict[int, LayerSpec] = {}
@@ -167,10 +168,6 @@ def _prefix_reuse(sig: list[int]) -> list[int]:
     return reuse
 
 
-def _shard_of(dp_type: str, tp: int, dp: int, gpus_per_node: int) -> int:
-    return hsdp_shard(tp, dp, gpus_per_node) if dp_type == "hsdp" else 0
-
-
 def _offered(strategy: Strategy) -> bool:
     """Every slot is offered but hsdp where its tp and dp leave no proper shard group (``hsdp_shard``)."""
     return strategy.dp_type != "hsdp" or strategy.dp_shard > 0
@@ -191,9 +188,9 @@ class ConfigSolver:
         self.feasible = bool(self.tps)
         if not self.feasible:
             return
-        gpn = ctx.model.hardware.gpus_per_node
+        self._hsdp_sizing = (ctx.hardware.gpus_per_node, ctx.block_params / config.pp, ctx.budget)
         self.strategies = [
-            Strategy(t, devices // t, slot.dp_type, slot.checkpoint, _shard_of(slot.dp_type, t, devices // t, gpn))
+            Strategy(t, devices // t, slot.dp_type, slot.checkpoint, self._shard_of(slot.dp_type, t, devices // t))
             for t in self.tps
             for slot in SLOTS
         ]
@@ -201,17 +198,21 @@ class ConfigSolver:
         self.arrays = {s: self._strategy_costs(layer) for s, layer in ctx.representative.items()}
         self.switch = {s: self._relayout_matrix(layer) for s, layer in ctx.representative.items()}
         self.vocab_options = [
-            VocabStrategy(t, devices // t, d, _shard_of(d, t, devices // t, gpn))
+            VocabStrategy(t, devices // t, d, self._shard_of(d, t, devices // t))
             for t in self.tps
             if ctx.vocab_supports(t)
             for d in DP_TYPES
-            if d != "hsdp" or _shard_of(d, t, devices // t, gpn)
+            if d != "hsdp" or self._shard_of(d, t, devices // t)
         ]
         self.feasible = bool(self.vocab_options)
         self._vocab_cache: dict[tuple, LayerCost] = {}
         self._ends_cache: dict[tuple, np.ndarray] = {}
         self._rows_cache: dict[tuple, np.ndarray] = {}
         self.vocab_bounds: dict[VocabStrategy, float] = {}  # relaxed step-time bound per vocab strategy
+
+    def _shard_of(self, dp_type: str, tp: int, dp: int) -> int:
+        """hsdp's shard group for this tp and dp (:func:`hsdp_shard`); 0 for the other kinds."""
+        return hsdp_shard(tp, dp, *self._hsdp_sizing) if dp_type == "hsdp" else 0
 
     def _strategy_costs(self, layer: LayerSpec) -> StrategyCosts:
         model, shape = self.ctx.model, self.shape

@@ -45,12 +45,22 @@ class Strategy(NamedTuple):
         )
 
 
-def hsdp_shard(tp: int, dp: int, gpus_per_node: int) -> int:
+# A shard group the search offers holds the stage's sharded fp32 state (weights, gradients, AdamW: 16 bytes
+# a parameter) in at most this share of the budget, leaving the rest to activations and gathered layers.
+HSDP_STATE_SHARE = 0.5
+SHARDED_STATE_BYTES = 16
+
+
+def hsdp_shard(tp: int, dp: int, gpus_per_node: int, stage_params: float = 0.0, budget_bytes: float = 0.0) -> int:
     """The shard group the search gives an "hsdp" layer: the DP ranks of one node (``gpus_per_node / tp``),
-    so parameter gathers and gradient reduce-scatters stay on NVLink and only the replica all-reduce crosses
-    nodes (torchtitan's and accelerate's usual HSDP). 0 when that group is not a proper divisor of ``dp``
-    (one node holds all of dp, or a single rank): the slot is then not offered."""
-    shard = gpus_per_node // tp if tp <= gpus_per_node else 1
+    doubled (two nodes, four, ...) until the stage's state fits in ``HSDP_STATE_SHARE`` of the budget, so
+    gathers and reduce-scatters stay inside few nodes and only the replica all-reduce spans them all
+    (torchtitan's and accelerate's usual HSDP). 0 when no such group is a proper divisor of ``dp``: the
+    slot is then not offered (one group holding all of dp is zero3)."""
+    shard = max(1, gpus_per_node // tp)
+    if budget_bytes > 0:
+        while shard < dp and SHARDED_STATE_BYTES * stage_params / tp / shard > HSDP_STATE_SHARE * budget_bytes:
+            shard *= 2
     return shard if 1 < shard < dp and dp % shard == 0 else 0
 
 
