@@ -2,7 +2,10 @@
 
 Targets (a 2-core CPU machine): Llama-2-70b on 64 GPUs (8 nodes) x 80 GB at seq 4096 in at most 10 s,
 Llama-2-7b on 8 GPUs in at most 2 s; at scale, Llama-2-70b on 1,024 GPUs (128 nodes) and the Llama 3.1 405B
-shape on 4,096 GPUs (512 nodes) at seq 8192 in a few seconds (10 s). Times cover the search only (describe_model, which imports the HF config
+shape on 4,096 GPUs (512 nodes) at seq 8192 in a few seconds (10 s); the new dimensions: Meta-Llama-3-8B at seq
+65536 on 8 x 80 GB (a plan with context or sequence parallelism) and on one 24 GB GPU at seq 2048 (a plan with CPU
+offload), each in a few seconds; Llama-2-13b on 8 x 24 GB at seq 1024 (the state alone cannot fit: proven at
+once, then offloaded). Times cover the search only (describe_model, which imports the HF config
 classes, is timed apart). Each case runs ``--repeats`` times; the median is reported. Results go to
 benchmarks/results/search_speed.json (and a short .md table beside it).
 
@@ -39,6 +42,9 @@ CASES = (
     Case("meta-llama/Llama-2-70b-hf", 64, 80.0, 4096, 10.0),
     Case("meta-llama/Llama-2-70b-hf", 1024, 80.0, 4096, 10.0),
     Case("meta-llama/Llama-3.1-405B", 4096, 80.0, 8192, 10.0),
+    Case("meta-llama/Meta-Llama-3-8B", 8, 80.0, 65536, 5.0),
+    Case("meta-llama/Meta-Llama-3-8B", 1, 24.0, 2048, 5.0),
+    Case("meta-llama/Llama-2-13b-hf", 8, 24.0, 1024, 10.0),
 )
 
 
@@ -54,6 +60,7 @@ def plan_summary(plan) -> dict:
             "dp_type": s.dp_type,
             "dp_shard": s.dp_shard,
             "checkpoint": s.checkpoint,
+            "sp": s.sp,
         }
         for first, last, s in layer_runs(plan)
     ]
@@ -63,6 +70,8 @@ def plan_summary(plan) -> dict:
         "global_batch_size": plan.global_batch_size,
         "num_micro_batches": plan.num_micro_batches,
         "stage_sizes": plan.stage_sizes,
+        "cp": plan.cp,
+        "offload": plan.offload,
         "vocab": {
             "tp": plan.vocab.tp,
             "dp": plan.vocab.dp,
@@ -129,6 +138,7 @@ def run_case(case: Case, hardware_name: str, repeats: int) -> dict:
         "best_uniform_plan": plan_summary(result.best_uniform.plan) if result.best_uniform else None,
         "plain_ddp": predicted(result.baselines.get("ddp")),
         "plain_zero3": predicted(result.baselines.get("zero3")),
+        "notes": list(result.notes),
     }
 
 
@@ -145,10 +155,15 @@ def markdown(results: list[dict], meta: dict) -> str:
     ]
     for r in results:
         p, plan = r["predicted"], r["plan"]
-        kinds = sorted({(x["tp"], x["dp_type"], x["dp_shard"], x["checkpoint"]) for x in plan["layer_runs"]})
-        layout = "; ".join(
-            f"tp{tp} {dt}{f'(shard {sh})' if sh else ''}{' ckpt' if ck else ''}" for tp, dt, sh, ck in kinds
+        kinds = sorted(
+            {(x["tp"], x["dp_type"], x["dp_shard"], x["checkpoint"], x["sp"]) for x in plan["layer_runs"]}
         )
+        layout = "; ".join(
+            f"tp{tp} {dt}{f'(shard {sh})' if sh else ''}{' sp' if sp else ''}{' ckpt' if ck else ''}"
+            for tp, dt, sh, ck, sp in kinds
+        )
+        layout += f"; cp{plan['cp']}" if plan["cp"] > 1 else ""
+        layout += "; offload" if plan["offload"] else ""
         uniform = r["best_uniform"]["samples_per_s"] if r["best_uniform"] else float("nan")
         zero3 = r["plain_zero3"]
         zero3_text = (

@@ -1,7 +1,7 @@
 """`galvatron-hf search`: find the fastest plan that fits, or price one uniform plan.
 
 Pure Python (no torch.distributed): runs on a laptop. Without the uniform flags it searches; with any of
---pp/--tp/--dp_type/--checkpoint/--schedule/--num_micro_batches it prices that one uniform plan instead.
+--pp/--tp/--dp_type/--checkpoint/--schedule/--num_micro_batches/--sp/--cp/--offload it prices that one uniform plan instead.
 The plan options (names, help, defaults) are ``planner.request.PlanOptions``, the fields
 ``GalvatronTrainingArguments`` has too; the request is resolved by ``planner.request.resolve_plan`` and
 printed by ``planner.summary.format_summary``, as the trainer does. The Galvatron-2 names (--pp_deg,
@@ -156,6 +156,8 @@ def _report_search(args, resolved: ResolvedPlan) -> int:
         print(json.dumps(_result_json(result, resolved.spec, resolved.hardware), indent=2))
         return 0
     print(format_summary(resolved))
+    for note in result.notes:
+        print(f"note: {note}")
     stats = result.stats
     print()
     print(
@@ -270,6 +272,7 @@ def _result_json(result, spec, hardware) -> dict:
             "seconds": stats.seconds,
             "certified": stats.certified,
         },
+        "notes": list(result.notes),
     }
 
 

@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DEFAULT_ATTN_IMPLEMENTATION = "sdpa"
-UNIFORM_OPTIONS = ("pp", "tp", "dp_type", "checkpoint", "schedule", "num_micro_batches")
+UNIFORM_OPTIONS = ("pp", "tp", "dp_type", "checkpoint", "schedule", "num_micro_batches", "sp", "cp", "offload")
+UNIFORM_SWITCHES = ("checkpoint", "sp", "offload")  # booleans: given when True
 # Galvatron-2 names of the options: still accepted, with a note naming the new one
 DEPRECATED_NAMES = {
     "pp_deg": "pp",
@@ -84,6 +85,21 @@ class PlanOptions:
     checkpoint: bool = field(
         default=False,
         metadata={"help": "Uniform plan: activation checkpointing on every block."},
+    )
+    sp: bool = field(
+        default=False,
+        metadata={"help": "Uniform plan: sequence parallelism in every block (Megatron-style; needs --tp > 1)."},
+    )
+    cp: int | None = field(
+        default=None,
+        metadata={"help": "Uniform plan: context parallelism, each sequence split over this many ranks (default 1)."},
+    )
+    offload: bool = field(
+        default=False,
+        metadata={
+            "help": "Uniform plan: keep parameters, gradients and optimizer states in host memory (FSDP2 "
+            "CPUOffloadPolicy). The search decides it: it offloads when nothing fits in device memory."
+        },
     )
     schedule: str | None = field(
         default=None,
@@ -160,8 +176,8 @@ class PlanOptions:
 
     @property
     def uniform_flags_given(self) -> bool:
-        given = [getattr(self, name) for name in UNIFORM_OPTIONS if name != "checkpoint"]
-        return self.checkpoint or any(value is not None for value in given)
+        given = [getattr(self, name) for name in UNIFORM_OPTIONS if name not in UNIFORM_SWITCHES]
+        return any(getattr(self, name) for name in UNIFORM_SWITCHES) or any(value is not None for value in given)
 
     @property
     def plan_source(self) -> str:
@@ -433,6 +449,7 @@ def _searched(request: PlanRequest, pricing: _Pricing, progress) -> ResolvedPlan
         compute=pricing.compute,
         progress=progress,
         max_global_batch_size=request.max_global_batch_size,
+        offload=True if request.offload else None,
     )
     plan = result.best.plan.validate(world_size=request.world_size, spec=pricing.spec)
     return _resolved(request, pricing, plan, request.plan_source, result.best.report, result)
@@ -468,12 +485,13 @@ def _plan_from_file(request: PlanRequest, spec: ModelSpec) -> Plan:
 def _uniform(request: PlanRequest, spec: ModelSpec) -> Plan:
     from galvatron_hf.planner.search import uniform_plan, vocab_supports
 
-    pp, tp, world = request.pp or 1, request.tp or 1, request.world_size
-    if world % pp or (world // pp) % tp:
+    pp, tp, cp, world = request.pp or 1, request.tp or 1, request.cp or 1, request.world_size
+    if world % pp or (world // pp) % (tp * cp):
         raise PlanError(
-            f"pp={pp} x tp={tp} does not divide the {world} devices; pick degrees whose product divides {world}"
+            f"pp={pp} x tp={tp} x cp={cp} does not divide the {world} devices; pick degrees whose product divides "
+            f"{world}"
         )
-    devices = world // pp
+    devices = world // pp // cp
     vocab_tp = tp if vocab_supports(spec, tp) else 1
     batch = uniform_batch_size(request, devices // vocab_tp)
     micro = request.num_micro_batches
@@ -491,6 +509,9 @@ def _uniform(request: PlanRequest, spec: ModelSpec) -> Plan:
         schedule=request.schedule or default_schedule(pp, micro),
         mixed_precision=request.mixed_precision,
         vocab_tp=vocab_tp,
+        sp=request.sp,
+        cp=cp,
+        offload=request.offload,
     )
 
 

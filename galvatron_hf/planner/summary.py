@@ -45,23 +45,27 @@ def layer_runs(plan: Plan) -> list[tuple[int, int, LayerStrategy]]:
     return runs
 
 
-def strategy_text(tp: int, dp: int, dp_type: str, checkpoint: bool = False, dp_shard: int = 0) -> str:
+def strategy_text(
+    tp: int, dp: int, dp_type: str, checkpoint: bool = False, dp_shard: int = 0, sp: bool = False
+) -> str:
     text = f"tp={tp} dp={dp} {dp_type}" + (f" (shard groups of {dp_shard})" if dp_shard else "")
-    return text + (" +checkpoint" if checkpoint else "")
+    return text + (" +sp" if sp else "") + (" +checkpoint" if checkpoint else "")
 
 
 def format_plan(plan: Plan) -> str:
     """One line per run of identical blocks, then the prediction when the plan holds one."""
     lines = [
         f"plan: pp={plan.pp}, schedule {plan.schedule}, global batch {plan.global_batch_size} = "
-        f"{plan.num_micro_batches} micro-batch(es) of {plan.micro_batch_size}",
+        f"{plan.num_micro_batches} micro-batch(es) of {plan.micro_batch_size}"
+        + (f", cp={plan.cp} (sequence split over {plan.cp} ranks)" if plan.cp > 1 else "")
+        + (f", CPU offload of {' / '.join(plan.offload)}" if plan.offload else ""),
         f"  vocab (embedding / head): {strategy_text(plan.vocab.tp, plan.vocab.dp, plan.vocab.dp_type, dp_shard=plan.vocab.dp_shard)}",
     ]
     for first, last, layer in layer_runs(plan):
         blocks = f"block {first}" if first == last else f"blocks {first}-{last}"
         lines.append(
             f"  stage {layer.stage}  {blocks:<14} "
-            f"{strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint, layer.dp_shard)}"
+            f"{strategy_text(layer.tp, layer.dp, layer.dp_type, layer.checkpoint, layer.dp_shard, layer.sp)}"
         )
     p = plan.predicted
     if p is not None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from galvatron_hf.planner.cost_model import pipeline_step_s
-from galvatron_hf.planner.plan import SCHEDULES, LayerStrategy, Plan, PlanError, VocabStrategy
+from galvatron_hf.planner.plan import OFFLOAD_STATES, SCHEDULES, LayerStrategy, Plan, PlanError, VocabStrategy
 from galvatron_hf.planner.search.results import Evaluated
 from galvatron_hf.planner.search.solver import ConfigSolver, build_solvers
 from galvatron_hf.planner.search.space import StepConfig, vocab_supports
@@ -38,11 +38,16 @@ def uniform_plan(
     mixed_precision: str = "bf16",
     vocab_tp: int | None = None,
     dp_shard: int = 0,
+    sp: bool = False,
+    cp: int = 1,
+    offload: bool = False,
 ) -> Plan:
     """One strategy for every block, blocks split evenly over ``pp`` stages (extra blocks on early stages).
 
     The vocab layers use the blocks' tp when it divides the vocabulary (else ``vocab_tp`` or 1).
-    ``dp_shard`` is the shard group of dp_type "hsdp" (blocks and vocab layers alike).
+    ``dp_shard`` is the shard group of dp_type "hsdp" (blocks and vocab layers alike). ``sp`` runs every block
+    sequence-parallel, ``cp`` splits the sequence over that many ranks of each stage, ``offload`` keeps
+    parameters, gradients and optimizer states in host memory.
     """
     if dp_type == "hsdp" and not dp_shard:
         raise PlanError(
@@ -51,15 +56,20 @@ def uniform_plan(
         )
     if pp < 1 or world_size % pp:
         raise PlanError(f"pp={pp} must be >= 1 and divide the number of GPUs ({world_size})")
-    devices = world_size // pp
+    if cp < 1 or (world_size // pp) % cp:
+        raise PlanError(f"cp={cp} must divide the GPUs per stage (world_size / pp = {world_size // pp})")
+    devices = world_size // pp // cp
     if tp < 1 or devices % tp:
-        raise PlanError(f"tp={tp} must divide the GPUs per stage (world_size / pp = {devices})")
+        where = "world_size / pp" if cp == 1 else "world_size / pp / cp"
+        raise PlanError(f"tp={tp} must divide the GPUs per stage ({where} = {devices})")
     if schedule not in SCHEDULES:
         raise PlanError(f"schedule {schedule!r} is not one of {SCHEDULES}")
     if pp > spec.num_blocks:
         raise PlanError(f"pp={pp} is larger than the number of blocks ({spec.num_blocks}); lower pp")
     layers = [
-        LayerStrategy(stage=stage, tp=tp, dp=devices // tp, dp_type=dp_type, checkpoint=checkpoint, dp_shard=dp_shard)
+        LayerStrategy(
+            stage=stage, tp=tp, dp=devices // tp, dp_type=dp_type, checkpoint=checkpoint, dp_shard=dp_shard, sp=sp
+        )
         for stage, size in enumerate(even_stage_sizes(spec.num_blocks, pp))
         for _ in range(size)
     ]
@@ -77,6 +87,8 @@ def uniform_plan(
         mixed_precision=mixed_precision,
         model_name=spec.name,
         model_type=spec.model_type,
+        cp=cp,
+        offload=list(OFFLOAD_STATES) if offload else [],
     )
     return plan.validate(spec=spec)
 
@@ -95,6 +107,7 @@ class UniformCandidate(NamedTuple):
     tp: int
     dp_type: str
     checkpoint: bool
+    sp: bool = False
 
 
 class _StageSums(NamedTuple):
@@ -147,6 +160,9 @@ def best_uniform_plan(problem: SearchProblem, solvers: list[ConfigSolver] | None
             num_micro_batches=config.num_micro_batches,
             schedule=config.schedule,
             mixed_precision=problem.model.precision.name,
+            sp=candidate.sp,
+            cp=config.cp,
+            offload=config.offload,
         )
         report = problem.estimate(plan)
         if report.fits(problem.memory_gb) and (best is None or report.predicted.samples_per_s > best.samples_per_s):
@@ -157,12 +173,14 @@ def best_uniform_plan(problem: SearchProblem, solvers: list[ConfigSolver] | None
 def uniform_candidates(solver: ConfigSolver) -> list[UniformCandidate]:
     """Every uniform plan of a config, priced from the solver's arrays (all strategies at once per stage)."""
     config, ctx = solver.config, solver.ctx
-    devices = config.devices_per_stage
+    devices = config.batch_devices
     stages = _stage_sums(solver)
     found = []
     for index, strategy in enumerate(solver.strategies):
         if not ctx.all_blocks_support(strategy.tp) or strategy.dp_type == "hsdp":
             continue  # the uniform comparison is of the flat kinds (ddp, zero2, zero3)
+        if not np.isfinite(strategy_times_finite(stages, index)):
+            continue
         vocab_tp = strategy.tp if ctx.vocab_supports(strategy.tp) else 1
         if config.micro_batch_size % (devices // vocab_tp):
             continue
@@ -180,10 +198,21 @@ def uniform_candidates(solver: ConfigSolver) -> list[UniformCandidate]:
         step = pipeline_step_s(times, config.num_micro_batches)
         found.append(
             UniformCandidate(
-                config.global_batch_size / step, peak, config, strategy.tp, strategy.dp_type, strategy.checkpoint
+                config.global_batch_size / step,
+                peak,
+                config,
+                strategy.tp,
+                strategy.dp_type,
+                strategy.checkpoint,
+                strategy.sp,
             )
         )
     return found
+
+
+def strategy_times_finite(stages: list[_StageSums], index: int) -> float:
+    """The strategy's block time summed over stages: infinite where a block cannot take it (e.g. sp at tp 1)."""
+    return sum(float(stage.time_s[index]) for stage in stages)
 
 
 def _stage_sums(solver: ConfigSolver) -> list[_StageSums]:
@@ -213,11 +242,12 @@ def plain_data_parallel(problem: SearchProblem, solvers: list[ConfigSolver], dp_
     """
     options = []  # (does not fit, -samples/s when it fits else peak bytes): the least is the answer
     for solver in solvers:
-        if not solver.feasible or solver.config.pp != 1 or 1 not in solver.tps:
+        config = solver.config
+        if not solver.feasible or config.pp != 1 or config.cp != 1 or 1 not in solver.tps:
             continue
         budget = solver.ctx.budget * (1 + 1e-6)
         for candidate in uniform_candidates(solver):
-            if candidate.tp == 1 and candidate.dp_type == dp_type and not candidate.checkpoint:
+            if candidate.tp == 1 and candidate.dp_type == dp_type and not candidate.checkpoint and not candidate.sp:
                 fits = candidate.peak_bytes <= budget
                 rank = (not fits, -candidate.samples_per_s if fits else candidate.peak_bytes)
                 options.append((rank, candidate.config))

@@ -85,6 +85,8 @@ class NodeFigures:
     nvlink_allreduce_busbw_GBps: float  # nccl-tests all_reduce busbw on 8 GPUs (NVLS where available)
     nvlink_p2p_GBps: float  # one direction between two GPUs
     nic_GBps: float  # one NIC per GPU, line rate in GB/s
+    host_device_GBps: float  # pinned host <-> device copy, one direction
+    host_memory_bandwidth_GBps: float  # host RAM bandwidth per GPU (the node's sockets shared by its GPUs)
     sources: dict[str, str]
     gpus_per_node: int = 8
     nics_per_node: int = 8
@@ -105,6 +107,10 @@ H100 = NodeFigures(
     nvlink_p2p_GBps=360.0,  # 80% of 450 GB/s one way (same ring efficiency as above)
     nic_GBps=50.0,  # 8x ConnectX-7 NDR 400 Gb/s per node, one per GPU: 400 Gb/s = 50 GB/s
     fabric="8x 400 Gb/s InfiniBand NDR per node (ConnectX-7, one per GPU), rail-optimised fat tree",
+    # PCIe Gen5 x16: 64 GB/s each way; pinned cudaMemcpy reaches ~80% of it (estimate: 51 GB/s)
+    host_device_GBps=51.0,
+    # DGX H100: 2x Xeon Platinum 8480C, 8 channels of DDR5-4800 each: 2 x 307 GB/s, shared by 8 GPUs
+    host_memory_bandwidth_GBps=77.0,
     sources={
         "peak_tflops": "NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 1979 TFLOPS with sparsity = 989.4 dense; FP32 67",
         "memory": "NVIDIA H100 datasheet: 80 GB HBM3, 3.35 TB/s",
@@ -113,6 +119,8 @@ H100 = NodeFigures(
         "nic": "DGX H100: 8x ConnectX-7 400 Gb/s NDR InfiniBand, one per GPU (NVIDIA DGX H100 user guide)",
         "fabric": "DGX SuperPOD H100 reference architecture: compute fabric InfiniBand NDR 400 Gb/s, rail-optimised "
         "(GPU i of every node on leaf switch group i), full fat tree (NVIDIA DGX SuperPOD RA, H100)",
+        "host_device": "PCIe Gen5 x16 per GPU, 64 GB/s one way (H100 SXM5 datasheet); 80% reached by pinned copies (estimate)",
+        "host_memory": "DGX H100: 2x Intel Xeon Platinum 8480C, 8 DDR5-4800 channels each = 614 GB/s per node, / 8 GPUs (DGX H100 user guide; estimate)",
     },
 )
 
@@ -131,6 +139,8 @@ H200 = replace(
         "nic": "HGX H200 reference: 8x ConnectX-7 400 Gb/s NDR, one per GPU (NVIDIA HGX platform brief)",
         "fabric": "HGX H200 reference: InfiniBand NDR 400 Gb/s compute fabric, rail-optimised, one NIC per GPU "
         "(NVIDIA HGX platform brief; DGX SuperPOD H200 reference architecture)",
+        "host_device": "PCIe Gen5 x16 per GPU, 64 GB/s one way (H200 datasheet); 80% reached by pinned copies (estimate)",
+        "host_memory": "HGX H200 hosts: 2 sockets of 8 DDR5-4800 channels = 614 GB/s per node, / 8 GPUs (estimate)",
     },
 )
 
@@ -145,6 +155,8 @@ A100 = NodeFigures(
     nvlink_p2p_GBps=240.0,  # 80% of 300 GB/s one way
     nic_GBps=25.0,  # DGX A100: 8x ConnectX-6 HDR 200 Gb/s, one per GPU: 25 GB/s
     fabric="8x 200 Gb/s InfiniBand HDR per node (ConnectX-6, one per GPU), rail-optimised fat tree",
+    host_device_GBps=25.6,  # PCIe Gen4 x16: 32 GB/s each way, ~80% with pinned copies (estimate)
+    host_memory_bandwidth_GBps=51.0,  # DGX A100: 2x EPYC 7742, 8 DDR4-3200 channels each = 410 GB/s, / 8 GPUs
     sources={
         "peak_tflops": "NVIDIA A100 datasheet: BF16/FP16 312 TFLOPS dense, FP32 19.5",
         "memory": "NVIDIA A100 80GB datasheet: HBM2e 2,039 GB/s (SXM)",
@@ -153,6 +165,8 @@ A100 = NodeFigures(
         "nic": "DGX A100: 8x ConnectX-6 200 Gb/s HDR InfiniBand, one per GPU (NVIDIA DGX A100 user guide)",
         "fabric": "DGX SuperPOD A100 reference architecture: compute fabric InfiniBand HDR 200 Gb/s, rail-optimised "
         "fat tree (NVIDIA DGX SuperPOD RA, A100)",
+        "host_device": "PCIe Gen4 x16 per GPU, 32 GB/s one way (A100 datasheet); 80% reached by pinned copies (estimate)",
+        "host_memory": "DGX A100: 2x AMD EPYC 7742, 8 DDR4-3200 channels each = 410 GB/s per node, / 8 GPUs (DGX A100 user guide; estimate)",
     },
 )
 
@@ -265,6 +279,8 @@ def _build(node: NodeFigures, num_nodes: int, gpn: int) -> HardwareProfile:
         peak_tflops=dict(node.peak_tflops),
         memory_bandwidth_GBps=node.memory_bandwidth_GBps,
         reserved_memory_gb=RESERVED_GB,
+        host_device_GBps=node.host_device_GBps,
+        host_memory_bandwidth_GBps=node.host_memory_bandwidth_GBps,
     )
     network = NetworkSpec(
         nics_per_node=node.nics_per_node,

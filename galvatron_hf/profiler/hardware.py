@@ -421,6 +421,10 @@ def measure_device(
         "torch.cuda.get_device_properties" if device.type == "cuda" else "host RAM / local ranks"
     )
     sources["device.memory_bandwidth_GBps"] = "measured: device-to-device copy"
+    host_device, host_memory = host_bandwidths_GBps(device, options.quick, repeats)
+    if host_device:
+        sources["device.host_device_GBps"] = "measured: pinned host-to-device and device-to-host copies, the slower"
+    sources["device.host_memory_bandwidth_GBps"] = "measured: host RAM copy, divided by the ranks on this host"
     progress.step(
         f"memory {memory_gb:.1f} GB ({reserved_gb:.2f} outside the allocator), copy bandwidth {bandwidth:.1f} GB/s"
     )
@@ -431,6 +435,8 @@ def measure_device(
         peak_tflops=peak,
         memory_bandwidth_GBps=bandwidth,
         reserved_memory_gb=reserved_gb,
+        host_device_GBps=host_device,
+        host_memory_bandwidth_GBps=host_memory,
     )
 
 
@@ -477,6 +483,31 @@ def memory_bandwidth_GBps(device: torch.device, quick: bool, repeats: Repeats) -
     target = torch.empty_like(source)
     seconds = time_region(device, lambda: target.copy_(source), repeats)
     return 2 * nbytes / seconds / 1e9
+
+
+def host_bandwidths_GBps(device: torch.device, quick: bool, repeats: Repeats) -> tuple[float, float]:
+    """(pinned host <-> device copy rate, the slower direction; host RAM copy rate per rank on this host).
+
+    What CPU offload moves through: FSDP2's CPUOffloadPolicy copies each fp32 shard to the device before its
+    all-gather and each reduced gradient shard back, and runs the optimizer step in host memory. Every rank of a
+    host copies at once (as offloaded training does), so both are what one rank gets. 0 for the first on a CPU.
+    """
+    host_device = 0.0
+    if device.type == "cuda":
+        nbytes = 16 * MiB if quick else 256 * MiB
+        host = torch.ones(nbytes // 4, dtype=torch.float32).pin_memory()
+        on_device = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+        to_device = time_region(device, lambda: on_device.copy_(host, non_blocking=True), repeats)
+        to_host = time_region(device, lambda: host.copy_(on_device, non_blocking=True), repeats)
+        host_device = nbytes / max(to_device, to_host) / 1e9
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            host_device = _fastest(host_device, device)  # the slowest rank's rate (a MIN all-reduce)
+    nbytes = 4 * MiB if quick else 64 * MiB
+    source = torch.ones(nbytes // 4, dtype=torch.float32)
+    target = torch.empty_like(source)
+    seconds = time_region(torch.device("cpu"), lambda: target.copy_(source), repeats)
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return host_device, 2 * nbytes / seconds / 1e9 / max(ranks_here, 1)
 
 
 # ----- overlap -------------------------------------------------------------------------------------------------

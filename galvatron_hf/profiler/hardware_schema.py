@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Literal
 from galvatron_hf.jsonfile import VersionedJson
 
 HARDWARE_SCHEMA = "galvatron-hf/hardware"
-HARDWARE_VERSION = 2  # version 2 adds the optional ``network`` (inter-node links); version-1 files still read
+HARDWARE_VERSION = 2  # version 2 adds the optional ``network`` (inter-node links) and
+# device.host_device_GBps / device.host_memory_bandwidth_GBps (CPU offload); version-1 files still read
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 PLACEMENTS = ("intra_node", "inter_node")
 
@@ -94,6 +95,10 @@ class DeviceSpec:
     peak_tflops: dict[str, float]
     memory_bandwidth_GBps: float = 0.0
     reserved_memory_gb: float = 0.0  # CUDA context, NCCL buffers, allocator slack: not usable by tensors
+    # CPU offload prices (0: not known, and offload is then not priced): pinned host <-> device copies, one
+    # direction, and the share of host RAM bandwidth one device's process gets (the host optimizer step)
+    host_device_GBps: float = 0.0
+    host_memory_bandwidth_GBps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -205,10 +210,16 @@ class HardwareProfile(VersionedJson):
     # ----- (de)serialisation: VersionedJson, plus a check of the numbers -----------------------------------
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """A version-1 file is a version-2 profile without ``network``; it may not hold that key."""
-        if "network" in data:
+        """A version-1 file is a version-2 profile without ``network`` and without the host-offload figures
+        (read as unknown, 0: offload is then not priced); it may not hold those version-2 keys."""
+        device = data.get("device")
+        added = ["network"] if "network" in data else []
+        if isinstance(device, dict):
+            added += [f"device.{key}" for key in ("host_device_GBps", "host_memory_bandwidth_GBps") if key in device]
+        if added:
+            keys = ", ".join(repr(key) for key in added)
             raise HardwareProfileError(
-                "hardware file has version 1 but holds 'network', a version-2 key: set \"version\": 2"
+                f"hardware file has version 1 but holds {keys}, version-2 keys: set \"version\": 2"
             )
         return {**data, "version": HARDWARE_VERSION}
 

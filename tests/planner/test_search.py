@@ -32,7 +32,8 @@ def compositions(total: int, parts: int):
 
 
 def brute_force(spec, hardware, world, memory_gb, batch):
-    """Price every plan of the search space (both schedules) and keep the fastest that fits."""
+    """Price every plan of the search space (both schedules, sequence parallelism wherever TP allows it) and
+    keep the fastest that fits."""
     model = CostModel(spec, hardware)
     n, best = spec.num_blocks, None
     for pp in divisors(world):
@@ -45,7 +46,12 @@ def brute_force(spec, hardware, world, memory_gb, batch):
             gpn = hardware.gpus_per_node  # hsdp is offered with one node's DP ranks as its shard group
             kinds = [(t, d, hsdp_shard(t, devices // t, gpn) if d == "hsdp" else 0) for t in tps for d in DP_TYPES]
             kinds = [(t, d, shard) for t, d, shard in kinds if d != "hsdp" or shard]
-            strategies = [(t, devices // t, d, c, False, shard) for t, d, shard in kinds for c in (False, True)]
+            strategies = [
+                (t, devices // t, d, c, sp, shard)
+                for t, d, shard in kinds
+                for c in (False, True)
+                for sp in ((False, True) if t > 1 and spec.seq_len % t == 0 else (False,))
+            ]
             vocabs = [VocabStrategy(t, devices // t, d, shard) for t, d, shard in kinds if vocab_supports(spec, t)]
             for schedule in SCHEDULES:
                 if schedule == "1f1b" and m < pp:

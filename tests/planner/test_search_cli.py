@@ -38,7 +38,7 @@ def test_search_prints_a_plan_and_writes_a_valid_file(tmp_path, capsys, llama_7b
         assert expected in text
     plan = Plan.load(out)
     plan.validate(world_size=8, spec=llama_7b_spec)
-    assert plan.pp == 1, "7B on 8 x 80 GB needs no pipeline"
+    assert plan.pp <= 2 and plan.offload == [], "7B on 8 x 80 GB needs no deep pipeline and no offload"
     assert plan.predicted is not None and plan.predicted.peak_memory_gb[0] <= 80
 
 

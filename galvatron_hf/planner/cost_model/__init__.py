@@ -29,6 +29,7 @@ from galvatron_hf.planner.cost_model.pipeline import (
     StageCost,
     estimate_plan,
     pipeline_step_s,
+    step_shape,
 )
 from galvatron_hf.planner.cost_model.shapes import LayerCost, StepShape
 from galvatron_hf.planner.cost_model.units import (
@@ -63,4 +64,6 @@ __all__ = [
     "StepShape",
     "estimate_plan",
     "pipeline_step_s",
+    "step_shape",
+    "step_shape",
 ]

@@ -59,8 +59,13 @@ class CommunicationCosts:
         return max(0.0, comm - window_s) + overlapped * (self.overlap.compute_slowdown - 1.0)
 
 
-    def _tp_comm_s(self, layer: LayerSpec, tp: int, samples: float) -> tuple[float, float]:
-        """Blocking TP collectives of one micro-batch: (forward, backward) seconds."""
+    def _tp_comm_s(self, layer: LayerSpec, tp: int, samples: float, sp: bool = False) -> tuple[float, float]:
+        """Blocking TP collectives of one micro-batch: (forward, backward) seconds.
+
+        With ``sp`` each all-reduce becomes a reduce-scatter after the row-parallel output plus an all-gather
+        before the next column-parallel input (the same bytes on the wire: an all-reduce is the two), and the
+        block's output is all-gathered along the sequence once forward (its gradient once backward), since the
+        stream between blocks stays whole."""
         if tp <= 1 or not layer.tp_params:
             return 0.0, 0.0
         act = self.precision.compute_bytes
@@ -73,8 +78,32 @@ class CommunicationCosts:
         # Megatron-style block: one all-reduce per row-parallel output forward, one per column-parallel
         # input backward; one each per sub-layer (attention, MLP, cross-attention).
         count = sum(rule.style == "rowwise" for rule in layer.tp_rules) or 2
+        if sp:
+            gather = self.collective_s("all_gather", hidden_bytes, tp)
+            one = gather + self.collective_s("reduce_scatter", hidden_bytes, tp)
+            return count * one + gather, count * one + gather
         one = self.collective_s("all_reduce", hidden_bytes, tp)
         return count * one, count * one
+
+    def ring_exchange_s(
+        self, layer: LayerSpec, tp: int, samples: float, shape: StepShape, forward: float, backward: float
+    ) -> tuple[float, float]:
+        """Context parallelism's ring exchange in one block, exposed beyond the attention it overlaps with.
+
+        Each of the cp - 1 ring steps passes this rank's key and value chunk (its ``samples x seq_len`` tokens,
+        ``2 x kv_heads x head_dim / tp`` elements each) to the next rank while the current chunk's attention runs:
+        priced as one all-gather of ``cp`` chunks over the cp ranks (stride tp). Backward passes keys and values
+        again plus their gradients (twice the bytes). The window is the attention's share of the block's time.
+        """
+        cp = shape.cp
+        if cp <= 1 or not layer.is_block or not layer.num_heads:
+            return 0.0, 0.0
+        kv_heads = layer.num_kv_heads or layer.num_heads
+        chunk = samples * layer.seq_len * 2 * kv_heads * layer.head_dim / tp * self.precision.compute_bytes
+        ring = self.collective_s("all_gather", cp * chunk, cp, stride=tp)
+        attention = 4.0 * layer.seq_len * (layer.kv_seq_len or layer.seq_len) * layer.num_heads * layer.head_dim
+        share = min(1.0, attention / layer.forward_flops) if layer.forward_flops else 0.0
+        return self.overlapped_s(forward * share, ring), self.overlapped_s(backward * share, 2 * ring)
 
     def _dp_comm_exposed_s(
         self,
@@ -135,13 +164,13 @@ class CommunicationCosts:
         if tp_from == tp_to:
             return 0.0
         small, large = sorted((tp_from, tp_to))
-        dp_of_large = shape.devices_per_stage // large
-        nbytes = shape.micro_batch_size / dp_of_large * self._hidden_bytes(boundary)
+        dp_of_large = shape.devices_per_stage // shape.cp // large
+        nbytes = shape.micro_batch_size / dp_of_large / shape.cp * self._hidden_bytes(boundary)
         return self.collective_s("all_gather", nbytes, large // small, stride=small)
 
     def p2p_s(self, boundary: LayerSpec, dp: int, stage: int, shape: StepShape) -> float:
         """Per micro-batch send of activations to stage + 1 and receive of their gradients."""
-        nbytes = shape.micro_batch_size / dp * self._hidden_bytes(boundary)
+        nbytes = shape.micro_batch_size / dp / shape.cp * self._hidden_bytes(boundary)
         placement = self._p2p_placement(stage, shape)
         return 2 * self.hardware.p2p_time(nbytes, placement)
 

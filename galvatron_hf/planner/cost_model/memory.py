@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from galvatron_hf.planner.cost_model.compute import LayerCostSource
@@ -28,6 +29,21 @@ def rank_state_params(params: float, dp: int, dp_type: str) -> float:
     return params if dp_type == "ddp" else params / dp
 
 
+def sequence_parallel_activation(layer: LayerSpec, tp: int) -> LayerSpec:
+    """``layer`` as sequence parallelism runs it: what every TP rank kept whole (norm inputs, residual stream,
+    their fp32 upcasts and dropout masks) is split along the sequence, 1 / tp per rank. Token ids and the
+    checkpointed layer input (the block's input stays whole between blocks) are not."""
+    act = layer.activation
+    split = replace(
+        act,
+        replicated=act.replicated / tp,
+        fp32_replicated=act.fp32_replicated / tp,
+        upcast_replicated=act.upcast_replicated / tp,
+        bool_replicated=act.bool_replicated / tp,
+    )
+    return replace(layer, activation=split)
+
+
 class MemoryCosts:
     """The memory half of :class:`~galvatron_hf.planner.cost_model.CostModel` (a mixin: it reads the model's
     hardware profile, precision and compute source; ``_gathers_per_step`` comes from the communication half)."""
@@ -35,6 +51,14 @@ class MemoryCosts:
     hardware: HardwareProfile
     precision: Precision
     compute: LayerCostSource
+    _sp_layers: dict[tuple[int, int], LayerSpec]
+
+    def sequence_parallel_layer(self, layer: LayerSpec, tp: int) -> LayerSpec:
+        """:func:`sequence_parallel_activation`, memoised per (layer, tp)."""
+        key = (id(layer), tp)
+        if key not in self._sp_layers:
+            self._sp_layers[key] = sequence_parallel_activation(layer, tp)
+        return self._sp_layers[key]
 
     def optimizer_step_s(self, params: float) -> float:
         """AdamW over ``params`` fp32 parameters: memory-bound, ``OPTIMIZER_BYTES`` of HBM traffic each.
@@ -76,7 +100,8 @@ class MemoryCosts:
         """Resident bytes: sharded fp32 weights and AdamW states, plus what FSDP2 keeps unsharded (see
         docs/cost_model.md). The sharded gradients are :attr:`LayerCost.grad_bytes`."""
         gathered = self.precision.compute_bytes
-        sharded = (MASTER_BYTES + ADAM_BYTES) * params
+        # offload keeps the sharded fp32 weights and AdamW states in host memory
+        sharded = 0.0 if shape.offload else (MASTER_BYTES + ADAM_BYTES) * params
         accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
         if dp_type == "ddp":  # HSDP with shard size 1: whole state on every rank, bf16 copy kept fwd->bwd
             return sharded + gathered * params + accumulated

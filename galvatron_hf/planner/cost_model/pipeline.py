@@ -34,11 +34,12 @@ class StageCost:
     memory_bound_s: float = 0.0  # of time_per_micro_batch_s: optimizer step, clipping, FSDP2 copies
     optimizer_gb: float = 0.0  # of static_gb: AdamW states
     accumulated_grad_gb: float = 0.0  # of static_gb: unsharded gradients accumulated while M > 1
+    offload_s: float = 0.0  # of time_per_micro_batch_s: exposed host-device copies, host optimizer step
 
     @property
     def compute_s(self) -> float:
-        """Forward, backward and recomputation per micro-batch: the time that is neither of the parts."""
-        return self.time_per_micro_batch_s - self.communication_s - self.memory_bound_s
+        """Forward, backward and recomputation per micro-batch: the time that is none of the parts."""
+        return self.time_per_micro_batch_s - self.communication_s - self.memory_bound_s - self.offload_s
 
     @property
     def param_gb(self) -> float:
@@ -84,6 +85,19 @@ def pipeline_step_s(stage_times: list[float], num_micro_batches: int) -> float:
     return sum(stage_times) + (num_micro_batches - 1) * max(stage_times)
 
 
+def step_shape(plan: Plan) -> StepShape:
+    """What every layer of ``plan`` shares, as the cost model prices it."""
+    return StepShape(
+        plan.pp,
+        plan.num_micro_batches,
+        plan.micro_batch_size,
+        plan.devices_per_stage,
+        plan.schedule,
+        cp=plan.cp,
+        offload=plan.offloaded,
+    )
+
+
 def estimate_plan(
     plan: Plan,
     spec: ModelSpec,
@@ -99,7 +113,7 @@ def estimate_plan(
     model = cost_model or CostModel(
         spec, hardware, mixed_precision=plan.mixed_precision, attn_impl=attn_impl, compute=compute
     )
-    shape = StepShape(plan.pp, plan.num_micro_batches, plan.micro_batch_size, plan.devices_per_stage, plan.schedule)
+    shape = step_shape(plan)
     blocks = spec.blocks
     stages = [_stage_cost(model, plan, blocks, stage, shape) for stage in range(plan.pp)]
     times = [s.time_per_micro_batch_s for s in stages]
@@ -136,7 +150,14 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
     for index in indices:
         strategy: LayerStrategy = plan.layers[index]
         cost = model.layer_cost(
-            blocks[index], strategy.tp, strategy.dp, strategy.dp_type, strategy.checkpoint, shape, strategy.dp_shard
+            blocks[index],
+            strategy.tp,
+            strategy.dp,
+            strategy.dp_type,
+            strategy.checkpoint,
+            shape,
+            strategy.dp_shard,
+            strategy.sp,
         )
         costs.append(cost)
         relayout = model.relayout_s(blocks[max(index - 1, 0)], previous_tp, strategy.tp, shape)
@@ -161,6 +182,7 @@ def _stage_cost(model: CostModel, plan: Plan, blocks, stage: int, shape: StepSha
         grad_gb=sum(c.grad_bytes for c in costs) / GB,
         communication_s=sum(c.communication_s for c in costs) + transfer + last_transfer,
         memory_bound_s=sum(c.memory_bound_s for c in costs),
+        offload_s=sum(c.offload_s for c in costs),
         optimizer_gb=sum(c.optimizer_bytes for c in costs) / GB,
         accumulated_grad_gb=sum(c.accumulated_grad_bytes for c in costs) / GB,
     )

@@ -14,6 +14,8 @@ class StepShape:
     micro_batch_size: int  # samples per micro-batch across the stage (the stage's DP ranks split it)
     devices_per_stage: int
     schedule: str = "1f1b"
+    cp: int = 1  # context parallelism: each rank holds 1 / cp of every sample's tokens
+    offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded parameters, gradients, optimizer states in host memory
 
     @property
     def accumulates(self) -> bool:
@@ -51,3 +53,4 @@ class LayerCost:
     memory_bound_s: float = 0.0  # of time_s: optimizer step, clipping, FSDP2 copies (HBM traffic)
     optimizer_bytes: float = 0.0  # of static_bytes: AdamW states
     accumulated_grad_bytes: float = 0.0  # of static_bytes: unsharded gradients accumulated while M > 1
+    offload_s: float = 0.0  # of time_s: exposed host-device transfers and the host optimizer step (offload)

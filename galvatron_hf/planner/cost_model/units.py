@@ -18,6 +18,10 @@ OPTIMIZER_BYTES = 28
 # Gradient clipping (the HF Trainer clips by default, max_grad_norm=1.0): one foreach norm reads every local
 # fp32 gradient (4 bytes), one foreach scale reads and writes it (8 bytes).
 CLIP_BYTES = 12
+# With offload the fused AdamW step runs on the host over the same 7 x 4 bytes per parameter; each all-gather
+# first copies the fp32 shard to the device (4 bytes), and the reduced fp32 gradient shard goes back (4 bytes).
+OFFLOAD_GATHER_BYTES = 4
+OFFLOAD_GRAD_BYTES = 4
 
 
 @dataclass(frozen=True)

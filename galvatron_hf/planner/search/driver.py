@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from galvatron_hf.planner.search.bound import relaxed_bound, relaxed_feasible, upper_bound
 from galvatron_hf.planner.search.exact import exact_solve
+from galvatron_hf.planner.search.infeasible import StateFloor, state_floor
 from galvatron_hf.planner.search.problem import SearchProblem
 from galvatron_hf.planner.search.results import Evaluated, ImpossibleBudgetError, SearchResult, SearchStats
 from galvatron_hf.planner.search.solver import ConfigSolver, build_solvers
@@ -41,6 +42,8 @@ def search_plan(
     time_budget_s: float | None = None,
     find_minimum_memory: bool = True,
     compare: bool = True,
+    cp_degrees: tuple[int, ...] | None = None,
+    offload: bool | None = None,
 ) -> SearchResult:
     """The fastest plan for ``spec`` on ``num_gpus`` GPUs with ``memory_gb`` per GPU (GB = 1e9 bytes).
 
@@ -52,6 +55,12 @@ def search_plan(
     Raises :class:`ImpossibleBudgetError` when no plan fits, with the smallest budget that would
     (``min_memory_gb``), unless ``find_minimum_memory`` is False (then ``min_memory_gb`` is None).
     ``compare=False`` skips the comparisons (``best_uniform`` is None, ``baselines`` empty).
+    ``cp_degrees``: the context-parallel degrees to try (default: ``space.default_cp_degrees``).
+    ``offload``: None decides: device-memory plans first; when none fits (proven at once when the training state
+    alone exceeds the budget, ``infeasible.py``, else found by the search) the search offloads, if the hardware
+    profile prices it, and the smallest budget of an error is then the smallest with offload. True searches
+    offloaded plans only; False never offloads, and a proven misfit is reported at once with the cheapest ways
+    out.
     """
     started = time.perf_counter()
     problem = SearchProblem.create(
@@ -65,8 +74,11 @@ def search_plan(
         compute=compute,
         max_global_batch_size=max_global_batch_size,
         accumulate_without_pipeline=accumulate_without_pipeline,
+        cp_degrees=cp_degrees,
+        offload=bool(offload),
     )
     reporter = _Reporter(progress, started)
+    floor = state_floor(problem)
     solvers = build_solvers(problem)
     if not any(solver.feasible for solver in solvers):
         raise ValueError(
@@ -75,9 +87,19 @@ def search_plan(
             f"{num_gpus} or leave --global_batch_size out to search it"
         )
     deadline = None if time_budget_s is None else started + time_budget_s
-    found, stats = _best_first(problem, reporter, solvers, deadline)
+    found, stats, notes = None, None, []
+    if problem.offloads or not floor.proves_no_fit:  # else proven at once: no device-memory plan fits
+        found, stats = _best_first(problem, reporter, solvers, deadline)
+    if found is None and offload is None and _prices_offload(problem):
+        notes.append(_why_offload(problem, floor, time.perf_counter() - started))
+        problem = problem.with_offload()
+        solvers = build_solvers(problem)
+        found, stats = _best_first(problem, reporter, solvers, deadline)
     if found is None:
-        raise _impossible(problem, reporter, find_minimum_memory)
+        proven = floor.proves_no_fit and not problem.offloads
+        raise _impossible(problem, reporter, find_minimum_memory and not proven, floor)
+    if problem.offloads and floor.proves_no_fit and offload is None:
+        notes.append("ways out without offload: " + floor.ways_out(None))
     uniform, baselines = None, {}
     if compare:
         reporter("comparing with uniform plans and plain DDP / ZeRO-3")
@@ -87,18 +109,43 @@ def search_plan(
         stats, seconds=time.perf_counter() - started, from_uniform=from_uniform, dp_samples_per_s=found.samples_per_s
     )
     best = uniform if from_uniform else found
-    return SearchResult(best=best, best_uniform=uniform, baselines=baselines, stats=stats, memory_gb=memory_gb)
+    return SearchResult(
+        best=best, best_uniform=uniform, baselines=baselines, stats=stats, memory_gb=memory_gb, notes=tuple(notes)
+    )
 
 
-def _impossible(problem: SearchProblem, reporter: Progress, find_minimum_memory: bool) -> ImpossibleBudgetError:
+def _why_offload(problem: SearchProblem, floor: StateFloor, seconds: float) -> str:
+    if floor.proves_no_fit:
+        return f"no plan fits in device memory ({floor.reason()}; proven in {seconds:.3f} s): CPU offload"
+    return f"no plan fits in {problem.memory_gb:g} GB of device memory (searched in {seconds:.1f} s): CPU offload"
+
+
+def _prices_offload(problem: SearchProblem) -> bool:
+    device = problem.hardware.device
+    return device.host_device_GBps > 0 and device.host_memory_bandwidth_GBps > 0
+
+
+def _impossible(
+    problem: SearchProblem, reporter: Progress, find_minimum_memory: bool, floor: StateFloor
+) -> ImpossibleBudgetError:
+    where = f"{problem.memory_gb:g} GB per GPU on {problem.num_gpus} GPUs"
+    tried = " even with CPU offload" if problem.offloads else ""
+    if floor.proves_no_fit and not problem.offloads:
+        offload = "CPU offload (--offload: the state then lives in host memory"
+        offload += ")" if _prices_offload(problem) else "; the hardware profile must give its host bandwidths)"
+        return ImpossibleBudgetError(
+            f"no plan for {problem.spec.name} fits in {where}: {floor.reason()}; cheapest ways out: "
+            f"{floor.ways_out(offload)}",
+            None,
+        )
     minimum, hint = None, ""
     if find_minimum_memory:
         minimum = minimum_memory_gb(problem, reporter)
-        found_budget = f"the smallest budget with a plan is {minimum:.1f} GB per GPU" if minimum else ""
+        found_budget = f"the smallest budget with a plan is {minimum:.1f} GB per GPU{tried}" if minimum else ""
         hint = f" ({found_budget or 'no budget found'})"
     return ImpossibleBudgetError(
-        f"no plan for {problem.spec.name} fits in {problem.memory_gb:g} GB per GPU on {problem.num_gpus} GPUs"
-        f"{hint}; raise --memory_gb, add GPUs, shorten --seq_len or lower --global_batch_size",
+        f"no plan for {problem.spec.name} fits in {where}{tried}{hint}; raise --memory_gb, add GPUs, shorten "
+        "--seq_len or lower --global_batch_size",
         minimum,
     )
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from galvatron_hf.planner.plan import DP_TYPES, LayerStrategy, Plan, VocabStrategy
+from galvatron_hf.planner.plan import DP_TYPES, OFFLOAD_STATES, LayerStrategy, Plan, VocabStrategy
 from galvatron_hf.planner.search.solver import BlockRun, ConfigSolver, MemoryGrid
 from galvatron_hf.planner.search.space import SLOTS
 
@@ -268,6 +268,8 @@ def _build_plan(solver: ConfigSolver, vocab: VocabStrategy, choices: list[_Stage
         mixed_precision=ctx.model.precision.name,
         model_name=ctx.spec.name,
         model_type=ctx.spec.model_type,
+        cp=config.cp,
+        offload=list(OFFLOAD_STATES) if config.offload else [],
     )
 
 

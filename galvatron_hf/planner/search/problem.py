@@ -43,6 +43,8 @@ class SearchProblem:
         compute: LayerCostSource | None = None,
         max_global_batch_size: int | None = None,
         accumulate_without_pipeline: bool = True,
+        cp_degrees: tuple[int, ...] | None = None,
+        offload: bool = False,
     ) -> SearchProblem:
         """Check the inputs (errors name the fix), build the cost model and list the step configs."""
         _check_inputs(spec, hardware, num_gpus, memory_gb, global_batch_size, mixed_precision)
@@ -53,6 +55,8 @@ class SearchProblem:
             global_batch_size,
             max_global_batch_size,
             accumulate_without_pipeline=accumulate_without_pipeline,
+            cp_degrees=cp_degrees,
+            offload=offload,
         )
         return cls(spec, hardware, model, num_gpus, memory_gb, tuple(configs))
 
@@ -63,6 +67,14 @@ class SearchProblem:
     def estimate(self, plan: Plan) -> CostReport:
         """Price a plan with this problem's cost model and budget (the last word on every plan returned)."""
         return estimate_plan(plan, self.spec, self.hardware, memory_gb=self.memory_gb, cost_model=self.model)
+
+    @property
+    def offloads(self) -> bool:
+        return any(config.offload for config in self.configs)
+
+    def with_offload(self) -> SearchProblem:
+        """The same search with CPU offload on every step config."""
+        return replace(self, configs=tuple(replace(config, offload=True) for config in self.configs))
 
     def with_budget(self, memory_gb: float) -> SearchProblem:
         """The same search at another budget (the smallest-budget search tries many)."""

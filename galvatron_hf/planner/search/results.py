@@ -63,6 +63,7 @@ class SearchResult:
     baselines: dict[str, Evaluated | None]  # "ddp", "zero3": plain data parallel at the best plan's batch
     stats: SearchStats
     memory_gb: float
+    notes: tuple[str, ...] = ()  # what the user should know about how the plan was found (e.g. why offload)
 
     @property
     def plan(self) -> Plan:

@@ -16,7 +16,15 @@ import numpy as np
 
 from galvatron_hf.planner.cost_model import LayerCost
 from galvatron_hf.planner.plan import DP_TYPES, VocabStrategy
-from galvatron_hf.planner.search.space import SLOTS, StepConfig, Strategy, hsdp_shard, tp_options, vocab_supports
+from galvatron_hf.planner.search.space import (
+    SEQUENCE_PARALLEL_FAMILIES,
+    SLOTS,
+    StepConfig,
+    Strategy,
+    hsdp_shard,
+    tp_options,
+    vocab_supports,
+)
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import LayerSpec
@@ -100,6 +108,7 @@ class SearchContext:
         self.budget = problem.budget_bytes
         self.blocks = problem.spec.blocks
         self.block_params = float(sum(block.params for block in self.blocks))
+        self.sp_family = problem.spec.family in SEQUENCE_PARALLEL_FAMILIES
         signatures: dict[tuple, int] = {}
         self.sig = [signatures.setdefault(_signature(block), len(signatures)) for block in self.blocks]
         self.representative: dict[int, LayerSpec] = {}
@@ -169,8 +178,9 @@ def _prefix_reuse(sig: list[int]) -> list[int]:
 
 
 def _offered(strategy: Strategy) -> bool:
-    """Every slot is offered but hsdp where its tp and dp leave no proper shard group (``hsdp_shard``)."""
-    return strategy.dp_type != "hsdp" or strategy.dp_shard > 0
+    """Every slot is offered but hsdp where its tp and dp leave no proper shard group (``hsdp_shard``), and
+    sequence parallelism without TP."""
+    return (strategy.dp_type != "hsdp" or strategy.dp_shard > 0) and (not strategy.sp or strategy.tp > 1)
 
 
 NOT_OFFERED = LayerCost(time_s=float("inf"), static_bytes=0.0, activation_bytes=0.0, workspace_bytes=0.0)
@@ -183,14 +193,16 @@ class ConfigSolver:
         self.ctx = ctx
         self.config = config
         self.shape = config.shape()
-        devices, mb = config.devices_per_stage, config.micro_batch_size
+        devices, mb = config.batch_devices, config.micro_batch_size
         self.tps = [t for t in ctx.tp_options(devices) if mb % (devices // t) == 0]
         self.feasible = bool(self.tps)
         if not self.feasible:
             return
         self._hsdp_sizing = (ctx.hardware.gpus_per_node, ctx.block_params / config.pp, ctx.budget)
         self.strategies = [
-            Strategy(t, devices // t, slot.dp_type, slot.checkpoint, self._shard_of(slot.dp_type, t, devices // t))
+            Strategy(
+                t, devices // t, slot.dp_type, slot.checkpoint, self._shard_of(slot.dp_type, t, devices // t), slot.sp
+            )
             for t in self.tps
             for slot in SLOTS
         ]
@@ -216,11 +228,14 @@ class ConfigSolver:
 
     def _strategy_costs(self, layer: LayerSpec) -> StrategyCosts:
         model, shape = self.ctx.model, self.shape
+        # sequence parallelism splits each rank's tokens over the TP group: tp > 1 and tp dividing them
+        tokens = layer.seq_len // shape.cp
+        offered = [_offered(s) and (not s.sp or (self.ctx.sp_family and tokens % s.tp == 0)) for s in self.strategies]
         costs = [
-            model.layer_cost(layer, s.tp, s.dp, s.dp_type, s.checkpoint, shape, s.dp_shard) if _offered(s) else NOT_OFFERED
-            for s in self.strategies
+            model.layer_cost(layer, s.tp, s.dp, s.dp_type, s.checkpoint, shape, s.dp_shard, s.sp) if ok else NOT_OFFERED
+            for s, ok in zip(self.strategies, offered)
         ]
-        usable = np.array([layer.supports_tp(s.tp) and _offered(s) for s in self.strategies])
+        usable = np.array([layer.supports_tp(s.tp) and ok for s, ok in zip(self.strategies, offered)])
         return StrategyCosts(
             time_s=np.where(usable, [x.time_s for x in costs], np.inf),
             static_bytes=np.array([x.static_bytes for x in costs]),
@@ -348,7 +363,7 @@ class ConfigSolver:
         cached = self._ends_cache.get(key)
         if cached is not None:
             return cached
-        model, devices = self.ctx.model, self.config.devices_per_stage
+        model, devices = self.ctx.model, self.config.batch_devices
         by_sig: dict[int, np.ndarray] = {}
         for s, layer in self.ctx.representative.items():
             if last:

@@ -15,24 +15,41 @@ if TYPE_CHECKING:
 TOKENS_PER_STEP_CAP = 4 * 1024 * 1024  # default bound of a searched batch: 4M tokens (Llama 2's batch)
 
 
+# Below this many tokens per sample the search does not try context parallelism: CP's ring passes keys and
+# values every layer and hides them behind an attention whose cost grows with the square of the sequence, so
+# short sequences leave the exchange exposed (docs/cost_model.md, "Context parallelism"); a plan with --cp is
+# still priced at any length.
+CP_MIN_SEQ_LEN = 8192
+# Families whose position ids and causal masks the context-parallel runtime handles (parallel/context_parallel.py)
+CP_MODEL_TYPES = ("llama", "gpt2")
+# Families whose blocks the sequence-parallel runtime runs (parallel/sequence_parallel.py: pre-norm blocks whose
+# norms and residual adds work token by token); the search offers sp on their blocks only
+SEQUENCE_PARALLEL_FAMILIES = ("llama", "gpt2")
+
+
 class Slot(NamedTuple):
-    """What a block may choose once its TP degree is fixed."""
+    """What a block may choose once its TP degree is fixed (``sp`` only with tp > 1)."""
 
     dp_type: str
     checkpoint: bool
+    sp: bool = False
 
 
-SLOTS = tuple(Slot(dp_type, checkpoint) for dp_type in DP_TYPES for checkpoint in (False, True))
+SLOTS = tuple(
+    Slot(dp_type, checkpoint, sp) for dp_type in DP_TYPES for checkpoint in (False, True) for sp in (False, True)
+)
 
 
 class Strategy(NamedTuple):
-    """One block's layout on a stage: ``tp * dp`` is the stage's devices (``dp_shard``: hsdp's shard group)."""
+    """One block's layout on a stage: ``tp * dp`` is the stage's devices over cp (``dp_shard``: hsdp's shard
+    group; ``sp`` only with tp > 1)."""
 
     tp: int
     dp: int
     dp_type: str
     checkpoint: bool
     dp_shard: int = 0
+    sp: bool = False
 
     def on_stage(self, stage: int) -> LayerStrategy:
         return LayerStrategy(
@@ -42,6 +59,7 @@ class Strategy(NamedTuple):
             dp_type=self.dp_type,
             checkpoint=self.checkpoint,
             dp_shard=self.dp_shard,
+            sp=self.sp,
         )
 
 
@@ -73,17 +91,32 @@ class StepConfig:
     global_batch_size: int
     schedule: str
     world_size: int
+    cp: int = 1
+    offload: bool = False
 
     @property
     def devices_per_stage(self) -> int:
         return self.world_size // self.pp
 
     @property
+    def batch_devices(self) -> int:
+        """Devices of a stage that TP and DP split (``tp x dp``): cp divides the stage's devices."""
+        return self.devices_per_stage // self.cp
+
+    @property
     def micro_batch_size(self) -> int:
         return self.global_batch_size // self.num_micro_batches
 
     def shape(self) -> StepShape:
-        return StepShape(self.pp, self.num_micro_batches, self.micro_batch_size, self.devices_per_stage, self.schedule)
+        return StepShape(
+            self.pp,
+            self.num_micro_batches,
+            self.micro_batch_size,
+            self.devices_per_stage,
+            self.schedule,
+            cp=self.cp,
+            offload=self.offload,
+        )
 
 
 def divisors(n: int) -> list[int]:
@@ -112,14 +145,19 @@ def step_configs(
     max_global_batch_size: int | None = None,
     *,
     accumulate_without_pipeline: bool = True,
+    cp_degrees: tuple[int, ...] | None = None,
+    offload: bool = False,
 ) -> list[StepConfig]:
     """Pipeline degrees, batches and micro-batch counts the search visits (docs/search.md).
 
     With pp = 1, more than one micro-batch means gradient accumulation inside one step: the runtime cuts the
     batch into ``plan.num_micro_batches`` (training/batching.py) with gradient sync on the last one only, as
     pipelining does. ``accumulate_without_pipeline=False`` keeps pp = 1 configs to a single micro-batch, for a
-    runtime that runs the whole batch in one forward/backward.
+    runtime that runs the whole batch in one forward/backward. ``cp_degrees`` (default
+    :func:`default_cp_degrees`) are the context-parallel degrees tried where they divide a stage; ``offload``
+    prices every config with CPU offload.
     """
+    cps = cp_degrees if cp_degrees is not None else default_cp_degrees(spec, world_size)
     pairs = _batch_splits(spec, world_size, global_batch_size, max_global_batch_size)
     configs: set[StepConfig] = set()
     for pp in divisors(world_size):
@@ -129,8 +167,18 @@ def step_configs(
             if pp == 1 and m > 1 and not accumulate_without_pipeline:
                 continue
             schedule = "1f1b" if m >= pp else "gpipe"
-            configs.add(StepConfig(pp, m, batch, schedule, world_size))
-    return sorted(configs, key=lambda c: (c.pp, c.global_batch_size, c.num_micro_batches))
+            for cp in cps:
+                if (world_size // pp) % cp == 0 and (cp == 1 or spec.seq_len % (2 * cp) == 0):
+                    configs.add(StepConfig(pp, m, batch, schedule, world_size, cp, offload))
+    return sorted(configs, key=lambda c: (c.pp, c.cp, c.global_batch_size, c.num_micro_batches))
+
+
+def default_cp_degrees(spec: ModelSpec, world_size: int) -> tuple[int, ...]:
+    """Context-parallel degrees the search tries: powers of two for the causal decoders of ``CP_MODEL_TYPES``
+    with sequences of at least ``CP_MIN_SEQ_LEN`` tokens, else 1."""
+    if spec.seq_len < CP_MIN_SEQ_LEN or spec.model_type not in CP_MODEL_TYPES:
+        return (1,)
+    return tuple(_powers_of_two_up_to(world_size))
 
 
 def _batch_splits(
