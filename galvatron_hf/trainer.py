@@ -28,7 +28,7 @@ from galvatron_hf.planner.summary import format_summary
 from galvatron_hf.training.arguments import GalvatronTrainingArguments  # also importable from here, as before
 from galvatron_hf.training.batching import BatchGeometry, merge_micro_batches, pad_token_id
 from galvatron_hf.training.checkpoint_hooks import CheckpointHooks
-from galvatron_hf.training.construction import refuse_unsupported, sequence_lengths
+from galvatron_hf.training.construction import describe_for_training, refuse_unsupported, sequence_lengths
 from galvatron_hf.training.evaluation_hooks import EvaluationHooks
 from galvatron_hf.training.launch import ensure_process_group
 from galvatron_hf.training.loader_hooks import DataParallelLoaders
@@ -180,7 +180,6 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
 
 def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | None, trainer_kwargs, device):
     """Describe the model, resolve its plan (``training/plans.py``) and shard it: (ParallelModel, ResolvedPlan)."""
-    from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel import parallelize
     from galvatron_hf.parallel.attention import default_attn_implementation
     from galvatron_hf.parallel.compile import CompileConfig
@@ -191,7 +190,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
     dataset = trainer_kwargs.get("train_dataset")
     seq_len, decoder_seq_len = sequence_lengths(getattr(args, "seq_len", None), dataset, model)
     kernels = KernelConfig.from_training_args(args)
-    spec = describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
+    spec = describe_for_training(model, args, seq_len, decoder_seq_len)  # generic for plain data parallelism
     spec = priced_for_kernels(spec, kernels, dist.get_world_size())  # a fused head frees the logits' memory
     resolved = resolve_training_plan(
         args,
@@ -207,7 +206,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
         spec=spec,
         device=device,
         mixed_precision=resolved.request.mixed_precision,
-        attn_implementation=attn_impl,
+        attn_implementation=getattr(args, "attn_implementation", None),  # None: the default, not required
         kernels=kernels,
         compile_config=CompileConfig.from_training_args(args),
     )

@@ -4,6 +4,8 @@ The model is sharded before ``Trainer.__init__`` runs, and the Trainer builds it
 parameters. Arguments that would bypass the sharding (``model_init``, an optimizer built on the unsharded
 parameters) are refused with the fix. The plan is priced for a sequence length: ``seq_length`` when given,
 else the first training sample's (and, for an encoder-decoder, its ``decoder_input_ids`` or ``labels``).
+A model no adapter describes trains with plain data parallelism (its ``_no_split_modules`` sharded one by
+one, as accelerate's FSDP wraps them); the options that need a described model are refused for it.
 """
 
 from __future__ import annotations
@@ -60,3 +62,107 @@ def sample_length(value: Any) -> int | None:
     if shape is not None:
         return int(shape[-1]) if len(shape) else None
     return len(value)
+
+
+PLAIN_ONLY_NOTE = (
+    "the search, TP, PP and activation checkpointing need a supported model family (docs/adapters.md); without "
+    "those options any PreTrainedModel trains with plain data parallelism (ddp, zero2, zero3)"
+)
+
+
+def describe_for_training(model: nn.Module, args: Any, seq_len: int | None, decoder_seq_len: int | None):
+    """The model's ModelSpec; for a model no adapter describes, asked for plain data parallelism only, a
+    generic one (:func:`whole_model_spec`); asked for more, the adapters' refusal with what works."""
+    from galvatron_hf.adapters import describe_model
+    from galvatron_hf.adapters.errors import UnsupportedArchitectureError
+
+    try:
+        return describe_model(model, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
+    except UnsupportedArchitectureError as err:
+        asked = plan_options_beyond_data_parallel(args)
+        if asked:
+            raise ValueError(f"{err}\n{', '.join(asked)} given: {PLAIN_ONLY_NOTE}") from err
+        return whole_model_spec(model, seq_len or getattr(model.config, "max_position_embeddings", 0) or 512)
+
+
+def plan_options_beyond_data_parallel(args: Any) -> list[str]:
+    """The plan options given that need a described model: search, plan files, pp, tp, checkpointing, ..."""
+    given = ["--auto_parallel"] if getattr(args, "auto_parallel", False) else []
+    given += ["--galvatron_plan"] if getattr(args, "galvatron_plan", None) else []
+    given += ["--checkpoint"] if getattr(args, "checkpoint", False) else []
+    for name in ("pp", "tp"):
+        if (getattr(args, name, None) or 1) > 1:
+            given.append(f"--{name}")
+    return given + (["--profile"] if getattr(args, "profile", None) else [])
+
+
+def whole_model_spec(model: nn.Module, seq_len: int):
+    """A ModelSpec for plain data parallelism of a model no adapter describes (as accelerate's FSDP would wrap
+    it): its blocks are the modules the model declares unsplittable (``_no_split_modules``), sharded one by
+    one; the rest (embeddings, norms, head) belongs to the root. FLOPs are counted as 2 x parameters per
+    token; activations are not modelled, so the printed prediction is rough (the family is "generic")."""
+    from galvatron_hf.adapters.spec import ActivationModel, LayerSpec, ModelSpec
+
+    config = model.config
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0) or 1)
+    heads = int(getattr(config, "num_attention_heads", 0) or 1)
+    roots = block_roots(model)
+    owned = {root: sum(p.numel() for p in model.get_submodule(root).parameters()) for root in roots}
+    rest = sum(p.numel() for p in model.parameters()) - sum(owned.values())
+    blocks = tuple(
+        LayerSpec(
+            name=f"decoder_block.{index}",
+            kind="decoder_block",
+            root=root,
+            modules=("",),
+            hidden_size=hidden,
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=max(1, hidden // heads),
+            ffn_size=4 * hidden,
+            seq_len=seq_len,
+            params=owned[root],
+            forward_flops=2.0 * owned[root] * seq_len,
+            activation=ActivationModel(replicated=2 * hidden),
+        )
+        for index, root in enumerate(roots)
+    )
+    embedding = LayerSpec(
+        name="embedding",
+        kind="embedding",
+        root="",
+        modules=(),
+        hidden_size=hidden,
+        seq_len=seq_len,
+        vocab_size=int(getattr(config, "vocab_size", 0) or 0),
+        params=rest,
+        forward_flops=2.0 * rest * seq_len,
+    )
+    return ModelSpec(
+        name=getattr(config, "name_or_path", "") or config.model_type,
+        model_type=config.model_type,
+        family="generic",
+        architecture=type(model).__name__,
+        seq_len=seq_len,
+        hidden_size=hidden,
+        vocab_size=embedding.vocab_size,
+        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        layers=(embedding, *blocks),
+        config=config.to_dict(),
+    )
+
+
+def block_roots(model: nn.Module) -> list[str]:
+    """Paths of the outermost modules whose class the model declares unsplittable, in order."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    roots: list[str] = []
+    for name, module in model.named_modules():
+        if type(module).__name__ in kinds and not any(name.startswith(f"{root}.") for root in roots):
+            roots.append(name)
+    if not roots:
+        raise ValueError(
+            f"{type(model).__name__} declares no unsplittable blocks (_no_split_modules) to shard one by one and "
+            "no galvatron_hf adapter describes it; train it with transformers.Trainer, or add an adapter "
+            "(docs/adapters.md)"
+        )
+    return roots
