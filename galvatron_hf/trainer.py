@@ -15,6 +15,7 @@ loop is kept. This file holds the constructor and the training step; the argumen
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from galvatron_hf.training.batching import BatchGeometry, merge_micro_batches, p
 from galvatron_hf.training.checkpoint_hooks import CheckpointHooks
 from galvatron_hf.training.construction import describe_for_training, refuse_unsupported, sequence_lengths
 from galvatron_hf.training.evaluation_hooks import EvaluationHooks
-from galvatron_hf.training.launch import ensure_process_group
+from galvatron_hf.training.launch import ensure_process_group, errors_shared_across_ranks
 from galvatron_hf.training.loader_hooks import DataParallelLoaders
 from galvatron_hf.training.optimizer import step_through_scaler, unwrap_optimizer
 from galvatron_hf.training.plans import resolve_training_plan
@@ -86,7 +87,10 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
         args = args if args is not None else GalvatronTrainingArguments(output_dir="trainer_output")
         device = args.device  # under torchrun / accelerate launch this creates the process group
         ensure_process_group(device)
-        self.parallel_model, self.resolved_plan = _parallelize(model, args, plan, auto_parallel, trainer_kwargs, device)
+        with errors_shared_across_ranks():
+            self.parallel_model, self.resolved_plan = _parallelize(
+                model, args, plan, auto_parallel, trainer_kwargs, device
+            )
         self.plan = self.resolved_plan.plan
         self.batch_geometry = BatchGeometry.from_arguments(
             args.per_device_train_batch_size,
@@ -111,9 +115,30 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
                 print(f"galvatron: {line}", flush=True)
             print(self.batch_geometry.summary(), flush=True)
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """The columns the HF class's ``forward`` takes: a pipeline stage installs its own forward on the model
+        object (``(*activations, attention_mask=...)``), so the Trainer's look at ``model.forward`` would drop
+        ``input_ids`` / ``pixel_values`` with ``remove_unused_columns=True``."""
+        if self._signature_columns is None and "forward" in vars(self.model):
+            self._signature_columns = signature_columns(type(self.model).forward, self.label_names)
+        super()._set_signature_columns_if_needed()
+
     def get_total_train_batch_size(self, args: TrainingArguments) -> int:
         """The plan's global batch (the Trainer's counts every process as a data-parallel replica)."""
         return self.batch_geometry.global_batch_size
+
+    # ----- entry points: an error on one rank is reported on every rank (training/launch.py) ----------------
+    def train(self, *args: Any, **kwargs: Any):
+        with errors_shared_across_ranks():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any):
+        with errors_shared_across_ranks():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any):
+        with errors_shared_across_ranks():
+            return super().predict(*args, **kwargs)
 
     # ----- the step --------------------------------------------------------------------------------------
     def _wrap_model(self, model: nn.Module, training: bool = True, dataloader=None) -> nn.Module:
@@ -144,7 +169,7 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
         Returns 0 for the first accumulation batches and the step's true mean loss (over the global batch,
         equal to a single process's) on the last, so the Trainer's summed, logged loss is that mean.
         """
-        self._pending.append(inputs)
+        self._pending.append(self.without_train_fillers(inputs, len(self._pending)))
         expected = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         if len(self._pending) < expected:
             return torch.zeros((), device=self.args.device)
@@ -211,6 +236,13 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
         compile_config=CompileConfig.from_training_args(args),
     )
     return parallel_model, resolved
+
+
+def signature_columns(forward, label_names: list[str] | None) -> list[str]:
+    """The Trainer's signature columns for ``forward`` (an unbound HF ``forward``): its parameters and the label
+    names the collators rename."""
+    columns = [name for name in inspect.signature(forward).parameters if name != "self"]
+    return columns + sorted({"label", "label_ids", *(label_names or [])})
 
 
 def _without_kernel_flag(args: TrainingArguments) -> TrainingArguments:

@@ -22,7 +22,7 @@ from galvatron_hf.parallel.kernels import AppliedKernels
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.pipeline_parallel import PipelineRunner
-from galvatron_hf.parallel.pipeline_stages import StageLayout
+from galvatron_hf.parallel.pipeline_stages import StageLayout, split_rows
 from galvatron_hf.parallel.relayout import RelayoutTracker
 from galvatron_hf.planner.plan import Plan
 
@@ -111,18 +111,9 @@ class ParallelModel:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _micro_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """With pp = 1, ``plan.num_micro_batches`` > 1 means gradient accumulation inside the step."""
-        count = self.plan.num_micro_batches
-        rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
-        if count == 1:
-            return [batch]
-        if rows % count:
-            raise ValueError(
-                f"this rank's {rows} samples do not split into {count} micro-batches (plan.num_micro_batches)"
-            )
-        return [
-            {k: v.chunk(count)[i] if isinstance(v, torch.Tensor) else v for k, v in batch.items()} for i in range(count)
-        ]
+        """With pp = 1, ``plan.num_micro_batches`` > 1 means gradient accumulation inside the step; a partial
+        last batch is cut into near-equal parts (fewer when it has fewer samples than micro-batches)."""
+        return split_rows(batch, self.plan.num_micro_batches)
 
     def _accumulate(self, batch: dict[str, Any], global_items: torch.Tensor) -> torch.Tensor:
         """Forward + backward micro-batch by micro-batch; DP gradient reduction only on the last one."""
@@ -181,9 +172,12 @@ class ParallelModel:
 
 
 def count_label_items(labels: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Items the HF loss averages over: label tokens != -100 (shifted by one for causal LMs), else samples."""
-    if labels.is_floating_point() or labels.dim() == 1:
+    """Items the HF loss averages over: label tokens != -100 (shifted by one for causal LMs), class labels
+    != -100 (cross-entropy skips them), else samples (regression, multi-label)."""
+    if labels.is_floating_point():
         return torch.tensor(labels.shape[0])
+    if labels.dim() == 1:
+        return (labels != IGNORE_INDEX).sum()
     if causal:
         return (labels[..., 1:] != IGNORE_INDEX).sum()
     return (labels != IGNORE_INDEX).sum()

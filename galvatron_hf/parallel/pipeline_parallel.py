@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,7 @@ from galvatron_hf.adapters.spec import ModelSpec, module_path
 from galvatron_hf.parallel.families import Family, family_for
 from galvatron_hf.parallel.grad_norm import local_tensor
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
-from galvatron_hf.parallel.pipeline_stages import StageLayout, Task, TiedParameter
+from galvatron_hf.parallel.pipeline_stages import StageLayout, Task, TiedParameter, pad_rows
 from galvatron_hf.parallel.plan_check import check_plan
 from galvatron_hf.planner.plan import Plan, PlanError
 
@@ -223,6 +224,8 @@ def build_pipeline(
 
 
 _LAYOUT_ATTRIBUTE = "_galvatron_stage_layout"
+MAX_SCHEDULES = 8  # schedules kept per mode, one per micro-batch shape (PipelineRunner._schedule_for)
+MAX_OUTPUT_DIMS = 6  # dimensions of a last-stage output sent to the other stages
 _SPEC_ATTRIBUTE = "_galvatron_stage_spec"
 
 
@@ -308,8 +311,9 @@ class PipelineRunner:
         self.task = loss_fn or self.stages.loss_task(module)
         self._items = torch.ones((), device=self.device)
         self._loss_scale = 1.0  # fp16: set for one training step
-        self._schedule = self._build_schedule(plan.schedule)
-        self._eval_schedule = None  # built on the first evaluate(): see _forward_only_schedule
+        # one schedule per shape of micro-batch: a stage sizes its send / receive buffers on first use
+        self._schedules: dict[tuple, Any] = {}
+        self._eval_schedules: dict[tuple, Any] = {}
         holds_tied = layout.tied and (layout.is_first or layout.is_last)
         self._tied = _TiedWeights(module, layout, self.pp_group) if holds_tied else None
         if self._tied:
@@ -326,18 +330,25 @@ class PipelineRunner:
         extras = {"scale_grads": False} if "scale_grads" in inspect.signature(cls.__init__).parameters else {}
         return cls(stage, self.plan.num_micro_batches, loss_fn=self._loss, **extras)
 
-    def _forward_only_schedule(self):
-        """GPipe without backward, on its own ``PipelineStage``.
+    def _schedule_for(self, shapes: tuple, training: bool):
+        """The schedule for micro-batches of these ``shapes``: built on first use, kept for the next batches.
 
-        Its own stage because a stage prepares its send / receive buffers once, on first use: in the torch
-        releases we run on, a stage first used without backward never gets its gradient buffers, so evaluating
-        before the first training step would break training. ``_has_backward = False`` is what
-        ``schedule.eval`` sets; not every release we run on has ``eval``.
+        A ``PipelineStage`` sizes its send / receive buffers from the first micro-batch it runs, so a batch of
+        another shape (a shorter last batch, dynamic padding) gets a stage of its own; every stage of the
+        pipeline sees the same batch, so all build it together. Evaluation runs GPipe without backward on
+        stages of its own: in the torch releases we run on, a stage first used without backward never gets its
+        gradient buffers (``_has_backward = False`` is what ``schedule.eval`` sets; not every release has it).
+        At most ``MAX_SCHEDULES`` are kept per mode, the oldest dropped first.
         """
-        if self._eval_schedule is None:
-            self._eval_schedule = self._build_schedule("gpipe")
-            self._eval_schedule._has_backward = False
-        return self._eval_schedule
+        cache = self._schedules if training else self._eval_schedules
+        if shapes not in cache:
+            if len(cache) >= MAX_SCHEDULES:
+                cache.pop(next(iter(cache)))
+            schedule = self._build_schedule(self.plan.schedule if training else "gpipe")
+            if not training:
+                schedule._has_backward = False
+            cache[shapes] = schedule
+        return cache[shapes]
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Micro-batch loss: sum of its item losses over the label items of the whole global batch, times the
@@ -365,22 +376,22 @@ class PipelineRunner:
 
     def _schedule_inputs(
         self, batch: Mapping[str, torch.Tensor], loss_denominator: float | torch.Tensor | None
-    ) -> tuple[tuple, dict, torch.Tensor | None]:
+    ) -> tuple[tuple, dict, torch.Tensor | None, tuple, int]:
+        """(first-stage inputs, stage kwargs, labels on the last stage, the batch's shapes, its real rows).
+
+        A batch whose rows do not split into the plan's micro-batches (the last one of an epoch) is padded with
+        rows whose labels are -100 (``pad_rows``): they add neither loss nor gradient."""
         if "labels" not in batch:
             raise ValueError("the pipeline computes the loss on the last stage: the batch needs 'labels'")
-        rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
-        if rows % self.plan.num_micro_batches:
-            raise ValueError(
-                f"this rank's batch has {rows} samples, not divisible into {self.plan.num_micro_batches} "
-                "micro-batches; make the global batch a multiple of num_micro_batches x data-parallel size"
-            )
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch, real_rows = pad_rows(batch, self.plan.num_micro_batches)
+        shapes = tuple((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor))
         args, kwargs = self.stages.inputs(self.layout, self.module, batch)
         target = None
         if self.layout.is_last:  # only the last stage computes the loss, so only it needs the item count
             target = batch["labels"]
             self._set_items(target, loss_denominator)
-        return args, kwargs, target
+        return args, kwargs, target, shapes, real_rows
 
     def step(
         self,
@@ -396,12 +407,13 @@ class PipelineRunner:
         the same on every rank) multiplies each micro-batch loss before its backward, so every stage's gradients
         come out scaled; the caller unscales them.
         """
-        args, kwargs, target = self._schedule_inputs(batch, loss_denominator)
+        args, kwargs, target, shapes, _ = self._schedule_inputs(batch, loss_denominator)
         before = self._tied.snapshot() if self._tied else None
         losses: list[torch.Tensor] = []
         self._loss_scale = float(loss_scale)
+        schedule = self._schedule_for(shapes, training=True)
         try:
-            self._schedule.step(*args, target=target, losses=losses, **_step_extras(self._schedule), **kwargs)
+            schedule.step(*args, target=target, losses=losses, **_step_extras(schedule), **kwargs)
         finally:
             self._loss_scale = 1.0
         if self._tied:
@@ -413,11 +425,43 @@ class PipelineRunner:
         self, batch: Mapping[str, torch.Tensor], loss_denominator: float | torch.Tensor | None = None
     ) -> torch.Tensor:
         """Forward only over all micro-batches; returns the global mean loss on every rank of the pipeline."""
-        args, kwargs, target = self._schedule_inputs(batch, loss_denominator)
+        return self.evaluate_with_outputs(batch, loss_denominator)[0]
+
+    @torch.no_grad()
+    def evaluate_with_outputs(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        loss_denominator: float | torch.Tensor | None = None,
+        return_outputs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward only; (the global mean loss, the last stage's output for this rank's samples or None).
+
+        With ``return_outputs`` the last stage's output (the logits) is sent to every stage of the pipeline, so
+        every rank returns the predictions of its batch, as without pipelining (fp32, padding rows cut off)."""
+        args, kwargs, target, shapes, real_rows = self._schedule_inputs(batch, loss_denominator)
         losses: list[torch.Tensor] = []
-        schedule = self._forward_only_schedule()
-        schedule.step(*args, target=target, losses=losses, **_step_extras(schedule), **kwargs)
-        return self._share_loss(losses)
+        schedule = self._schedule_for(shapes, training=False)
+        extras = {"return_outputs": True} if return_outputs else _step_extras(schedule)
+        output = schedule.step(*args, target=target, losses=losses, **extras, **kwargs)
+        loss = self._share_loss(losses)
+        if not return_outputs:
+            return loss, None
+        return loss, self._share_output(output)[:real_rows]
+
+    def _share_output(self, output: Any) -> torch.Tensor:
+        """The last stage's output tensor, broadcast over the pipeline group (shape first, then values)."""
+        source = dist.get_global_rank(self.pp_group, self.plan.pp - 1)
+        header = torch.zeros(MAX_OUTPUT_DIMS + 1, dtype=torch.int64, device=self.device)
+        if self.layout.is_last:
+            if not isinstance(output, torch.Tensor) or output.dim() > MAX_OUTPUT_DIMS:
+                raise ValueError(f"the last stage returned {type(output).__name__}, not a tensor of logits")
+            header[0] = output.dim()
+            header[1 : output.dim() + 1] = torch.tensor(output.shape)
+        dist.broadcast(header, src=source, group=self.pp_group)
+        shape = header[1 : int(header[0]) + 1].tolist()
+        values = output.float().contiguous() if self.layout.is_last else torch.empty(shape, device=self.device)
+        dist.broadcast(values, src=source, group=self.pp_group)
+        return values
 
     train_step = step  # the names docs/runtime.md uses
     eval_step = evaluate

@@ -168,3 +168,46 @@ def positions(hidden: torch.Tensor, position_ids: torch.Tensor | None) -> torch.
 def present(batch: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The entries of ``batch`` named ``names`` that it holds (and are not None)."""
     return {name: batch[name] for name in names if batch.get(name) is not None}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Micro-batches
+# --------------------------------------------------------------------------------------------------------
+
+
+def split_rows(batch: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """``batch`` cut along dim 0 into ``count`` near-equal parts (fewer when it has fewer rows): a partial
+    batch still runs; the losses are weighted by label items, so uneven parts add up to the batch's mean."""
+    rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+    count = max(1, min(count, rows))
+    if count == 1:
+        return [batch]
+    chunks = {k: v.tensor_split(count) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    return [{k: chunks[k][i] if k in chunks else v for k, v in batch.items()} for i in range(count)]
+
+
+def pad_rows(batch: Mapping[str, Any], multiple: int) -> tuple[dict[str, Any], int]:
+    """``batch`` grown along dim 0 to a multiple of ``multiple`` rows (a pipeline schedule runs a fixed number
+    of equal micro-batches) with copies of its last row whose labels are -100, so they add no loss and no
+    gradient; returns (the batch, its real rows). Float labels cannot be left out this way: refused."""
+    rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+    extra = -rows % multiple
+    if extra == 0:
+        return dict(batch), rows
+    labels = batch.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.is_floating_point():
+        raise ValueError(
+            f"a batch of {rows} samples does not split into {multiple} pipeline micro-batches, and float labels "
+            "(regression, multi-label) cannot be padded out of the loss; set dataloader_drop_last=True and make "
+            f"the batch a multiple of {multiple}"
+        )
+    padded: dict[str, Any] = {}
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            padded[key] = value
+            continue
+        filler = value[-1:].expand(extra, *value.shape[1:])
+        if key == "labels":
+            filler = torch.full_like(filler, IGNORE_INDEX)
+        padded[key] = torch.cat([value, filler])
+    return padded, rows

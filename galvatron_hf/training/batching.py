@@ -9,14 +9,23 @@ a group, over ``gradient_accumulation_steps`` loader batches:
 ``per_rank_batch_size`` is ``per_device_train_batch_size`` unless ``global_batch_size`` is given, in which
 case it is derived. The trainer gathers the accumulation batches of one step and hands them to the runtime as
 one batch; how the runtime cuts that batch into micro-batches is the plan's ``num_micro_batches``.
+
+The last step of an epoch: accelerate's sharded loaders keep every data-parallel group at the same number of
+full loader batches by filling the last ones with samples from the start of the dataset (``even_batches``).
+The plain Trainer on one process trains its last step on the real samples only, so :class:`LoaderFillers`
+says which rows of a loader batch are fillers and :func:`mask_filler_labels` takes them out of the loss
+(labels -100: they add no loss and no gradient, and the step's mean is over the real samples' label items).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from galvatron_hf.constants import IGNORE_INDEX
 
 # value used to pad each key when loader batches of different lengths are joined into one step batch
 PAD_VALUES = {
@@ -106,3 +115,50 @@ def _pad_to_common_shape(values: list[torch.Tensor], pad: int) -> list[torch.Ten
             widths += [0, target[dim - 1] - value.shape[dim]]
         padded.append(torch.nn.functional.pad(value, widths, value=pad))
     return padded
+
+
+@dataclass(frozen=True)
+class LoaderFillers:
+    """Which rows of one data-parallel group's training loader batches are real samples.
+
+    Group ``data_rank`` reads loader batches ``data_rank, data_rank + data_size, ...`` of ``per_rank_batch_size``
+    samples each (``training/data.py``); rows past the dataset's end are fillers, and they come last.
+    ``dataset_size`` None (an unsized iterable) means every row counts as real.
+    """
+
+    dataset_size: int | None
+    per_rank_batch_size: int
+    data_rank: int
+    data_size: int
+
+    def real_rows(self, round_index: int, rows: int) -> int:
+        """Real samples among the ``rows`` of this group's ``round_index``-th loader batch of the epoch."""
+        if self.dataset_size is None:
+            return rows
+        start = (round_index * self.data_size + self.data_rank) * self.per_rank_batch_size
+        return max(0, min(rows, self.dataset_size - start))
+
+
+def round_in_epoch(global_step: int, pending: int, loader_batches: int, accumulation: int) -> int:
+    """Index in the epoch of the loader batch a training step is collecting: the Trainer runs
+    ``ceil(loader_batches / accumulation)`` optimizer steps per epoch, the last one with fewer batches."""
+    steps_per_epoch = max(1, math.ceil(loader_batches / max(1, accumulation)))
+    return (global_step % steps_per_epoch) * accumulation + pending
+
+
+def mask_filler_labels(batch: dict[str, Any], real_rows: int) -> dict[str, Any]:
+    """``batch`` with the labels of rows ``real_rows:`` set to -100 (left out of the loss)."""
+    labels = batch.get("labels")
+    if not isinstance(labels, torch.Tensor) or real_rows >= labels.shape[0]:
+        return batch
+    if labels.is_floating_point():
+        raise BatchSizeError(
+            f"the last training batch holds {labels.shape[0] - real_rows} filler sample(s) (the dataset does not "
+            "fill every data-parallel group's batch) and float labels (regression, multi-label) cannot leave them "
+            "out of the loss; set dataloader_drop_last=True or use a dataset size that is a multiple of the "
+            "global batch"
+        )
+    masked = labels.clone()
+    masked[real_rows:] = IGNORE_INDEX
+    return {**batch, "labels": masked}
+

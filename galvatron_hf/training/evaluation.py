@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
 from galvatron_hf.constants import IGNORE_INDEX
+from galvatron_hf.parallel.pipeline_stages import split_rows
 from galvatron_hf.constants import is_causal_lm as is_causal_lm  # the trainer reads it from here
 PAD_INDEX = -100  # what the Trainer pads predictions and labels with
 
@@ -238,7 +239,7 @@ def forward_eval_batch(parallel_model, batch: dict[str, Any], keep_rows: int, ca
     ignores_rows = labels is not None and ignores_label_rows(module, labels)
     if ignores_rows:
         batch["labels"] = mask_rows(labels, keep_rows)
-    parts = _micro_batches(batch, parallel_model.plan.num_micro_batches)
+    parts = split_rows(batch, parallel_model.plan.num_micro_batches)
     device = parallel_model.device
     weighted = torch.zeros(2, dtype=torch.float64, device=device)  # sum of item losses, items
     outputs: list[dict[str, Any]] = []
@@ -260,17 +261,27 @@ def forward_eval_batch(parallel_model, batch: dict[str, Any], keep_rows: int, ca
     return StepOutputs(step_loss, _concat_outputs(outputs))
 
 
-def _micro_batches(batch: dict[str, Any], count: int) -> list[dict[str, Any]]:
-    if count <= 1:
-        return [batch]
-    rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
-    if rows % count:
-        raise EvaluationError(
-            f"this rank's {rows} evaluation samples do not split into the plan's {count} micro-batches: make "
-            f"per_device_eval_batch_size a multiple of {count}"
-        )
-    chunks = {k: v.chunk(count) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    return [{k: chunks[k][i] if k in chunks else v for k, v in batch.items()} for i in range(count)]
+@torch.no_grad()
+def forward_pipeline_batch(parallel_model, batch: dict[str, Any], keep_rows: int, with_outputs: bool) -> StepOutputs:
+    """Forward this rank's batch through the pipeline (``PipelineRunner.evaluate_with_outputs``): the step's
+    loss as ``forward_eval_batch`` gives it and, with ``with_outputs``, the logits, sent from the last stage to
+    every stage. A batch without labels (``predict`` on unlabelled data) runs with labels -100 and no loss."""
+    labels = batch.get("labels")
+    if labels is None:
+        if not with_outputs:
+            raise EvaluationError("evaluation with pp > 1 and prediction_loss_only needs 'labels' in the batch")
+        dummy = torch.full((find_rows(batch),), IGNORE_INDEX, dtype=torch.long)
+        batch = {**batch, "labels": dummy}
+        _, logits = parallel_model.pipeline.evaluate_with_outputs(batch, loss_denominator=1.0, return_outputs=True)
+        return StepOutputs(None, {"logits": logits})
+    if ignores_label_rows(parallel_model.module, labels):
+        batch = {**batch, "labels": mask_rows(labels, keep_rows)}
+    loss, logits = parallel_model.pipeline.evaluate_with_outputs(batch, return_outputs=with_outputs)
+    return StepOutputs(loss, {} if logits is None else {"logits": logits})
+
+
+def find_rows(batch: Mapping[str, Any]) -> int:
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 def _concat_outputs(outputs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -4,8 +4,8 @@
 two things swapped for the loop's duration: ``gather_function`` becomes the gather over the data-parallel
 group that drops the last step's fillers (``EvalProgress.gather``, ``training/evaluation.py``), and each
 step's loss is kept by ``EvalProgress`` for ``eval_loss`` instead of being gathered over every process.
-``prediction_step`` forwards through the runtime: the whole model with pp = 1, ``ParallelModel.eval_step``
-(the loss only) with pp > 1.
+``prediction_step`` forwards through the runtime: the whole model with pp = 1, the pipeline with pp > 1 (the
+last stage's logits are sent to every stage, so predictions come back as without pipelining).
 """
 
 from __future__ import annotations
@@ -22,16 +22,10 @@ from galvatron_hf.training.evaluation import (
     EvaluationError,
     check_rows,
     forward_eval_batch,
+    forward_pipeline_batch,
     is_causal_lm,
-    mask_rows,
 )
 
-PIPELINE_LOGITS_MESSAGE = (
-    "GalvatronTrainer returns logits (compute_metrics, predict) only for plans with pp = 1: with pipeline "
-    "parallelism they live on the last stage. Evaluate the loss only (no compute_metrics, or "
-    "prediction_loss_only=True), evaluate an exported model (trainer.save_model(dir) then from_pretrained), "
-    "or use a plan with pp = 1"
-)
 DEFAULT_IGNORED_OUTPUTS = ["past_key_values", "cache"]
 
 
@@ -60,8 +54,7 @@ class EvaluationHooks:
         steps are weighted by their real samples, as the plain Trainer does. It equals what one process
         evaluating ``data_size x per_device_eval_batch_size`` samples per step reports.
         """
-        loss_only = prediction_loss_only if prediction_loss_only is not None else self.args.prediction_loss_only
-        check_evaluation(self.plan.pp, getattr(self.args, "include_for_metrics", None), loss_only)
+        check_evaluation(getattr(self.args, "include_for_metrics", None))
         pm = self.parallel_model
         progress = EvalProgress.for_loader(dataloader, pm.data_rank, pm.data_size, pm.data_group)
         trainer_gather = self.gather_function
@@ -85,7 +78,7 @@ class EvaluationHooks:
         pp = 1: returns this rank's logits and labels (the head's output is replicated over TP ranks; the
         evaluation loop gathers them over the data-parallel group). Inside ``evaluation_loop`` the step's
         loss is kept for ``eval_loss`` and None is returned for it (the Trainer would gather it over all ranks).
-        pp > 1: the loss only (``PipelineRunner.evaluate``); logits stay on the last stage.
+        pp > 1: the same, through the pipeline (``forward_pipeline_batch``).
         """
         has_labels = has_all_labels(inputs, self.label_names)
         progress = self._eval_progress
@@ -94,10 +87,10 @@ class EvaluationHooks:
             progress.begin_step(rows)
         keep = progress.local_real_rows(rows) if progress is not None else rows
         if self.plan.pp > 1:
-            loss = pipeline_loss(self.parallel_model, inputs, keep, prediction_loss_only, has_labels)
+            step = forward_pipeline_batch(self.parallel_model, inputs, keep, with_outputs=not prediction_loss_only)
         else:
             step = forward_eval_batch(self.parallel_model, inputs, keep, is_causal_lm(self.parallel_model.spec))
-            loss = step.loss
+        loss = step.loss
         if progress is not None and loss is not None:
             progress.add_loss(loss)
             loss = None
@@ -113,10 +106,8 @@ class EvaluationHooks:
         return loss, prediction_logits(step.outputs, rows, ignore_keys, config), labels
 
 
-def check_evaluation(pp: int, include_for_metrics: list[str] | None, prediction_loss_only: bool) -> None:
-    """Refuse, on every rank before any collective, what a plan with ``pp`` stages cannot evaluate."""
-    if pp > 1 and not prediction_loss_only:
-        raise EvaluationError(PIPELINE_LOGITS_MESSAGE)
+def check_evaluation(include_for_metrics: list[str] | None) -> None:
+    """Refuse, on every rank before any collective, what this evaluation cannot report."""
     if "loss" in (include_for_metrics or []):
         raise EvaluationError(
             "GalvatronTrainer reports eval_loss per step (the mean over the data-parallel groups), not per "
@@ -134,22 +125,6 @@ def has_all_labels(inputs: Mapping[str, Any], label_names: list[str]) -> bool:
             f"{label_names}: rename the label column to 'labels'"
         )
     return has_labels
-
-
-def pipeline_loss(
-    parallel_model: Any, inputs: dict[str, Any], keep_rows: int, prediction_loss_only: bool, has_labels: bool
-) -> torch.Tensor:
-    """The step's loss through ``ParallelModel.eval_step``. Token labels of the last step's fillers are set
-    to -100 (the runtime and the pipeline then leave them out of the loss); per-sample labels are counted
-    per row by the runtime, so the fillers of a classifier's last step stay in its loss."""
-    if not prediction_loss_only:
-        raise EvaluationError(PIPELINE_LOGITS_MESSAGE)
-    if not has_labels:
-        raise EvaluationError("GalvatronTrainer evaluation with pp > 1 needs 'labels' (the loss is the metric)")
-    labels = inputs["labels"]
-    if labels.dim() >= 2 and not labels.is_floating_point():
-        inputs = {**inputs, "labels": mask_rows(labels, keep_rows)}
-    return parallel_model.eval_step(inputs)
 
 
 def prediction_logits(outputs: Mapping[str, Any], rows: int, ignore_keys: list[str] | None, config: Any):

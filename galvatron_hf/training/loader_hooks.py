@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import find_batch_size
 from transformers.trainer_utils import seed_worker
 
+from galvatron_hf.training.batching import LoaderFillers, mask_filler_labels, round_in_epoch
 from galvatron_hf.training.data import sharded_loader
 from galvatron_hf.training.evaluation import CountingIterable, has_length
 
@@ -42,7 +44,7 @@ class DataParallelLoaders:
         if strategy not in SAMPLING_STRATEGIES:
             logger.warning("train_sampling_strategy=%r is not supported by GalvatronTrainer; using 'random'", strategy)
         seeding = partial(seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index)
-        return self._group_loader(
+        loader = self._group_loader(
             dataset,
             collator,
             self.batch_geometry.per_rank_batch_size,
@@ -50,6 +52,26 @@ class DataParallelLoaders:
             data_seed=self.args.data_seed,
             worker_init_fn=seeding,
         )
+        geometry = self.batch_geometry
+        self._train_fillers = LoaderFillers(
+            len(dataset) if has_length(dataset) else None,
+            geometry.per_rank_batch_size,
+            self.parallel_model.data_rank,
+            self.parallel_model.data_size,
+        )
+        self._train_loader_batches = len(loader) if has_length(loader) else None
+        return loader
+
+    def without_train_fillers(self, inputs: dict[str, Any], pending: int) -> dict[str, Any]:
+        """``inputs`` (the ``pending``-th loader batch of the current step) with its filler rows' labels -100:
+        the last step of an epoch trains on the real samples only, as the plain Trainer on one process does."""
+        fillers = getattr(self, "_train_fillers", None)
+        batches = getattr(self, "_train_loader_batches", None)
+        if fillers is None or batches is None or fillers.data_size == 1:
+            return inputs
+        index = round_in_epoch(self.state.global_step, pending, batches, self.args.gradient_accumulation_steps)
+        rows = find_batch_size(inputs)
+        return mask_filler_labels(inputs, fillers.real_rows(index, rows)) if rows else inputs
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         if isinstance(eval_dataset, str):

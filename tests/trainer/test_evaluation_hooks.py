@@ -1,5 +1,5 @@
-"""Fast checks (no launch) of ``galvatron_hf.training.evaluation_hooks``: what each layout refuses to evaluate,
-which batches carry labels, the pipeline loss's refusals, and which model outputs become the logits."""
+"""Fast checks (no launch) of ``galvatron_hf.training.evaluation_hooks``: what an evaluation refuses, which
+batches carry labels, and which model outputs become the logits."""
 
 from __future__ import annotations
 
@@ -9,21 +9,16 @@ import transformers as tf
 
 from galvatron_hf.training.evaluation import EvaluationError
 from galvatron_hf.training.evaluation_hooks import (
-    PIPELINE_LOGITS_MESSAGE,
     check_evaluation,
     has_all_labels,
-    pipeline_loss,
     prediction_logits,
 )
 
 
-def test_pipelines_evaluate_the_loss_only():
-    check_evaluation(pp=2, include_for_metrics=None, prediction_loss_only=True)
-    check_evaluation(pp=1, include_for_metrics=["inputs"], prediction_loss_only=False)
-    with pytest.raises(EvaluationError, match="only for plans with pp = 1"):
-        check_evaluation(pp=2, include_for_metrics=None, prediction_loss_only=False)
+def test_per_sample_losses_are_refused():
+    check_evaluation(include_for_metrics=["inputs"])
     with pytest.raises(EvaluationError, match="drop 'loss' from include_for_metrics"):
-        check_evaluation(pp=1, include_for_metrics=["inputs", "loss"], prediction_loss_only=True)
+        check_evaluation(include_for_metrics=["inputs", "loss"])
 
 
 def test_labels_must_be_named_labels():
@@ -33,15 +28,6 @@ def test_labels_must_be_named_labels():
     assert not has_all_labels({"input_ids": torch.ones(2, 3), "labels": None}, ["labels"])
     with pytest.raises(EvaluationError, match="rename the label column to 'labels'"):
         has_all_labels({"input_ids": torch.ones(2, 3), "target": torch.ones(2)}, ["target"])
-
-
-def test_pipeline_loss_refuses_logits_and_unlabelled_batches():
-    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long)}
-    with pytest.raises(EvaluationError, match="only for plans with pp = 1") as refused:
-        pipeline_loss(None, batch, 2, prediction_loss_only=False, has_labels=True)
-    assert str(refused.value) == PIPELINE_LOGITS_MESSAGE
-    with pytest.raises(EvaluationError, match="needs 'labels'"):
-        pipeline_loss(None, batch, 2, prediction_loss_only=True, has_labels=False)
 
 
 def test_logits_are_the_outputs_left_after_ignore_keys():
