@@ -88,29 +88,41 @@ class Task:
             if self.num_labels == 1:
                 return F.mse_loss(logits.squeeze(-1), labels.float().view(-1), reduction="sum")
             return F.mse_loss(logits, labels.float(), reduction="sum")
+        if self.kind == "classification" and labels.is_floating_point():  # multi-label: HF's BCE with logits
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="sum")
         flat_logits = logits.reshape(-1, logits.shape[-1])
         return F.cross_entropy(flat_logits, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
     def count(self, labels: torch.Tensor) -> torch.Tensor:
         if self.kind == "causal_lm":
             return (labels[:, 1:] != IGNORE_INDEX).sum()
-        if self.kind == "regression":
+        if self.kind == "regression" or labels.is_floating_point():
             return torch.tensor(labels.numel(), device=labels.device)
         return (labels != IGNORE_INDEX).sum()
 
 
 def classification_task(config: Any) -> Task:
-    """The loss an HF classification head computes, from its config (``problem_type``, ``num_labels``)."""
+    """The loss an HF classification head computes, from its config (``problem_type``, ``num_labels``) and, as
+    HF decides it on the first forward when ``problem_type`` is unset, the labels' dtype (float: multi-label)."""
     num_labels = int(getattr(config, "num_labels", 0))
     problem = getattr(config, "problem_type", None)
-    if problem == "multi_label_classification":
-        raise NotImplementedError(
-            "pipeline loss for multi-label classification is not implemented; use problem_type "
-            "'single_label_classification' or 'regression'"
-        )
     if problem == "regression" or (problem is None and num_labels == 1):
         return Task("regression", num_labels)
     return Task("classification", num_labels)
+
+
+def last_token_logits(logits: torch.Tensor, input_ids: torch.Tensor | None, pad_token_id: int | None) -> torch.Tensor:
+    """A decoder classifier's logits at each sample's last token that is not padding (HF's
+    ``...ForSequenceClassification`` pools this way: the rightmost non-pad token, for left or right padding)."""
+    batch_size = logits.shape[0]
+    if pad_token_id is None:
+        if batch_size != 1:
+            raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined.")
+        return logits[:, -1]
+    non_pad = (input_ids != pad_token_id).to(logits.device, torch.int32)
+    token_indices = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+    last = (token_indices * non_pad).argmax(-1)
+    return logits[torch.arange(batch_size, device=logits.device), last]
 
 
 # --------------------------------------------------------------------------------------------------------

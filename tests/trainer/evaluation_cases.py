@@ -104,10 +104,9 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     # accumulation 2: the plan runs 2 micro-batches per step (training and evaluation batches are cut in two)
     "tp2_zero3x2": {"flags": {"tp": 2, "dp_type": "zero3", "gradient_accumulation_steps": 2}, "data_size": 2},
     "mixed_tp": {"plan": "mixed", "data_size": 2},
+    # PP2 x DDP2: logits sent from the last stage; 2 samples per group split into 2 micro-batches, 1 in the last
+    "pp2_ddp2": {"flags": {"pp": 2, "dp_type": "ddp", "num_micro_batches": 2}, "data_size": 2},
 }
-
-
-PIPELINE_LAYOUT = {"flags": {"pp": 2, "dp_type": "ddp", "num_micro_batches": 2}, "data_size": 2}
 
 
 def _arguments(output_dir: str, galvatron: bool, **overrides: Any):
@@ -227,7 +226,7 @@ def _fp16_run(workdir: str) -> dict[str, Any]:
 
 
 def evaluation_worker(rank: int, world_size: int, runs: list[dict[str, Any]], workdir: str) -> list[Any]:
-    """Each run: ``kind`` "evaluate" (family, layout), "iterable" (train from a Stream), "pipeline" or "fp16"."""
+    """Each run: ``kind`` "evaluate" (family, layout), "iterable" (train from a Stream) or "fp16"."""
     results = []
     for index, run in enumerate(runs):
         output_dir = os.path.join(workdir, f"run{index}")
@@ -246,26 +245,6 @@ def evaluation_worker(rank: int, world_size: int, runs: list[dict[str, Any]], wo
             )
             trainer.train()
             results.append({"losses": cases.logged_losses(trainer.state.log_history)})
-        elif run["kind"] == "pipeline":
-            results.append(_pipeline_run(output_dir))
         else:
             results.append(_fp16_run(workdir))
     return results
-
-
-def _pipeline_run(output_dir: str) -> dict[str, Any]:
-    """pp = 2: evaluate() reports the loss (uneven last step included); logits are refused with the fix."""
-    from galvatron_hf.training.evaluation import EvaluationError
-
-    trainer = _galvatron_trainer(
-        "llama", PIPELINE_LAYOUT, output_dir, eval_dataset=make_dataset("llama", EVAL_SAMPLES, seed=2)
-    )
-    result = {"metrics": {k: v for k, v in trainer.evaluate().items() if k == "eval_loss"}, "errors": []}
-    trainer.compute_metrics = compute_metrics
-    for call in (trainer.evaluate, lambda: trainer.predict(make_dataset("llama", EVAL_SAMPLES, seed=3))):
-        try:
-            call()
-            result["errors"].append(None)
-        except EvaluationError as error:
-            result["errors"].append(str(error))
-    return result

@@ -2,7 +2,7 @@
 from an unsized IterableDataset, and fp16 steps skipped for overflow leaving the LR schedule where it was.
 
 One 4-rank gloo launch runs everything: a tiny BERT sequence classifier and a tiny Llama causal LM under
-ZeRO-3 x 4, TP2 x ZeRO-3 2 and a per-layer mixed TP layout (same weights as the reference). 13 evaluation
+ZeRO-3 x 4, TP2 x ZeRO-3 2, a per-layer mixed TP layout and PP2 x DDP2 (same weights as the reference). 13 evaluation
 samples, 2 per data-parallel group: the last step is uneven in every layout, so the loader's filler samples must
 be dropped. The reference evaluates one Galvatron step's samples per step (8 or 4), which makes its eval_loss
 (a mean of per-step means) comparable.
@@ -33,7 +33,6 @@ EVAL_RUNS = [
 RUNS = EVAL_RUNS + [
     {"kind": "iterable", "layout": "zero3x4"},
     {"kind": "iterable", "layout": "tp2_zero3x2"},
-    {"kind": "pipeline"},
     {"kind": "fp16"},
 ]
 
@@ -108,13 +107,3 @@ def test_fp16_overflow_skips_the_scheduler_step(launch):
     assert got["rates"] == pytest.approx(rates, rel=1e-12)
     assert got["scheduler_steps"] == cases.STEPS - 1
     assert len(got["losses"]) == cases.STEPS and all(np.isfinite(got["losses"]))
-
-
-def test_pipeline_evaluates_the_loss_and_refuses_logits(launch):
-    _, results, references = launch
-    got = results[0][-2]
-    expected = references[("llama", ec.PIPELINE_LAYOUT["data_size"])]["metrics"]["eval_loss"]
-    assert got["metrics"]["eval_loss"] == pytest.approx(expected, rel=RTOL)
-    assert len(got["errors"]) == 2
-    for message in got["errors"]:  # evaluate() with compute_metrics, predict()
-        assert message is not None and "pp = 1" in message and "exported model" in message

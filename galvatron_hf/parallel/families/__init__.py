@@ -38,7 +38,8 @@ class PipelineStages(ABC):
     ``heads``: the HF classes whose stages this runs (a plan with pp > 1 for another head is refused).
     ``first_stage_inputs``: the batch entries the first stage takes as positional arguments;
     ``stage_kwargs``: those every stage takes as keyword arguments; ``first_stage_kwargs``: keyword arguments
-    only the first stage takes.
+    only the first stage takes; ``last_stage_kwargs(model)``: those only the last stage takes (a decoder
+    classifier pools at the last token that is not padding, so it needs the token ids).
     """
 
     heads: ClassVar[tuple[str, ...]] = ()
@@ -60,10 +61,15 @@ class PipelineStages(ABC):
     ) -> tuple[tuple, dict]:
         """(positional inputs of the first stage, keyword inputs of this stage) for ``schedule.step``."""
         kwargs = present(batch, self.stage_kwargs)
+        if layout.is_last and not layout.is_first:
+            kwargs.update(present(batch, self.last_stage_kwargs(model)))
         if not layout.is_first:
             return (), kwargs
         kwargs.update(present(batch, self.first_stage_kwargs))
         return tuple(batch[name] for name in self.first_stage_inputs), kwargs
+
+    def last_stage_kwargs(self, model: nn.Module) -> tuple[str, ...]:
+        return ()
 
     def extra_owned_paths(self, spec: ModelSpec) -> dict[str, int]:
         """Modules a stage uses that the spec lists in no layer, mapped to the index of the spec layer that owns
