@@ -33,7 +33,7 @@ from galvatron_hf.training.construction import describe_for_training, refuse_uns
 from galvatron_hf.training.evaluation_hooks import EvaluationHooks
 from galvatron_hf.training.launch import ensure_process_group, errors_shared_across_ranks
 from galvatron_hf.training.loader_hooks import DataParallelLoaders
-from galvatron_hf.training.optimizer import step_through_scaler, unwrap_optimizer
+from galvatron_hf.training.optimizer import check_optimizer, step_through_scaler, unwrap_optimizer
 from galvatron_hf.training.plans import resolve_training_plan
 from galvatron_hf.training.report import PlanReportCallback
 
@@ -85,6 +85,7 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
     ) -> None:
         refuse_unsupported(model, trainer_args, trainer_kwargs)
         args = args if args is not None else GalvatronTrainingArguments(output_dir="trainer_output")
+        check_optimizer(args.optim, trainer_kwargs.get("optimizer_cls_and_kwargs") is not None)
         device = args.device  # under torchrun / accelerate launch this creates the process group
         ensure_process_group(device)
         with errors_shared_across_ranks():
@@ -111,6 +112,9 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
         self.add_callback(self.plan_report)
         if self.is_world_process_zero():
             print(format_summary(self.resolved_plan), flush=True)
+            detected = self.resolved_plan.hardware.sources.get("detected")
+            if detected:
+                print(f"galvatron hardware: {detected}", flush=True)
             for line in self.parallel_model.kernels.describe():
                 print(f"galvatron: {line}", flush=True)
             print(self.batch_geometry.summary(), flush=True)
@@ -208,6 +212,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
     from galvatron_hf.parallel import parallelize
     from galvatron_hf.parallel.attention import default_attn_implementation
     from galvatron_hf.parallel.compile import CompileConfig
+    from galvatron_hf.parallel.families import max_pipeline_degree
     from galvatron_hf.parallel.kernels import KernelConfig, priced_for_kernels
 
     # plan for the attention kernel the runtime will run (eager attention keeps its scores: more memory)
@@ -224,6 +229,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
         attn_implementation=attn_impl,
         plan=plan,
         auto_parallel=auto_parallel,
+        max_pp=max_pipeline_degree(spec),
     )
     parallel_model = parallelize(
         model,

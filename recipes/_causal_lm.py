@@ -53,9 +53,9 @@ def text_blocks(recipe: RecipeArguments, raw, text_column: str):
     return group_texts(tokenized, recipe.max_seq_length)
 
 
-def run(model_class: type, tiny_config: Callable[[], Any], text_column: str = "text") -> None:
+def run(auto_class: type, tiny_config: Callable[[], Any], text_column: str = "text") -> None:
     recipe, args, _ = parse()
-    model = build_model(model_class, tiny_config, recipe)
+    model = build_model(auto_class, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
     dataset = (
         synthetic_blocks(recipe, model.config.vocab_size) if raw is None else text_blocks(recipe, raw, text_column)

@@ -100,16 +100,19 @@ def is_pretrained_directory(path: str | None) -> bool:
     return any(name.endswith(".safetensors") for name in os.listdir(path))
 
 
-def build_model(model_class: type, tiny_config: Callable[[], Any], recipe: RecipeArguments):
-    """The HF model: tiny (default), or from a named/local config on the meta device (sharded at parallelise)."""
+def build_model(auto_class: type, tiny_config: Callable[[], Any], recipe: RecipeArguments):
+    """The HF model: tiny (default), or from a named/local config on the meta device (sharded at parallelise).
+
+    ``auto_class`` (``AutoModelForCausalLM``, ...) picks the class the config names, so any supported family's
+    checkpoint works with the recipe of its task (a Qwen2 or Mistral directory with train_llama.py)."""
     if recipe.model_name_or_path is None:
         torch.manual_seed(0)
-        return model_class(tiny_config())
+        return auto_class.from_config(tiny_config())
     from galvatron_hf.adapters import load_config
 
     config = load_config(recipe.model_name_or_path)
     with torch.device("meta"):
-        return model_class(config)
+        return auto_class.from_config(config)
 
 
 def load_pretrained_if_any(trainer: GalvatronTrainer, recipe: RecipeArguments) -> None:

@@ -95,10 +95,10 @@ def synthetic_text(recipe: RecipeArguments, vocab_size: int):
 
 
 def main() -> None:
-    from transformers import BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
     recipe, args, masking = parse(MaskingArguments)
-    model = build_model(BertForMaskedLM, tiny_config, recipe)
+    model = build_model(AutoModelForMaskedLM, tiny_config, recipe)
     vocab_size = model.config.vocab_size
     raw = load_raw_dataset(recipe)
     if raw is None:

@@ -30,9 +30,9 @@ def tiny_config():
 
 
 def main() -> None:
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    run(GPT2LMHeadModel, tiny_config)
+    run(AutoModelForCausalLM, tiny_config)
 
 
 if __name__ == "__main__":

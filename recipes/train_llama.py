@@ -1,4 +1,5 @@
-"""Train a Llama causal LM with GalvatronTrainer.
+"""Train a Llama causal LM with GalvatronTrainer (or any causal LM of a supported family: the class comes from the
+checkpoint's config, so a Qwen2 or Mistral directory works too).
 
 CPU smoke run (tiny model, synthetic data, 2 gloo processes):
     torchrun --standalone --nproc_per_node 2 recipes/train_llama.py --auto_parallel
@@ -31,9 +32,9 @@ def tiny_config():
 
 
 def main() -> None:
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    run(LlamaForCausalLM, tiny_config)
+    run(AutoModelForCausalLM, tiny_config)
 
 
 if __name__ == "__main__":

@@ -104,10 +104,10 @@ def tokenized_pairs(raw, recipe: RecipeArguments, seq2seq: Seq2SeqArguments):
 
 
 def main() -> None:
-    from transformers import T5ForConditionalGeneration
+    from transformers import AutoModelForSeq2SeqLM
 
     recipe, args, seq2seq = parse(Seq2SeqArguments)
-    model = build_model(T5ForConditionalGeneration, tiny_config, recipe)
+    model = build_model(AutoModelForSeq2SeqLM, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
     dataset = synthetic_pairs(recipe, model.config.vocab_size) if raw is None else tokenized_pairs(raw, recipe, seq2seq)
     train, evaluation = split_for_eval(dataset, recipe)

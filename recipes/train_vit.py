@@ -84,10 +84,10 @@ def real_images(raw, recipe: RecipeArguments, image: ImageArguments):
 
 
 def main() -> None:
-    from transformers import ViTForImageClassification
+    from transformers import AutoModelForImageClassification
 
     recipe, args, image = parse(ImageArguments)
-    model = build_model(ViTForImageClassification, tiny_config, recipe)
+    model = build_model(AutoModelForImageClassification, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
     dataset = synthetic_images(recipe.num_samples, model.config) if raw is None else real_images(raw, recipe, image)
     train, evaluation = split_for_eval(dataset, recipe)

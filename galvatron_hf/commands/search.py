@@ -93,6 +93,7 @@ def _add_option(group, name: str, kind: type, metadata) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from galvatron_hf.adapters import describe_model
+    from galvatron_hf.parallel.families import max_pipeline_degree
     from galvatron_hf.planner.search import ImpossibleBudgetError
 
     try:
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"galvatron-hf search: warning: {note}", file=sys.stderr)
         request = plan_request(args)
         spec = describe_model(args.model_name_or_path, seq_len=request.seq_len, decoder_seq_len=args.decoder_seq_len)
+        request.max_pp = max_pipeline_degree(spec)  # never propose pipeline stages the runtime refuses
         resolved = resolve_plan(request, spec, progress=_progress)
         if args.report:
             _write_report(args.report, resolved)

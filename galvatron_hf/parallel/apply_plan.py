@@ -130,10 +130,19 @@ def _prepare(
     chosen = attention_for(plan, device, attn_implementation)
     set_attn_implementation(model, chosen, required=attn_implementation is not None)
     _disable_cache(model)
-    if getattr(model, "is_gradient_checkpointing", False):
+    if hf_checkpointing(model):
         model.gradient_checkpointing_disable()  # the plan checkpoints per block; HF's would nest inside ours
     if not on_meta:
         model.to(device)
+
+
+def hf_checkpointing(model: nn.Module) -> bool:
+    """Whether HF's own activation checkpointing is on (``is_activation_checkpointing`` in transformers 5;
+    the older ``is_gradient_checkpointing`` warns there, so it is read only where the new name is missing)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
 
 
 def _on_meta(module: nn.Module) -> bool:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from galvatron_hf.adapters.spec import ModelSpec, module_path
+from galvatron_hf.constants import IGNORE_INDEX
 from galvatron_hf.parallel.families import Family, family_for
 from galvatron_hf.parallel.grad_norm import local_tensor
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
@@ -447,6 +448,15 @@ class PipelineRunner:
         if not return_outputs:
             return loss, None
         return loss, self._share_output(output)[:real_rows]
+
+    def placeholder_labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Labels -100 shaped as this head's labels (token tasks: like the token ids; else one per sample), for
+        a batch without labels that still runs the schedule (its loss is left out)."""
+        rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        tokens = batch.get("decoder_input_ids", batch.get("input_ids"))
+        shape = tuple(tokens.shape) if self.task.kind in ("causal_lm", "token_lm") and tokens is not None else (rows,)
+        device = next(v.device for v in batch.values() if isinstance(v, torch.Tensor))
+        return torch.full(shape, IGNORE_INDEX, dtype=torch.long, device=device)
 
     def _share_output(self, output: Any) -> torch.Tensor:
         """The last stage's output tensor, broadcast over the pipeline group (shape first, then values)."""

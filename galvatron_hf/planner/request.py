@@ -132,8 +132,9 @@ class PlanOptions:
     hardware: str = field(
         default="h100",
         metadata={
-            "help": "Hardware to price plans on: a built-in node (a100, h100, h200) or a JSON profile from "
-            "`galvatron-hf profile hardware` (default h100)."
+            "help": "Hardware to price plans on: a built-in node (a100, h100, h200), auto (the device this runs "
+            "on: CUDA's name, memory and count, or a CPU node) or a JSON profile from `galvatron-hf profile "
+            "hardware` (default h100; GalvatronTrainer: auto)."
         },
     )
     num_nodes: int | None = field(
@@ -245,6 +246,7 @@ class PlanRequest(PlanOptions):
     per_device_batch_size: int | None = None  # the trainer's per_device_train_batch_size; None: `search`
     accumulation_steps: int = 1
     max_global_batch_size: int | None = None  # the largest batch a search without global_batch_size tries
+    max_pp: int | None = None  # the runtime's limit: 1 when it cannot run the model's head as pipeline stages
 
     @classmethod
     def of(cls, source: Any, **values: Any) -> PlanRequest:
@@ -450,6 +452,7 @@ def _searched(request: PlanRequest, pricing: _Pricing, progress) -> ResolvedPlan
         progress=progress,
         max_global_batch_size=request.max_global_batch_size,
         offload=True if request.offload else None,
+        max_pp=request.max_pp,
     )
     plan = result.best.plan.validate(world_size=request.world_size, spec=pricing.spec)
     return _resolved(request, pricing, plan, request.plan_source, result.best.report, result)

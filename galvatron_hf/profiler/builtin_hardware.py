@@ -15,11 +15,17 @@ Derived figures (how the few cited numbers become a :class:`HardwareProfile`):
   these nodes), so a group with ``g`` GPUs per node gets ``g x NIC rate x NIC_EFFICIENCY`` of bus bandwidth.
   Entries follow the profiler's layouts (consecutive ranks, and ranks strided by ``world / n``) so measured
   and built-in profiles read the same way.
+
+``auto`` (:func:`detect_node`, the trainer's default): the device this process runs on. A known GPU (H100,
+H200, A100) takes its built-in figures with the memory and device count CUDA reports; an unknown GPU takes the
+H100's speeds with its real memory, and says so; without CUDA, a CPU node of the launched processes sharing
+the machine's memory (estimates: measure with `galvatron-hf profile hardware` for real figures).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,6 +97,7 @@ class NodeFigures:
     gpus_per_node: int = 8
     nics_per_node: int = 8
     fabric: str = ""
+    reserved_memory_gb: float = RESERVED_GB
 
 
 H100 = NodeFigures(
@@ -170,7 +177,35 @@ A100 = NodeFigures(
     },
 )
 
+# A CPU node running gloo processes (CI, laptops): every figure an estimate, for plans in the right proportions.
+CPU = NodeFigures(
+    name="cpu",
+    device_name="CPU",
+    memory_gb=16.0,  # replaced by the machine's memory share when detected
+    peak_tflops={"bf16": 0.05, "fp16": 0.05, "fp32": 0.1},  # one core's vector units, a few threads (estimate)
+    memory_bandwidth_GBps=20.0,  # DDR4/DDR5 channel bandwidth shared by the processes (estimate)
+    nvlink_busbw_GBps=2.0,  # gloo collectives over loopback TCP (estimate)
+    nvlink_allreduce_busbw_GBps=2.0,
+    nvlink_p2p_GBps=2.0,
+    nic_GBps=1.0,  # 10 GbE between machines (estimate)
+    host_device_GBps=20.0,  # the "device" is host memory: a copy runs at memory bandwidth (estimate)
+    host_memory_bandwidth_GBps=20.0,
+    nics_per_node=1,
+    fabric="10 GbE between machines (estimate)",
+    sources={
+        "peak_tflops": "CPU estimate: ~0.1 TFLOP/s fp32 per process (a few AVX cores); measure with `galvatron-hf profile hardware`",
+        "memory": "the machine's physical memory shared by the processes on it (os.sysconf)",
+        "nvlink": "gloo over loopback TCP: ~2 GB/s bus bandwidth (estimate)",
+        "all_reduce_8": "gloo over loopback TCP: ~2 GB/s bus bandwidth (estimate)",
+        "nic": "10 GbE between machines (estimate)",
+        "host_device": "CPU: device memory is host memory; copies at memory bandwidth (estimate)",
+        "host_memory": "DDR4/DDR5 bandwidth shared by the processes (estimate)",
+    },
+    reserved_memory_gb=1.0,
+)
+
 BUILTIN_NODES: dict[str, NodeFigures] = {"h100": H100, "h200": H200, "a100": A100}
+AUTO = "auto"  # the device this process runs on (detect_node)
 ALIASES = {"h100-sxm": "h100", "h100_sxm": "h100", "a100-80gb": "a100", "a100_80gb": "a100", "h200-sxm": "h200"}
 
 
@@ -202,14 +237,17 @@ def builtin_hardware(name: str, num_nodes: int = 1, gpus_per_node: int | None = 
 def load_hardware(
     name_or_path: str | Path, num_nodes: int | None = None, gpus_per_node: int | None = None
 ) -> HardwareProfile:
-    """A built-in name or a JSON profile path; ``num_nodes`` (when given) sets the cluster size and
-    ``gpus_per_node`` the GPUs used on each node.
+    """A built-in name, ``auto`` (this device, :func:`detect_node`) or a JSON profile path; ``num_nodes`` (when
+    given) sets the cluster size and ``gpus_per_node`` the GPUs used on each node.
 
     A measured profile keeps its own fits; only its node count changes (inter-node fits apply to any count).
     Using fewer GPUs per node than it was measured with on several nodes is refused: its fits' layouts
     would be read wrongly.
     """
     text = str(name_or_path)
+    if text.lower() == AUTO:
+        node = detect_node()
+        return _build(node, num_nodes or 1, node.gpus_per_node)
     key = ALIASES.get(text.lower(), text.lower())
     if key in BUILTIN_NODES:
         return builtin_hardware(key, num_nodes or 1, gpus_per_node)
@@ -244,6 +282,10 @@ def hardware_for(
         raise HardwareProfileError(f"the number of devices must be >= 1, got {world_size}")
     if gpus_per_node is not None and gpus_per_node < 1:
         raise HardwareProfileError(f"--gpus_per_node must be >= 1, got {gpus_per_node}")
+    if str(name_or_path).lower() == AUTO:  # a CPU node holds the launched processes (one node unless told)
+        local = os.environ.get("LOCAL_WORLD_SIZE")
+        node = detect_node(gpus_per_node or (int(local) if local else max(1, world_size // (num_nodes or 1))))
+        return _build(node, num_nodes or max(1, math.ceil(world_size / node.gpus_per_node)), node.gpus_per_node)
     if gpus_per_node is None and num_nodes is not None:
         gpus_per_node = math.ceil(world_size / num_nodes)
     if num_nodes is None and gpus_per_node is not None:
@@ -253,6 +295,53 @@ def hardware_for(
     if num_nodes is None and needed != hardware.num_nodes:
         hardware = load_hardware(name_or_path, needed)
     return hardware
+
+
+def detect_node(local_processes: int | None = None) -> NodeFigures:
+    """The node this process runs on: CUDA's device name, memory and count, or a CPU node of
+    ``local_processes`` (default: the launcher's ``LOCAL_WORLD_SIZE``) sharing the machine's memory. The
+    figures' ``sources["detected"]`` says what was found and what was assumed."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return _detected_gpu(props.name, props.total_memory / 1e9, torch.cuda.device_count())
+    processes = local_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    memory = round(_physical_memory_gb() / max(1, processes), 1)
+    note = f"no CUDA device: a CPU node of {processes} process(es) with {memory:g} GB each (estimated speeds)"
+    return replace(
+        CPU, name="auto:cpu", memory_gb=memory, gpus_per_node=processes, sources={**CPU.sources, "detected": note}
+    )
+
+
+def _detected_gpu(device_name: str, memory_gb: float, count: int) -> NodeFigures:
+    """A known GPU keeps its built-in figures with the real memory and count; an unknown one the H100's speeds."""
+    memory = round(memory_gb, 1)
+    key = next((k for k in BUILTIN_NODES if k in device_name.lower()), None)
+    if key is not None:
+        base = BUILTIN_NODES[key]
+        note = f"detected {count} x {device_name} ({memory:g} GB): built-in '{key}' figures with its real memory"
+    else:
+        base = H100
+        note = (
+            f"unknown GPU {device_name} ({memory:g} GB, {count} per node): priced with the H100's speeds and its real "
+            "memory; measure it with `galvatron-hf profile hardware` and pass --hardware PATH"
+        )
+    return replace(
+        base,
+        name=f"auto:{key or 'unknown'}",
+        device_name=device_name,
+        memory_gb=memory,
+        gpus_per_node=count,
+        sources={**base.sources, "memory": f"{device_name}: {memory:g} GB (CUDA device properties)", "detected": note},
+    )
+
+
+def _physical_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: a modest default
+        return CPU.memory_gb
 
 
 def _build(node: NodeFigures, num_nodes: int, gpn: int) -> HardwareProfile:
@@ -275,10 +364,10 @@ def _build(node: NodeFigures, num_nodes: int, gpn: int) -> HardwareProfile:
     device = DeviceSpec(
         name=node.device_name,
         memory_gb=node.memory_gb,
-        matmul_tflops={k: round(v * ACHIEVED_FRACTION, 1) for k, v in node.peak_tflops.items()},
+        matmul_tflops={k: _achieved(v) for k, v in node.peak_tflops.items()},
         peak_tflops=dict(node.peak_tflops),
         memory_bandwidth_GBps=node.memory_bandwidth_GBps,
-        reserved_memory_gb=RESERVED_GB,
+        reserved_memory_gb=node.reserved_memory_gb,
         host_device_GBps=node.host_device_GBps,
         host_memory_bandwidth_GBps=node.host_memory_bandwidth_GBps,
     )
@@ -291,7 +380,7 @@ def _build(node: NodeFigures, num_nodes: int, gpn: int) -> HardwareProfile:
         fabric=node.fabric,
     )
     profile = HardwareProfile(
-        name=f"builtin:{node.name}",
+        name=node.name if node.name.startswith(f"{AUTO}:") else f"builtin:{node.name}",
         num_nodes=num_nodes,
         gpus_per_node=gpn,
         device=device,
@@ -304,6 +393,12 @@ def _build(node: NodeFigures, num_nodes: int, gpn: int) -> HardwareProfile:
     )
     profile.check()
     return profile
+
+
+def _achieved(peak_tflops: float) -> float:
+    """``ACHIEVED_FRACTION`` of a datasheet rate, to 0.1 TFLOP/s (finer below 1 TFLOP/s: CPU rates)."""
+    achieved = peak_tflops * ACHIEVED_FRACTION
+    return round(achieved, 1) if achieved >= 1 else round(achieved, 4)
 
 
 def _powers_of_two(limit: int) -> list[int]:

@@ -9,23 +9,51 @@ field, and an old name and its new one given with different values is an error.
 
 from __future__ import annotations
 
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
+from galvatron_hf.profiler.builtin_hardware import AUTO
 from galvatron_hf.planner.request import DeprecatedPlanOptions, PlanOptions, PlanRequest, fold_deprecated_names
 
 
 @dataclass
 class GalvatronTrainingArguments(PlanOptions, DeprecatedPlanOptions, TrainingArguments):
-    """TrainingArguments plus the plan options; every inherited field keeps its Trainer meaning."""
+    """TrainingArguments plus the plan options; every inherited field keeps its Trainer meaning.
+
+    ``hardware`` defaults to ``auto`` here: the trainer runs on the devices it plans for, so it prices plans on
+    what CUDA reports (a CPU node without CUDA) and budgets the device's real memory."""
+
+    hardware: str = field(
+        default=AUTO,
+        metadata={
+            "help": "Hardware to price plans on: auto (default: the device this runs on), a built-in node "
+            "(a100, h100, h200) or a JSON profile from `galvatron-hf profile hardware`."
+        },
+    )
 
     def __post_init__(self) -> None:
         for note in fold_deprecated_names(self):
             warnings.warn(note, FutureWarning, stacklevel=3)
+        if launched_on_cpu_only(self.use_cpu):
+            # without it the Trainer's device set-up on a machine with no accelerator makes every launched
+            # process rank 0 of a world of 1 (each would write every file); the CPU is what this run has
+            self.use_cpu = True
         super().__post_init__()
+
+
+def launched_on_cpu_only(use_cpu: bool) -> bool:
+    """Several processes launched (``WORLD_SIZE`` > 1) on a machine without an accelerator, ``use_cpu`` unset."""
+    if use_cpu or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return not available
 
 
 def plan_request(

@@ -270,18 +270,13 @@ def forward_pipeline_batch(parallel_model, batch: dict[str, Any], keep_rows: int
     if labels is None:
         if not with_outputs:
             raise EvaluationError("evaluation with pp > 1 and prediction_loss_only needs 'labels' in the batch")
-        dummy = torch.full((find_rows(batch),), IGNORE_INDEX, dtype=torch.long)
-        batch = {**batch, "labels": dummy}
+        batch = {**batch, "labels": parallel_model.pipeline.placeholder_labels(batch)}
         _, logits = parallel_model.pipeline.evaluate_with_outputs(batch, loss_denominator=1.0, return_outputs=True)
         return StepOutputs(None, {"logits": logits})
     if ignores_label_rows(parallel_model.module, labels):
         batch = {**batch, "labels": mask_rows(labels, keep_rows)}
     loss, logits = parallel_model.pipeline.evaluate_with_outputs(batch, return_outputs=with_outputs)
     return StepOutputs(loss, {} if logits is None else {"logits": logits})
-
-
-def find_rows(batch: Mapping[str, Any]) -> int:
-    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 def _concat_outputs(outputs: list[dict[str, Any]]) -> dict[str, Any]:

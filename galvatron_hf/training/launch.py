@@ -35,7 +35,9 @@ def ensure_process_group(device: torch.device) -> None:
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
     port = _free_port()
+    excepthook = sys.excepthook
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    sys.excepthook = excepthook  # one process: no "[rank0]:" before each line of a traceback
 
 
 def _free_port() -> int:

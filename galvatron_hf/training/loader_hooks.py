@@ -120,7 +120,7 @@ class DataParallelLoaders:
             data_seed=data_seed,
             drop_last=self.args.dataloader_drop_last,
             num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
             worker_init_fn=worker_init_fn,
         )
 

@@ -27,6 +27,8 @@ TINY = {
     "qwen2": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
               "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 64, "max_position_embeddings": 64},
 }  # fmt: skip
+BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 64}  # fmt: skip
 
 
 def two_stage_plan() -> Plan:
@@ -64,20 +66,19 @@ def test_model_types_reach_their_family_through_the_adapter_registry(model_type)
 
 
 def test_pipeline_plans_for_heads_without_a_stage_forward_are_refused_before_any_collective():
-    spec = describe_model(TINY["llama"], architecture="LlamaForSequenceClassification")
+    spec = describe_model(BERT, architecture="BertModel")
     check_plan(one_stage_plan(), spec, world_size=2)
-    with pytest.raises(PlanError, match="LlamaForSequenceClassification has no pipeline stage forward.*use pp=1"):
+    with pytest.raises(PlanError, match="BertModel has no pipeline stage forward.*use pp=1"):
         check_plan(two_stage_plan(), spec, world_size=2)
 
 
 def test_the_refusal_docs_adapters_md_quotes():
-    spec = describe_model({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 64,
-                           "n_positions": 64}, architecture="GPT2ForSequenceClassification")  # fmt: skip
+    spec = describe_model(BERT, architecture="BertModel")
     with pytest.raises(PlanError) as raised:
         check_plan(two_stage_plan(), spec)
     assert str(raised.value) == (
-        "plan cannot be pipelined: GPT2ForSequenceClassification has no pipeline stage forward: the gpt2 family's "
-        "stages run GPT2LMHeadModel; use pp=1 for this head"
+        "plan cannot be pipelined: BertModel has no pipeline stage forward: the bert family's stages run "
+        "BertForMaskedLM, BertForSequenceClassification; use pp=1 for this head"
     )
 
 

@@ -105,14 +105,16 @@ def test_gpt2_recipe_under_accelerate_launch_saves_and_exports(tmp_path):
 
 @pytest.mark.distributed
 def test_llama_recipe_loads_pretrained_weights_into_any_layout(tmp_path):
-    """A local save_pretrained directory: one plain process and 4 processes with a searched plan (meta-device
-    build, weights loaded shard by shard) train the same steps with the same losses."""
-    sys.path.insert(0, str(RECIPES))
-    from train_llama import tiny_config
-    from transformers import LlamaForCausalLM
+    """A local save_pretrained directory of another family member (Qwen2: the recipe builds the class its config
+    names): one plain process and 4 processes with a searched plan (meta-device build, weights loaded shard by
+    shard) train the same steps with the same losses."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(5)
-    LlamaForCausalLM(tiny_config()).save_pretrained(tmp_path / "pretrained")
+    config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=False)  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "pretrained")
     common = ("--model_name_or_path", str(tmp_path / "pretrained"), "--global_batch_size", "8")
     alone = _launch([sys.executable, str(RECIPES / "train_llama.py")], tmp_path / "alone", *common)
     assert "on 1 device (" in alone and "loaded pretrained weights" in alone

@@ -104,6 +104,12 @@ class Family:
         return None
 
 
+def max_pipeline_degree(spec: ModelSpec) -> int | None:
+    """The largest pp the runtime runs ``spec`` with: 1 when its head has no pipeline stages, else no limit
+    (None). Front doors pass it to the search (``PlanRequest.max_pp``) so it never proposes a refused plan."""
+    return 1 if family_for(spec).pipeline_refusal(spec) is not None else None
+
+
 def family_for(spec: ModelSpec) -> Family:
     """The runtime half of ``spec``'s family: ``FAMILY`` of the module named after ``spec.family``."""
     name = f"{__name__}.{spec.family}"

@@ -39,6 +39,7 @@ def search_plan(
     progress: Progress | None = None,
     max_global_batch_size: int | None = None,
     accumulate_without_pipeline: bool = True,
+    max_pp: int | None = None,
     time_budget_s: float | None = None,
     find_minimum_memory: bool = True,
     compare: bool = True,
@@ -50,6 +51,7 @@ def search_plan(
     ``global_batch_size`` None searches batches up to ``max_global_batch_size`` (default: 4M tokens).
     ``accumulate_without_pipeline=False`` searches pp = 1 plans with one micro-batch only (for a runtime that
     runs a pp = 1 batch in one pass; by default pp = 1 plans may accumulate gradients over micro-batches).
+    ``max_pp``: the largest pipeline degree searched (1 when the runtime cannot pipeline the model's head).
     ``time_budget_s``: once spent, the search stops at the best plan found so far (``stats.complete`` is
     then False); it never stops before a plan is found or every config is ruled out.
     Raises :class:`ImpossibleBudgetError` when no plan fits, with the smallest budget that would
@@ -76,6 +78,7 @@ def search_plan(
         accumulate_without_pipeline=accumulate_without_pipeline,
         cp_degrees=cp_degrees,
         offload=bool(offload),
+        max_pp=max_pp,
     )
     reporter = _Reporter(progress, started)
     floor = state_floor(problem)

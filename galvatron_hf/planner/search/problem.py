@@ -45,6 +45,7 @@ class SearchProblem:
         accumulate_without_pipeline: bool = True,
         cp_degrees: tuple[int, ...] | None = None,
         offload: bool = False,
+        max_pp: int | None = None,
     ) -> SearchProblem:
         """Check the inputs (errors name the fix), build the cost model and list the step configs."""
         _check_inputs(spec, hardware, num_gpus, memory_gb, global_batch_size, mixed_precision)
@@ -57,6 +58,7 @@ class SearchProblem:
             accumulate_without_pipeline=accumulate_without_pipeline,
             cp_degrees=cp_degrees,
             offload=offload,
+            max_pp=max_pp,
         )
         return cls(spec, hardware, model, num_gpus, memory_gb, tuple(configs))
 

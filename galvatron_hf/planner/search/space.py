@@ -147,6 +147,7 @@ def step_configs(
     accumulate_without_pipeline: bool = True,
     cp_degrees: tuple[int, ...] | None = None,
     offload: bool = False,
+    max_pp: int | None = None,
 ) -> list[StepConfig]:
     """Pipeline degrees, batches and micro-batch counts the search visits (docs/search.md).
 
@@ -155,13 +156,14 @@ def step_configs(
     pipelining does. ``accumulate_without_pipeline=False`` keeps pp = 1 configs to a single micro-batch, for a
     runtime that runs the whole batch in one forward/backward. ``cp_degrees`` (default
     :func:`default_cp_degrees`) are the context-parallel degrees tried where they divide a stage; ``offload``
-    prices every config with CPU offload.
+    prices every config with CPU offload. ``max_pp`` caps the pipeline degree (1 for a
+    model whose head the runtime cannot run as pipeline stages: the search never proposes what it refuses).
     """
     cps = cp_degrees if cp_degrees is not None else default_cp_degrees(spec, world_size)
     pairs = _batch_splits(spec, world_size, global_batch_size, max_global_batch_size)
     configs: set[StepConfig] = set()
     for pp in divisors(world_size):
-        if pp > spec.num_blocks:
+        if pp > spec.num_blocks or (max_pp is not None and pp > max_pp):
             continue
         for batch, m in pairs:
             if pp == 1 and m > 1 and not accumulate_without_pipeline:
