@@ -27,7 +27,13 @@ from galvatron_hf.checkpoint.rng import apply_rng, capture_rng
 from galvatron_hf.planner.plan import Plan
 from galvatron_hf.planner.summary import format_summary
 from galvatron_hf.training.arguments import GalvatronTrainingArguments  # also importable from here, as before
-from galvatron_hf.training.batching import BatchGeometry, merge_micro_batches, pad_token_id
+from galvatron_hf.training.batching import (
+    BatchGeometry,
+    changes_batch_layout,
+    merge_micro_batches,
+    pad_to_lengths_over_ranks,
+    pad_token_id,
+)
 from galvatron_hf.training.checkpoint_hooks import CheckpointHooks
 from galvatron_hf.training.construction import describe_for_training, refuse_unsupported, sequence_lengths
 from galvatron_hf.training.evaluation_hooks import EvaluationHooks
@@ -177,12 +183,19 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
         expected = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         if len(self._pending) < expected:
             return torch.zeros((), device=self.args.device)
-        batch = merge_micro_batches(self._pending, pad_token_id(self.model))
+        batch = self.same_lengths(merge_micro_batches(self._pending, pad_token_id(self.model)))
         self._pending = []
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         loss = self.parallel_model.train_step(batch)
         return loss.detach().to(self.args.device)
+
+    def same_lengths(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch padded to the sequence lengths of every rank's, when the plan moves activations between
+        ranks that loaded different samples (a block layout other than the data-loading one)."""
+        if self.parallel_model.data_size == 1 or not changes_batch_layout(self.plan):
+            return batch
+        return pad_to_lengths_over_ranks(batch, pad_token_id(self.model))
 
     def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
         return self.parallel_model.clip_grad_norm_(self.args.max_grad_norm)

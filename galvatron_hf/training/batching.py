@@ -162,3 +162,35 @@ def mask_filler_labels(batch: dict[str, Any], real_rows: int) -> dict[str, Any]:
     masked[real_rows:] = IGNORE_INDEX
     return {**batch, "labels": masked}
 
+
+
+def changes_batch_layout(plan: Any) -> bool:
+    """Whether some block runs in another (dp, tp) layout than the data-loading one: activations then move
+    between ranks that loaded different samples, so their sequences must have one length."""
+    vocab = (plan.vocab.dp, plan.vocab.tp)
+    return any((layer.dp, layer.tp) != vocab for layer in plan.layers)
+
+
+def pad_to_lengths_over_ranks(batch: dict[str, Any], pad_token_id: int = 0, group: Any = None) -> dict[str, Any]:
+    """``batch`` right-padded so every tensor has, in each dim after the first, the largest size any rank of
+    ``group`` holds (one all-reduce). Padding follows ``merge_micro_batches``: pad tokens, mask 0, labels -100.
+    Collators pad to the longest sample of their batch, so ranks loading different samples differ."""
+    import torch.distributed as dist
+
+    keys = [k for k in sorted(batch) if isinstance(batch[k], torch.Tensor) and batch[k].dim() >= 2]
+    if not keys:
+        return batch
+    sizes = torch.tensor([size for k in keys for size in batch[k].shape[1:]], dtype=torch.int64)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
+    padded, offset = dict(batch), 0
+    for key in keys:
+        value = batch[key]
+        target = sizes[offset : offset + value.dim() - 1].tolist()
+        offset += value.dim() - 1
+        if list(value.shape[1:]) != target:
+            pad = pad_token_id if key in TOKEN_KEYS else PAD_VALUES.get(key, 0)
+            widths: list[int] = []
+            for dim in reversed(range(1, value.dim())):
+                widths += [0, target[dim - 1] - value.shape[dim]]
+            padded[key] = torch.nn.functional.pad(value, widths, value=pad)
+    return padded

@@ -81,6 +81,7 @@ class EvaluationHooks:
         pp > 1: the same, through the pipeline (``forward_pipeline_batch``).
         """
         has_labels = has_all_labels(inputs, self.label_names)
+        inputs = self.same_lengths(inputs)
         progress = self._eval_progress
         rows = find_batch_size(inputs)
         if progress is not None:

@@ -211,4 +211,27 @@ def worker(rank: int, world_size: int, runs: list[tuple[str, str]], workdir: str
         full = main(script_argv(task, layout, out))
         resumed = main(script_argv(task, layout, out, resume=True))
         results[f"{task}/{layout}"] = {**full, "resumed_losses": resumed["losses"]}
+    if world_size == 2:  # last: the check leaves a collective of its own group unfinished
+        results["errors_shared"] = error_seen_by(rank)
     return results
+
+
+def error_seen_by(rank: int) -> str:
+    """Rank 1 fails while rank 0 waits for it in a collective: both report rank 1's error."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from galvatron_hf.training.launch import PeerRankError, errors_shared_across_ranks
+
+    group = dist.new_group(backend="gloo")  # the collective left unfinished breaks this group only
+    try:
+        with errors_shared_across_ranks(wait_s=30):
+            if rank == 1:
+                raise ValueError("a failure on rank 1 only")
+            dist.monitored_barrier(group, timeout=datetime.timedelta(seconds=5))  # rank 1 never arrives
+    except PeerRankError as shared:
+        return str(shared)
+    except ValueError as own:
+        return f"rank {rank}: ValueError: {own}"
+    return "no error"
