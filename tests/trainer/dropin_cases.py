@@ -150,8 +150,9 @@ def common_flags(output_dir: str) -> list[str]:
     ]
 
 
-def main(argv: list[str], galvatron: bool = True) -> dict[str, Any]:
-    """The script: what it reports is what the tests compare."""
+def main(argv: list[str], galvatron: bool = True, data_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The script: what it reports is what the tests compare (``data_sizes``: the plain Trainer's evaluation
+    repeated with ``EVAL_BATCH`` x each of them per step)."""
     from transformers import HfArgumentParser, Trainer, TrainingArguments
 
     from galvatron_hf.trainer import GalvatronTrainer, GalvatronTrainingArguments
@@ -174,7 +175,7 @@ def main(argv: list[str], galvatron: bool = True) -> dict[str, Any]:
         trainer.save_model(os.path.join(training_args.output_dir, "final"))
     if not galvatron:  # a token loss's mean depends on the samples per step: one report per step size a layout has
         report["by_data_size"] = {}
-        for data_size in (1, 2, 4):
+        for data_size in data_sizes:
             trainer.args.per_device_eval_batch_size = EVAL_BATCH * data_size
             report["by_data_size"][data_size] = evaluate_and_predict(trainer, script)
     if galvatron:
@@ -197,10 +198,11 @@ def script_argv(task: str, layout: str, output_dir: str, resume: bool = False) -
     return argv
 
 
-def reference(task: str, workdir: str) -> dict[str, Any]:
-    """The plain Trainer on one process, the whole global batch per step."""
+def reference(task: str, workdir: str, data_sizes: tuple[int, ...]) -> dict[str, Any]:
+    """The plain Trainer on one process, the whole global batch per step, evaluated as ``data_sizes`` groups."""
     out = os.path.join(workdir, f"reference_{task}")
-    return main(["--task", task, *common_flags(out), "--per_device_train_batch_size", str(GLOBAL_BATCH)], False)
+    argv = ["--task", task, *common_flags(out), "--per_device_train_batch_size", str(GLOBAL_BATCH)]
+    return main(argv, galvatron=False, data_sizes=data_sizes)
 
 
 def worker(rank: int, world_size: int, runs: list[tuple[str, str]], workdir: str) -> dict[str, Any]:

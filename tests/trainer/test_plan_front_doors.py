@@ -37,10 +37,12 @@ def tiny_llama(tmp_path_factory):
 
 def _trainer_side(model, world_size: int, **values):
     """What ``GalvatronTrainer`` resolves for these arguments on ``world_size`` processes (the model described
-    at the planned sequence length, as the trainer does from its first sample)."""
+    at the planned sequence length, as the trainer does from its first sample). The command prices on an H100
+    node by default, the trainer on the device it runs on: both are told the same hardware here."""
     from galvatron_hf.adapters import describe_model
     from galvatron_hf.trainer import GalvatronTrainingArguments
 
+    values = {"hardware": "h100", **values}
     args = GalvatronTrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **values)
     spec = describe_model(model, seq_len=args.seq_len)
     return resolve_training_plan(args, spec, world_size=world_size, attn_implementation="sdpa")

@@ -78,6 +78,7 @@ def test_merge_pads_each_key_with_its_own_value():
 def _arguments(**values):
     from galvatron_hf.trainer import GalvatronTrainingArguments
 
+    values = {"hardware": "h100", **values}  # plans priced as on a GPU node (the trainer's default: this CPU)
     return GalvatronTrainingArguments(output_dir="x", use_cpu=True, report_to="none", **values)
 
 
