@@ -33,6 +33,31 @@ DPType = Literal["ddp", "zero2", "zero3", "hsdp"]
 Schedule = Literal["gpipe", "1f1b"]
 
 
+class StepGeometry:
+    """What a step's shape implies, for any record with ``world_size``, ``pp``, ``cp``, ``global_batch_size``
+    and ``num_micro_batches`` (a :class:`Plan`, the search's ``StepConfig``): one definition for both."""
+
+    world_size: int
+    pp: int
+    cp: int
+    global_batch_size: int
+    num_micro_batches: int
+
+    @property
+    def devices_per_stage(self) -> int:
+        return self.world_size // self.pp
+
+    @property
+    def batch_devices(self) -> int:
+        """Devices of a stage that split the batch or the parameters' states: tp x dp (cp splits the sequence)."""
+        return self.devices_per_stage // max(self.cp, 1)
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per micro-batch across the whole stage (each DP rank gets micro_batch_size / dp)."""
+        return self.global_batch_size // self.num_micro_batches
+
+
 class PlanError(ValueError):
     """A plan that cannot run; the message names what to change."""
 
@@ -88,7 +113,7 @@ class Predicted:
 
 
 @dataclass(frozen=True)
-class Plan(VersionedJson):
+class Plan(StepGeometry, VersionedJson):
     """Read and written as versioned JSON (``galvatron_hf.jsonfile.VersionedJson``: unknown keys refused)."""
 
     JSON_KIND: ClassVar[str] = "plan"
@@ -133,22 +158,8 @@ class Plan(VersionedJson):
 
     # ----- derived views -------------------------------------------------------------------------------
     @property
-    def devices_per_stage(self) -> int:
-        return self.world_size // self.pp
-
-    @property
-    def batch_devices_per_stage(self) -> int:
-        """Devices of a stage that split the batch or the parameters' states: tp x dp (cp splits the sequence)."""
-        return self.devices_per_stage // self.cp if self.cp >= 1 else self.devices_per_stage
-
-    @property
     def offloaded(self) -> bool:
         return bool(self.offload)
-
-    @property
-    def micro_batch_size(self) -> int:
-        """Samples per micro-batch across the whole stage (each DP rank gets micro_batch_size / dp)."""
-        return self.global_batch_size // self.num_micro_batches
 
     @property
     def stage_sizes(self) -> list[int]:
@@ -215,7 +226,7 @@ class Plan(VersionedJson):
         errors.extend(self._batch_errors())
         errors.extend(self._stage_errors())
         errors.extend(self._v2_errors())
-        stage_devices = self.batch_devices_per_stage
+        stage_devices = self.batch_devices
         strategies = [(f"layer {i}", s) for i, s in enumerate(self.layers)] + [("vocab", self.vocab)]
         for name, strategy in strategies:
             errors.extend(self._layout_errors(name, strategy, stage_devices))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from galvatron_hf.planner.cost_model import StepShape
-from galvatron_hf.planner.plan import DP_TYPES, LayerStrategy
+from galvatron_hf.planner.plan import DP_TYPES, LayerStrategy, StepGeometry
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import ModelSpec
@@ -83,7 +83,7 @@ def hsdp_shard(tp: int, dp: int, gpus_per_node: int, stage_params: float = 0.0, 
 
 
 @dataclass(frozen=True)
-class StepConfig:
+class StepConfig(StepGeometry):
     """One point of the outer search: how a step is cut into stages and micro-batches."""
 
     pp: int
@@ -93,19 +93,6 @@ class StepConfig:
     world_size: int
     cp: int = 1
     offload: bool = False
-
-    @property
-    def devices_per_stage(self) -> int:
-        return self.world_size // self.pp
-
-    @property
-    def batch_devices(self) -> int:
-        """Devices of a stage that TP and DP split (``tp x dp``): cp divides the stage's devices."""
-        return self.devices_per_stage // self.cp
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.global_batch_size // self.num_micro_batches
 
     def shape(self) -> StepShape:
         return StepShape(
