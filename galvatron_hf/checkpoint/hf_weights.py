@@ -34,7 +34,10 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    set_model_state_dict,
+)
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
@@ -43,6 +46,7 @@ from galvatron_hf.checkpoint.collective import (
     raise_on_every_rank_if_any,
     single_process_dcp_is_intended,
 )
+from galvatron_hf.checkpoint.progress import LoadProgressPlanner
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -287,7 +291,12 @@ def load_hf_pretrained(model: nn.Module, pretrained_dir: str | os.PathLike, *, s
     raise_on_every_rank_if_any(problem, PretrainedWeightsError)
     to_load = {key: state_dict[key] for key in found}
     with single_process_dcp_is_intended():
-        dcp_load(to_load, storage_reader=SafetensorsSliceReader(found), no_dist=not distributed())
+        dcp_load(
+            to_load,
+            storage_reader=SafetensorsSliceReader(found),
+            planner=LoadProgressPlanner(f"loading weights from {Path(pretrained_dir).name}"),
+            no_dist=not distributed(),
+        )
     # DCP wrote into the tensors get_model_state_dict returned; set them too in case a wrapper returned copies
     set_model_state_dict(model, to_load, options=_partial_options())
     return missing

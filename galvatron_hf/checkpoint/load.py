@@ -28,7 +28,14 @@ from galvatron_hf.checkpoint.collective import (
     single_process_dcp_is_intended,
 )
 from galvatron_hf.checkpoint.hf_weights import tied_weight_sources
-from galvatron_hf.checkpoint.manifest import DCP_DIR, PLAN_NAME, SCHEDULER_NAME, CheckpointError, read_manifest
+from galvatron_hf.checkpoint.manifest import (
+    DCP_DIR,
+    PLAN_NAME,
+    SCHEDULER_NAME,
+    CheckpointError,
+    read_manifest,
+)
+from galvatron_hf.checkpoint.progress import LoadProgressPlanner
 from galvatron_hf.checkpoint.rng import RngRestored, restore_rank_rng
 from galvatron_hf.checkpoint.sharded_state import (
     MODEL_KEY,
@@ -189,7 +196,12 @@ def _load_by_stored_names(
         mapping = passes[index] if index < len(passes) else {}
         batch = {stored: state[wanted[name][0]][wanted[name][1]] for stored, name in mapping.items()}
         with single_process_dcp_is_intended():
-            dcp.load(batch, storage_reader=dcp.FileSystemReader(str(dcp_dir)), no_dist=not distributed())
+            dcp.load(
+                batch,
+                storage_reader=dcp.FileSystemReader(str(dcp_dir)),
+                planner=LoadProgressPlanner(f"loading {dcp_dir.parent.name}"),
+                no_dist=not distributed(),
+            )
         for stored, name in mapping.items():  # non-tensor entries are replaced, not filled in place
             group, key = wanted[name]
             state[group][key] = batch[stored]

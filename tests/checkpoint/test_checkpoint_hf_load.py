@@ -188,9 +188,12 @@ def test_hf_directories_load_into_parallel_layouts_with_identical_weights(pretra
 # ----- single process: plain model, key matching, errors ----------------------------------------------------
 
 
-def test_plain_model_loads_without_a_process_group(pretrained_dirs):
+def test_plain_model_loads_without_a_process_group(pretrained_dirs, capsys):
     model = LlamaForCausalLM(llama_config())
     assert load_hf_pretrained(model, pretrained_dirs["llama_sharded"]) == []
+    shown = capsys.readouterr().err  # the progress bar, one count per tensor read
+    count = len(model.state_dict())  # the tied head too: it is filled from the embedding's stored tensor
+    assert "loading weights from" in shown and f"{count}/{count}" in shown
     reference = LlamaForCausalLM.from_pretrained(pretrained_dirs["llama_sharded"])
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
