@@ -29,6 +29,7 @@ from galvatron_hf.parallel.data_parallel import apply_fsdp
 from galvatron_hf.parallel.families import family_for
 from galvatron_hf.parallel.kernels import KernelConfig, apply_kernels
 from galvatron_hf.parallel.loss_scaling import LossScaler
+from galvatron_hf.parallel.offload import materialize_device, move_buffers
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.parallel_model import ParallelModel
 from galvatron_hf.parallel.pipeline_parallel import build_pipeline
@@ -120,7 +121,8 @@ def _parallelize_module(
     apply_fsdp(module, spec, plan, dims, precision)
     tracker.install(module, spec, plan, heads, is_stage)
     if materialize_on is not None:
-        materialize(module, materialize_on)
+        materialize(module, materialize_device(plan, materialize_on))
+        move_buffers(module, materialize_on)
 
 
 def _prepare(

@@ -18,23 +18,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from galvatron_hf.adapters.spec import ModelSpec
 from galvatron_hf.constants import torch_dtype
 from galvatron_hf.parallel.model_parts import present_blocks
+from galvatron_hf.parallel.offload import offload_policy
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.planner.plan import Plan
 
 
 def apply_fsdp(module: nn.Module, spec: ModelSpec, plan: Plan, dims: ParallelDims, mixed_precision: str) -> None:
     """``fully_shard`` every block of ``module`` (a model or a pipeline stage) by its strategy, then the root
-    (the parameters no block owns: embedding, norms, head) by ``plan.vocab``."""
+    (the parameters no block owns: embedding, norms, head) by ``plan.vocab``; all with the plan's CPU offload."""
     policy = mixed_precision_policy(mixed_precision)
+    offload = offload_policy(plan, dims.device_type)
     for index, _layer, block in present_blocks(module, spec):
         strategy = plan.layers[index]
-        apply_data_parallel(block, dims.fsdp_mesh(Layout.of(strategy)), strategy.dp_type, policy)
-    apply_data_parallel(module, dims.fsdp_mesh(Layout.of(plan.vocab)), plan.vocab.dp_type, policy)
+        apply_data_parallel(block, dims.fsdp_mesh(Layout.of(strategy)), strategy.dp_type, policy, offload)
+    apply_data_parallel(module, dims.fsdp_mesh(Layout.of(plan.vocab)), plan.vocab.dp_type, policy, offload)
 
 
 def mixed_precision_policy(mixed_precision: str, reduce_in_fp32: bool = True) -> MixedPrecisionPolicy:
@@ -51,6 +53,7 @@ def apply_data_parallel(
     fsdp_mesh: DeviceMesh,
     dp_type: str,
     mp_policy: MixedPrecisionPolicy,
+    offload: OffloadPolicy | None = None,
 ) -> FSDPModule:
     """``fully_shard`` one layer (or the root, for the parameters no block owns) as ``dp_type`` says."""
     fully_shard(
@@ -58,6 +61,7 @@ def apply_data_parallel(
         mesh=fsdp_mesh,
         reshard_after_forward=(dp_type in ("zero3", "hsdp")),
         mp_policy=mp_policy,
+        offload_policy=offload or OffloadPolicy(),
     )
     module.set_gradient_divide_factor(1.0)
     if fsdp_mesh.device_type == "cpu" and hasattr(module, "set_force_sum_reduction_for_comms"):

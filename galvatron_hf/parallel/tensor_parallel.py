@@ -35,6 +35,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 from galvatron_hf.adapters.spec import ModelSpec, TPAttribute, TPRule
 from galvatron_hf.parallel.model_parts import find_module, present_blocks
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
+from galvatron_hf.parallel.sequence_parallel import apply_sequence_parallel
 from galvatron_hf.planner.plan import Plan
 
 
@@ -78,6 +79,12 @@ def _sum_partial(tensor: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
     """All-reduce partial outputs of a row split (backward passes the replicated gradient through)."""
     summed = DTensor.from_local(tensor, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()])
     return summed.to_local()
+
+
+def _scatter_partial(tensor: torch.Tensor, mesh: DeviceMesh, dim: int) -> torch.Tensor:
+    """Reduce-scatter partial outputs of a row split along ``dim`` (backward all-gathers the gradient)."""
+    scattered = DTensor.from_local(tensor, mesh, [Partial()], run_check=False).redistribute(mesh, [Shard(dim)])
+    return scattered.to_local()
 
 
 def _contiguous(placements) -> list:
@@ -157,7 +164,12 @@ class Conv1DColwiseParallel(ParallelStyle):
 
 
 class Conv1DRowwiseParallel(ParallelStyle):
-    """Row split of GPT-2's ``Conv1D``: local input features, partial sums all-reduced, bias replicated."""
+    """Row split of GPT-2's ``Conv1D``: local input features, partial sums all-reduced, bias replicated.
+    ``sequence_output``: the partial sums are reduce-scattered along the sequence instead (sequence parallelism)."""
+
+    def __init__(self, sequence_output: bool = False):
+        super().__init__()
+        self.sequence_output = sequence_output
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         module.weight = nn.Parameter(distribute_tensor(module.weight.detach(), device_mesh, [Shard(0)]))
@@ -166,19 +178,27 @@ class Conv1DRowwiseParallel(ParallelStyle):
 
         def forward(hidden: torch.Tensor) -> torch.Tensor:
             weight = module.weight.to_local()
-            out = _sum_partial(hidden.reshape(-1, hidden.shape[-1]) @ weight, device_mesh)
-            if module.bias is not None:
-                out = out + module.bias.to_local()
-            return out.view(*hidden.shape[:-1], weight.shape[1])
+            partial = (hidden.reshape(-1, hidden.shape[-1]) @ weight).view(*hidden.shape[:-1], weight.shape[1])
+            if not self.sequence_output:
+                out = _sum_partial(partial, device_mesh)
+                return out if module.bias is None else out + module.bias.to_local()
+            out = _scatter_partial(partial, device_mesh, 1)
+            if module.bias is None:
+                return out
+            # each rank adds the bias to its slice of the sequence only: the bias gradient is summed over TP
+            return out + _replicated_input(module.bias.to_local(), device_mesh)
 
         module.forward = forward
         return module
 
 
-def style_for(rule: TPRule, module: nn.Module, vocab: bool = False) -> ParallelStyle:
-    """The PyTorch parallel style for one rule (``vocab``: embedding / LM head of the vocabulary layer)."""
+def style_for(rule: TPRule, module: nn.Module, vocab: bool = False, sequence_parallel: bool = False) -> ParallelStyle:
+    """The PyTorch parallel style for one rule (``vocab``: embedding / LM head of the vocabulary layer;
+    ``sequence_parallel``: row splits reduce-scatter along the sequence, ``sequence_parallel.py``)."""
     if rule.conv1d or _is_conv1d(module):
-        return Conv1DColwiseParallel(rule.fused) if rule.style == "colwise" else Conv1DRowwiseParallel()
+        if rule.style == "colwise":
+            return Conv1DColwiseParallel(rule.fused)
+        return Conv1DRowwiseParallel(sequence_output=sequence_parallel)
     if rule.fused > 1:
         raise TPConfigError(f"{rule.module}: fused outputs are only supported on GPT-2 Conv1D modules")
     if isinstance(module, nn.Embedding):
@@ -187,7 +207,7 @@ def style_for(rule: TPRule, module: nn.Module, vocab: bool = False) -> ParallelS
         return ColwiseParallel(input_layouts=Replicate())  # split the embedding dim (T5 relative bias heads)
     if rule.style == "colwise":
         return ColwiseParallel(output_layouts=Replicate()) if vocab else ColwiseParallel()
-    return RowwiseParallel()
+    return RowwiseParallel(output_layouts=Shard(1)) if sequence_parallel else RowwiseParallel()
 
 
 def apply_tensor_parallel(
@@ -197,6 +217,7 @@ def apply_tensor_parallel(
     tp_mesh: DeviceMesh,
     vocab: bool = False,
     where: str = "",
+    sequence_parallel: bool = False,
 ) -> None:
     """Split the modules under ``root`` named by ``rules`` over ``tp_mesh``; divide the head-count attributes."""
     tp = tp_mesh.size()
@@ -206,7 +227,7 @@ def apply_tensor_parallel(
     for rule in rules:
         module = _get(root, rule.module, where)
         _check_divisible(rule, module, tp, where)
-        plan[rule.module] = style_for(rule, module, vocab)
+        plan[rule.module] = style_for(rule, module, vocab, sequence_parallel)
     if plan:
         parallelize_module(root, tp_mesh, plan)
     for attribute in attributes:
@@ -273,12 +294,15 @@ def tie_output_embeddings(model: nn.Module, tied: bool) -> None:
 
 
 def apply_tp(module: nn.Module, spec: ModelSpec, plan: Plan, dims: ParallelDims) -> None:
-    """Split every block of ``module`` (a model or a pipeline stage) by its strategy's TP degree and the
-    vocabulary layers (embedding, head) by ``plan.vocab``; re-tie what TP untied."""
+    """Split every block of ``module`` (a model or a pipeline stage) by its strategy's TP degree (sequence-parallel
+    where the strategy says ``sp``) and the vocabulary layers (embedding, head) by ``plan.vocab``; re-tie what TP untied."""
     for index, layer, block in present_blocks(module, spec):
         tp_mesh = dims.tp_mesh(Layout.of(plan.layers[index]))
         where = f"block {index} ({layer.root})"
-        apply_tensor_parallel(block, layer.tp_rules, layer.tp_attributes, tp_mesh, where=where)
+        sp = plan.layers[index].sp
+        apply_tensor_parallel(block, layer.tp_rules, layer.tp_attributes, tp_mesh, where=where, sequence_parallel=sp)
+        if sp:
+            apply_sequence_parallel(block, layer, tp_mesh)
     tp_mesh = dims.tp_mesh(Layout.of(plan.vocab))
     tied = _tied_embeddings(module)
     aliases = _alias_groups(module)

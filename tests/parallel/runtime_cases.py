@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from galvatron_hf.planner.plan import LayerStrategy, Plan, VocabStrategy
+from galvatron_hf.planner.plan import OFFLOAD_STATES, LayerStrategy, Plan, VocabStrategy
 
 GLOBAL_BATCH = 8
 SEQ = 6
@@ -149,12 +149,14 @@ class Case:
     micro_batches: int = 1
     compile_backend: str | None = None  # torch.compile every block with this backend
     chunked_loss: bool = False  # the causal-LM loss in token chunks (no materialised logits)
+    sp: bool = False  # sequence parallelism on every block with tp > 1
+    offload: bool = False  # CPU offload of parameters, gradients and optimizer states
 
     def plan(self, world: int) -> Plan:
         n = world // self.pp
         count = len(self.blocks)
         layers = [
-            LayerStrategy(i * self.pp // count, tp, n // tp, dp_type, ckpt)
+            LayerStrategy(i * self.pp // count, tp, n // tp, dp_type, ckpt, sp=self.sp and tp > 1)
             for i, (tp, dp_type, ckpt) in enumerate(self.blocks)
         ]
         vocab = VocabStrategy(self.vocab[0], n // self.vocab[0], self.vocab[1])
@@ -167,6 +169,7 @@ class Case:
             layers=layers,
             vocab=vocab,
             mixed_precision=self.mixed_precision,
+            offload=list(OFFLOAD_STATES) if self.offload else [],
         )
 
 
