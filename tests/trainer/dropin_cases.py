@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 WORDS = 40
-TRAIN_SAMPLES = 22  # global batch 4: five full steps and a last one of 2 samples
+TRAIN_SAMPLES = 22  # global batch 8: two full steps and a last one of 6 samples
 EVAL_SAMPLES = 7
-GLOBAL_BATCH = 4
+GLOBAL_BATCH = 8  # splits over 4 data-parallel groups x 2 accumulation steps
 EVAL_BATCH = 2  # per data-parallel group
-SAVE_STEPS = 3
+SAVE_STEPS = 2
 NUM_LABELS = 3
 TASKS = ("causal_lm", "masked_lm", "seq_cls", "image_cls")
 

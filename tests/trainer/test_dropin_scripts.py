@@ -1,8 +1,8 @@
 """HF-example-style scripts (``dropin_cases.main``) under GalvatronTrainer give the plain Trainer's results.
 
-Each cell of the matrix (task x layout) trains one epoch of 22 samples (global batch 4: a last step of 2),
+Each cell of the matrix (task x layout) trains one epoch of 22 samples (global batch 8: a last step of 6),
 evaluates and predicts 7 samples (2 per data-parallel group: uneven last steps), saves, and resumes from the
-step-3 checkpoint in a second run; its losses, eval / test losses and class predictions must equal the plain
+step-2 checkpoint in a second run; its losses, eval / test losses and class predictions must equal the plain
 Trainer's on one process (1e-4 relative). The reference evaluates with each eval step size a layout has, since a
 token loss's mean depends on the samples per step.
 
