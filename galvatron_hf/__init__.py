@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "GalvatronTrainer": "galvatron_hf.trainer",
     "GalvatronTrainingArguments": "galvatron_hf.training.arguments",
+    "GalvatronSeq2SeqTrainer": "galvatron_hf.training.seq2seq",
+    "GalvatronSeq2SeqTrainingArguments": "galvatron_hf.training.seq2seq",
     "Plan": "galvatron_hf.planner.plan",
     "describe_model": "galvatron_hf.adapters",
     "parallelize": "galvatron_hf.parallel",
