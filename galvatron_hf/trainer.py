@@ -24,6 +24,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from galvatron_hf.checkpoint.rng import apply_rng, capture_rng
+from galvatron_hf.parallel.peft import split_peft
 from galvatron_hf.planner.plan import Plan
 from galvatron_hf.planner.summary import format_summary
 from galvatron_hf.training.arguments import GalvatronTrainingArguments  # also importable from here, as before
@@ -40,6 +41,7 @@ from galvatron_hf.training.evaluation_hooks import EvaluationHooks
 from galvatron_hf.training.launch import ensure_process_group, errors_shared_across_ranks
 from galvatron_hf.training.loader_hooks import DataParallelLoaders
 from galvatron_hf.training.optimizer import check_optimizer, step_through_scaler, unwrap_optimizer
+from galvatron_hf.training.peft_hooks import PeftHooks
 from galvatron_hf.training.plans import resolve_training_plan
 from galvatron_hf.training.report import PlanReportCallback
 
@@ -61,7 +63,7 @@ class ParallelModule(nn.Module):
         return self.module(*args, **kwargs)
 
 
-class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Trainer):
+class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, PeftHooks, CheckpointHooks, Trainer):
     """``transformers.Trainer`` running a galvatron plan (TP, FSDP2 ZeRO, pipelines, checkpointing per layer).
 
     ``auto_parallel`` and ``plan`` (a :class:`Plan` or a plan path) may also be given here; they override
@@ -90,6 +92,7 @@ class GalvatronTrainer(DataParallelLoaders, EvaluationHooks, CheckpointHooks, Tr
         **trainer_kwargs: Any,
     ) -> None:
         refuse_unsupported(model, trainer_args, trainer_kwargs)
+        model, self.peft_model = split_peft(model)  # a PeftModel trains through its base model (parallel/peft.py)
         args = args if args is not None else GalvatronTrainingArguments(output_dir="trainer_output")
         check_optimizer(args.optim, trainer_kwargs.get("optimizer_cls_and_kwargs") is not None)
         device = args.device  # under torchrun / accelerate launch this creates the process group

@@ -15,6 +15,7 @@ from .errors import UnknownModelError, UnsupportedArchitectureError
 from .hub import bundled_models, config_from_dict, load_config
 from .registry import adapter_for, supported_architectures
 from .spec import ActivationModel, LayerSpec, ModelSpec, TPAttribute, TPRule, module_path
+from .trainable import ParamCounts, base_model, describe_trainable, layer_counts
 
 __all__ = [
     "ActivationModel",
@@ -65,7 +66,10 @@ def describe_model(
     ``architecture`` picks the head (e.g. ``"BertForSequenceClassification"``); by default the model's own
     class, else ``config.architectures[0]`` when the adapter describes it, else the family default.
     ``seq_len`` defaults to min(max position embeddings, 4096) (T5: 512; ViT: fixed by the image size).
+    A model's frozen parameters and PEFT adapter weights (a ``PeftModel`` is read through its base model) are
+    described too (``LayerSpec.frozen_params``, ``adapters/trainable.py``).
     """
+    source = base_model(source)
     config, name, model_class = _resolve(source)
     adapter = adapter_for(config.model_type)
     if architecture and model_class and architecture != model_class:
@@ -76,12 +80,14 @@ def describe_model(
     head = architecture or model_class
     spec = adapter.describe(config, name, head, seq_len, decoder_seq_len, supported_architectures())
     if model_class:
-        _check_module_paths(source, spec)
+        counts = _check_module_paths(source, spec)
+        spec = describe_trainable(spec, counts)
     return spec
 
 
-def _check_module_paths(model: Any, spec: ModelSpec) -> None:
-    """Every module the spec names must exist in the model: a mismatch means another transformers layout."""
+def _check_module_paths(model: Any, spec: ModelSpec) -> dict[str, ParamCounts]:
+    """Every module the spec names must exist in the model, and hold the parameters the spec counts (adapter
+    weights aside): a mismatch means another transformers layout. Returns each layer's ``ParamCounts``."""
     present = {name for name, _ in model.named_modules()}
     missing = []
     for layer in spec.layers:
@@ -97,16 +103,13 @@ def _check_module_paths(model: Any, spec: ModelSpec) -> None:
             f"{', '.join(missing[:5])} not found: the {spec.family} adapter expects another module layout)",
             supported_architectures(),
         )
-    from .validate import (
-        layer_param_counts,  # torch is loaded: the caller holds a model
-    )
-
-    counted = layer_param_counts(model, spec)
-    wrong = [f"{layer.name}: spec {layer.params}, model {counted[layer.name]}" for layer in spec.layers
-             if counted[layer.name] != layer.params]
+    counted = layer_counts(model, spec)
+    wrong = [f"{layer.name}: spec {layer.params}, model {counted[layer.name].base}" for layer in spec.layers
+             if counted[layer.name].base != layer.params]
     if wrong:
         raise ValueError(
             f"The {spec.family} adapter's parameter counts disagree with this {spec.architecture} "
             f"(transformers {transformers.__version__}): {'; '.join(wrong[:4])}. The spec would misprice the "
             "model; report it with the config, or pass the config instead of the model to skip this check."
         )
+    return counted

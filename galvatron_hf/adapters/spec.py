@@ -229,6 +229,7 @@ class LayerSpec:
     vocab_size: int = 0  # embedding and LM head only
     params: int = 0  # parameters this layer owns (a tied weight is counted once, by the embedding)
     tp_params: int = 0  # of ``params``, those split by TP (the rest are replicated on each TP rank)
+    frozen_params: int = 0  # of ``params``, those that do not train (no gradient, no optimizer state): trainable.py
     forward_flops: float = 0.0  # forward FLOPs per sample at ``seq_len`` (2 per multiply-add)
     activation: ActivationModel = field(default_factory=ActivationModel)
     tp_rules: tuple[TPRule, ...] = ()
@@ -324,6 +325,11 @@ class ModelSpec:
     @property
     def total_params(self) -> int:
         return sum(layer.params for layer in self.layers)
+
+    @property
+    def trainable_params(self) -> int:
+        """Parameters with gradients and optimizer state (all but a frozen base, e.g. under LoRA)."""
+        return sum(layer.params - layer.frozen_params for layer in self.layers)
 
     @property
     def forward_flops(self) -> float:

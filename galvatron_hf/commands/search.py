@@ -48,6 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bundled hub id (e.g. meta-llama/Llama-2-7b), config.json or model directory",
     )
     groups["model"].add_argument("--decoder_seq_len", type=int, default=None, help="target length (T5 only)")
+    groups["model"].add_argument(
+        "--lora_rank",
+        type=int,
+        default=None,
+        help="plan a LoRA fine-tune of this rank: the frozen base has no gradients or optimizer state "
+        "(needs galvatron-hf[peft])",
+    )
+    groups["model"].add_argument(
+        "--lora_target_modules",
+        default=None,
+        help="comma-separated modules LoRA adapts, or all-linear (default: PEFT's default for the model type)",
+    )
     groups["cluster"].add_argument("--num_gpus", type=int, required=True, help="GPUs in total")
     groups["training"].add_argument(
         "--max_global_batch_size",
@@ -92,7 +104,6 @@ def _add_option(group, name: str, kind: type, metadata) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from galvatron_hf.adapters import describe_model
     from galvatron_hf.parallel.families import max_pipeline_degree
     from galvatron_hf.planner.search import ImpossibleBudgetError
 
@@ -100,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         for note in fold_deprecated_names(args):
             print(f"galvatron-hf search: warning: {note}", file=sys.stderr)
         request = plan_request(args)
-        spec = describe_model(args.model_name_or_path, seq_len=request.seq_len, decoder_seq_len=args.decoder_seq_len)
+        spec = _describe(args, request.seq_len)
         request.max_pp = max_pipeline_degree(spec)  # never propose pipeline stages the runtime refuses
         resolved = resolve_plan(request, spec, progress=_progress)
         if args.report:
@@ -109,9 +120,32 @@ def run(args: argparse.Namespace) -> int:
     except ImpossibleBudgetError as err:
         _fail(args, str(err), EXIT_NO_FIT, min_memory_gb=err.min_memory_gb)
         return EXIT_NO_FIT
-    except (ValueError, OSError) as err:  # PlanError, HardwareProfileError, unknown models are ValueErrors
+    except (ValueError, OSError, ImportError) as err:  # PlanError, HardwareProfileError, unknown models; no peft
         _fail(args, str(err), EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
+
+
+def _describe(args: argparse.Namespace, seq_len: int | None):
+    """The model's spec; with --lora_rank, the LoRA model's (frozen base, trainable adapters)."""
+    from galvatron_hf.adapters import describe_model
+
+    if args.lora_rank is None:
+        if args.lora_target_modules is not None:
+            raise ValueError("--lora_target_modules needs --lora_rank")
+        return describe_model(args.model_name_or_path, seq_len=seq_len, decoder_seq_len=args.decoder_seq_len)
+    from galvatron_hf.adapters.trainable import describe_lora
+
+    targets = args.lora_target_modules
+    if targets is not None and targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    spec = describe_lora(args.model_name_or_path, args.lora_rank, targets, seq_len, args.decoder_seq_len)
+    print(
+        f"LoRA rank {args.lora_rank}: {spec.trainable_params:,} of {spec.total_params:,} parameters train "
+        f"({100 * spec.trainable_params / spec.total_params:.2f}%); the frozen base is priced without gradients "
+        "or optimizer state",
+        file=sys.stderr,
+    )
+    return spec
 
 
 def plan_request(args: argparse.Namespace) -> PlanRequest:

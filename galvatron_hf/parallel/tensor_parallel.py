@@ -33,7 +33,9 @@ from torch.distributed.tensor.parallel import (
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from galvatron_hf.adapters.spec import ModelSpec, TPAttribute, TPRule
+from galvatron_hf.adapters.trainable import is_tuner_layer
 from galvatron_hf.parallel.model_parts import find_module, present_blocks
+from galvatron_hf.parallel.peft import lora_tp_styles
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.sequence_parallel import apply_sequence_parallel
 from galvatron_hf.planner.plan import Plan
@@ -226,10 +228,15 @@ def apply_tensor_parallel(
     plan = {}
     for rule in rules:
         module = _get(root, rule.module, where)
-        _check_divisible(rule, module, tp, where)
-        plan[rule.module] = style_for(rule, module, vocab, sequence_parallel)
+        base = module.base_layer if is_tuner_layer(module) else module  # a PEFT (LoRA) layer: its base module
+        _check_divisible(rule, base, tp, where)
+        styles = lora_tp_styles(rule.module, module, style_for(rule, base, vocab, sequence_parallel), sequence_parallel)
+        plan.update(styles)
     if plan:
+        frozen = {name for name, param in root.named_parameters() if not param.requires_grad}
         parallelize_module(root, tp_mesh, plan)
+        for name, param in root.named_parameters():  # the split parameters are new: keep them frozen
+            param.requires_grad_(name not in frozen)
     for attribute in attributes:
         _divide_attribute(_get(root, attribute.module, where), attribute, tp, where)
 

@@ -63,6 +63,12 @@ class CostModel(CommunicationCosts, MemoryCosts, OffloadCosts):
         """Parameters one rank holds before DP sharding: TP-split ones divided by tp."""
         return (layer.params - layer.tp_params) + layer.tp_params / tp
 
+    @staticmethod
+    def trainable_share(layer: LayerSpec) -> float:
+        """The share of the layer's parameters that train (gradients, optimizer state): 1 unless some are
+        frozen (``LayerSpec.frozen_params``, e.g. the base under LoRA)."""
+        return 1.0 - layer.frozen_params / layer.params if layer.params else 1.0
+
     def layer_cost(
         self,
         layer: LayerSpec,
@@ -119,7 +125,8 @@ class CostModel(CommunicationCosts, MemoryCosts, OffloadCosts):
         params = self.local_params(layer, tp)
         comm_shard = dp_shard * shape.cp if dp_type == "hsdp" else 0
         dp_comm = self._dp_comm_exposed_s(params, tp, dp * shape.cp, dp_type, forward, backward, shape, comm_shard)
-        sharded_params = rank_state_params(params, shard, state_type)
+        trainable = params * self.trainable_share(layer)
+        sharded_params = rank_state_params(trainable, shard, state_type)  # the state that trains: grads, AdamW
         if shape.offload:
             offload = self.offload_s(params, sharded_params, state_type, shape, forward + backward)
             memory_bound = self.fsdp_copy_s(params, shard, state_type, shape)
@@ -133,18 +140,20 @@ class CostModel(CommunicationCosts, MemoryCosts, OffloadCosts):
         activation_tp = 1 if layer.kind == "head" else compute_tp
         priced = self.sequence_parallel_layer(layer, tp) if sp else layer
         activation = self.compute.activation_bytes(priced, samples, activation_tp, checkpoint)
-        workspace = self._workspace_bytes(priced, params, compute_tp, samples, state_type, checkpoint, activation, shape)
+        workspace = self._workspace_bytes(
+            priced, params, compute_tp, samples, state_type, checkpoint, activation, shape, trainable
+        )
         on_device = 0.0 if shape.offload else 1.0  # offloaded states live in host memory
         return LayerCost(
             time_s,
-            self._static_bytes(params, shard, state_type, shape),
+            self._static_bytes(params, shard, state_type, shape, trainable),
             activation,
             workspace,
             on_device * GRAD_BYTES * sharded_params,
             communication_s=tp_comm + dp_comm / m,
             memory_bound_s=memory_bound / m,
             optimizer_bytes=on_device * ADAM_BYTES * sharded_params,
-            accumulated_grad_bytes=ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0,
+            accumulated_grad_bytes=ACCUMULATED_GRAD_BYTES * trainable if shape.accumulates else 0.0,
             offload_s=offload / m,
         )
 
@@ -168,10 +177,11 @@ class CostModel(CommunicationCosts, MemoryCosts, OffloadCosts):
             if not head_params:
                 for layer in self.pre_layers:
                     params = self.local_params(layer, vocab.tp)
-                    static = self._static_bytes(params, state_dp * shape.cp, state_type, shape)
-                    sharded = rank_state_params(params, state_dp * shape.cp, state_type)
+                    trainable = params * self.trainable_share(layer)
+                    static = self._static_bytes(params, state_dp * shape.cp, state_type, shape, trainable)
+                    sharded = rank_state_params(trainable, state_dp * shape.cp, state_type)
                     sharded *= 0.0 if shape.offload else 1.0  # offloaded states live in host memory
-                    accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
+                    accumulated = ACCUMULATED_GRAD_BYTES * trainable if shape.accumulates else 0.0
                     costs.append(
                         LayerCost(
                             time_s=0.0,

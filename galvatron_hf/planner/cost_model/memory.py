@@ -96,13 +96,17 @@ class MemoryCosts:
         return self.memory_traffic_s((forward_gathers + backward_gathers) * gather + reduce + accumulate)
 
 
-    def _static_bytes(self, params: float, dp: int, dp_type: str, shape: StepShape) -> float:
+    def _static_bytes(
+        self, params: float, dp: int, dp_type: str, shape: StepShape, trainable: float | None = None
+    ) -> float:
         """Resident bytes: sharded fp32 weights and AdamW states, plus what FSDP2 keeps unsharded (see
-        docs/cost_model.md). The sharded gradients are :attr:`LayerCost.grad_bytes`."""
+        docs/cost_model.md). The sharded gradients are :attr:`LayerCost.grad_bytes`. Of ``params``, only
+        ``trainable`` (default: all) have AdamW states and accumulated gradients."""
         gathered = self.precision.compute_bytes
         # offload keeps the sharded fp32 weights and AdamW states in host memory
-        sharded = 0.0 if shape.offload else (MASTER_BYTES + ADAM_BYTES) * params
-        accumulated = ACCUMULATED_GRAD_BYTES * params if shape.accumulates else 0.0
+        trainable = params if trainable is None else trainable
+        sharded = 0.0 if shape.offload else MASTER_BYTES * params + ADAM_BYTES * trainable
+        accumulated = ACCUMULATED_GRAD_BYTES * trainable if shape.accumulates else 0.0
         if dp_type == "ddp":  # HSDP with shard size 1: whole state on every rank, bf16 copy kept fwd->bwd
             return sharded + gathered * params + accumulated
         if dp_type == "zero2":  # reshard_after_forward=False: unsharded params live from forward to backward
@@ -120,8 +124,9 @@ class MemoryCosts:
         checkpoint: bool,
         activation: float,
         shape: StepShape,
+        trainable: float | None = None,
     ) -> float:
-        workspace = TRANSIENT_GRAD_BYTES * params
+        workspace = TRANSIENT_GRAD_BYTES * (params if trainable is None else trainable)  # frozen: no gradient
         if dp_type == "zero3" and not (shape.accumulates and shape.pp > 1):
             workspace += 2 * self.precision.compute_bytes * params  # this layer and the prefetched next one
         if checkpoint:  # backward recomputes the whole layer's activations for one micro-batch
