@@ -133,7 +133,7 @@ def _describe(args: argparse.Namespace, seq_len: int | None):
         if args.lora_target_modules is not None:
             raise ValueError("--lora_target_modules needs --lora_rank")
         return describe_model(args.model_name_or_path, seq_len=seq_len, decoder_seq_len=args.decoder_seq_len)
-    from galvatron_hf.adapters.trainable import describe_lora
+    from galvatron_hf.adapters.lora import describe_lora
 
     targets = args.lora_target_modules
     if targets is not None and targets != "all-linear":

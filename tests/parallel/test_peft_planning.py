@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import peft_cases as pc
 
 from galvatron_hf.adapters import describe_model
-from galvatron_hf.adapters.trainable import describe_lora
+from galvatron_hf.adapters.lora import describe_lora
 from galvatron_hf.planner.cost_model import estimate_plan
 from galvatron_hf.planner.uniform import uniform_plan
 from galvatron_hf.profiler.builtin_hardware import builtin_hardware
