@@ -16,6 +16,8 @@ _LAZY = {
     "GalvatronTrainingArguments": "galvatron_hf.training.arguments",
     "GalvatronSeq2SeqTrainer": "galvatron_hf.training.seq2seq",
     "GalvatronSeq2SeqTrainingArguments": "galvatron_hf.training.seq2seq",
+    "GalvatronSFTTrainer": "galvatron_hf.training.sft",  # needs galvatron-hf[trl]
+    "GalvatronSFTConfig": "galvatron_hf.training.sft",
     "Plan": "galvatron_hf.planner.plan",
     "describe_model": "galvatron_hf.adapters",
     "parallelize": "galvatron_hf.parallel",

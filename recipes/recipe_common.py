@@ -79,11 +79,13 @@ class RecipeArguments:
 
 def parse(
     extra: type | None = None,
+    arguments_class: type = GalvatronTrainingArguments,
 ) -> tuple[RecipeArguments, GalvatronTrainingArguments, Any]:
-    """``HfArgumentParser`` over (RecipeArguments, GalvatronTrainingArguments[, extra]) with quick defaults."""
+    """``HfArgumentParser`` over (RecipeArguments, ``arguments_class``[, extra]) with quick defaults
+    (``arguments_class``: a GalvatronTrainingArguments subclass, e.g. GalvatronSeq2SeqTrainingArguments)."""
     from transformers import HfArgumentParser
 
-    classes = [RecipeArguments, GalvatronTrainingArguments] + ([extra] if extra else [])
+    classes = [RecipeArguments, arguments_class] + ([extra] if extra else [])
     parser = HfArgumentParser(classes)
     parser.set_defaults(**QUICK_DEFAULTS, use_cpu=not torch.cuda.is_available())
     parsed = parser.parse_args_into_dataclasses()

@@ -5,6 +5,7 @@ Synthetic task by default: the target is the source reversed (learnable, fixed l
 ``--max_target_length`` (target) with padding, pads in the labels set to -100.
 
 CPU smoke run: torchrun --standalone --nproc_per_node 2 recipes/train_t5.py --auto_parallel
+With generation in evaluation (token accuracy of the generated ids): add --predict_with_generate
 (PyTorch's "FSDP2-wrapped module (FSDPT5Block) returned a view tensor" warning is expected and harmless:
 docs/trainer.md, "A PyTorch warning on T5".)
 GPU node: accelerate launch --config_file recipes/accelerate/1node_8gpu.yaml recipes/train_t5.py \
@@ -29,7 +30,7 @@ from recipe_common import (
     train_and_save,
 )
 
-from galvatron_hf.trainer import GalvatronTrainer
+from galvatron_hf import GalvatronSeq2SeqTrainer, GalvatronSeq2SeqTrainingArguments
 
 
 @dataclass
@@ -103,20 +104,31 @@ def tokenized_pairs(raw, recipe: RecipeArguments, seq2seq: Seq2SeqArguments):
     return raw.map(encode, batched=True, remove_columns=raw.column_names)
 
 
+def generated_token_accuracy(prediction) -> dict[str, float]:
+    """Share of target tokens the generated ids get right (position t + 1 of the output: after the start id)."""
+    import numpy as np
+
+    generated, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    width = min(generated.shape[1] - 1, labels.shape[1])
+    counted = labels[:, :width] > 0
+    return {"token_accuracy": float((generated[:, 1 : width + 1] == labels[:, :width])[counted].mean())}
+
+
 def main() -> None:
     from transformers import AutoModelForSeq2SeqLM
 
-    recipe, args, seq2seq = parse(Seq2SeqArguments)
+    recipe, args, seq2seq = parse(Seq2SeqArguments, GalvatronSeq2SeqTrainingArguments)
     model = build_model(AutoModelForSeq2SeqLM, tiny_config, recipe)
     raw = load_raw_dataset(recipe)
     dataset = synthetic_pairs(recipe, model.config.vocab_size) if raw is None else tokenized_pairs(raw, recipe, seq2seq)
     train, evaluation = split_for_eval(dataset, recipe)
-    trainer = GalvatronTrainer(
+    trainer = GalvatronSeq2SeqTrainer(
         model,
         args,
         train_dataset=train,
         eval_dataset=evaluation,
         data_collator=tensor_collator,
+        compute_metrics=generated_token_accuracy if args.predict_with_generate else None,
     )
     load_pretrained_if_any(trainer, recipe)
     train_and_save(trainer, args)
