@@ -67,11 +67,13 @@ def interrupted_phase(rank: int, world_size: int, output_dir: str, resume_step: 
 
 def auto_parallel_run(rank: int, world_size: int, output_dir: str, resume: str | None):
     """``auto_parallel`` with 2 samples per device, all ``AUTO_STEPS`` steps or resumed from ``resume`` (given in
-    the arguments, as example scripts pass ``--resume_from_checkpoint``); its losses and plan."""
+    the arguments, as example scripts pass ``--resume_from_checkpoint``); its losses and plan. Priced for H100s
+    (not the CPU the test runs on), where the search pipelines this model over every process: pp 4, then pp 2."""
     trainer = _trainer(
         output_dir,
         None,
         auto_parallel=True,
+        hardware="h100",
         per_device_train_batch_size=2,
         max_steps=AUTO_STEPS,
         resume_from_checkpoint=resume,
