@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.trainer_utils import seed_worker
+from transformers.utils import is_datasets_available
 
 from galvatron_hf.training.batching import LoaderFillers, mask_filler_labels, round_in_epoch
 from galvatron_hf.training.data import sharded_loader
@@ -125,9 +126,16 @@ class DataParallelLoaders:
         )
 
     def _dataset_and_collator(self, dataset: Any, description: str) -> tuple[Any, Callable]:
-        """Drop the columns the model's forward does not take, as the Trainer's own loaders do."""
-        import datasets
-
-        if isinstance(dataset, datasets.Dataset):
+        """Drop the columns the model's forward does not take, as the Trainer's own loaders do (``datasets``
+        is optional there too: without it every dataset is a torch one)."""
+        if _is_hf_dataset(dataset):
             return self._remove_unused_columns(dataset, description=description), self.data_collator
         return dataset, self._get_collator_with_removed_columns(self.data_collator, description=description)
+
+
+def _is_hf_dataset(dataset: Any) -> bool:
+    if not is_datasets_available():
+        return False
+    import datasets
+
+    return isinstance(dataset, datasets.Dataset)
