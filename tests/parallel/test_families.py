@@ -11,12 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+import transformers as tf
 
 import galvatron_hf.parallel as parallel_package
 from galvatron_hf.adapters import describe_model, supported_architectures
 from galvatron_hf.adapters.registry import ADAPTERS
 from galvatron_hf.parallel import check_plan
-from galvatron_hf.parallel.families import Family, family_for, pipelined_families, runtime_families
+from galvatron_hf.parallel.families import DecoderStages, Family, family_for, pipelined_families, runtime_families
+from galvatron_hf.parallel.pipeline_stages import StageLayout, Task
 from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, VocabStrategy
 
 TINY = {
@@ -89,6 +92,45 @@ def test_a_family_without_a_runtime_module_runs_without_pipelines():
     check_plan(one_stage_plan(), spec, world_size=2)
     with pytest.raises(PlanError, match="add galvatron_hf/parallel/families/newfamily.py"):
         check_plan(two_stage_plan(), spec)
+
+
+DECODERS = {
+    "GPT2LMHeadModel": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4)),
+    "GPT2ForSequenceClassification": lambda: tf.GPT2ForSequenceClassification(
+        tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, pad_token_id=0, num_labels=3)
+    ),
+    "LlamaForCausalLM": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**TINY["llama"])),
+    "LlamaForSequenceClassification": lambda: tf.LlamaForSequenceClassification(
+        tf.LlamaConfig(**TINY["llama"], pad_token_id=0, num_labels=3)
+    ),
+}
+
+
+@pytest.mark.parametrize("head", sorted(DECODERS))
+def test_decoder_stages_end_with_the_hf_head(head):
+    """gpt2 and llama share DecoderStages' head: the whole model as one stage gives HF's logits (a classifier's
+    pooled at each sample's last non-padding token), and the last stage takes the token ids only to pool."""
+    torch.manual_seed(0)
+    model = DECODERS[head]().eval()
+    spec = describe_model(model)
+    stages = family_for(spec).pipeline
+    assert isinstance(stages, DecoderStages)
+    blocks = spec.blocks
+    layout = StageLayout(
+        stage=0, num_stages=1, family=spec.family, block_indices=tuple(range(len(blocks))),
+        block_roots=tuple(b.root for b in blocks), block_kinds=tuple(b.kind for b in blocks),
+        layer_names=tuple(layer.name for layer in spec.layers),
+    )  # fmt: skip
+    ids = torch.randint(1, 64, (3, 8))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = mask[1, 2:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        output = stages.forward(model, layout, ids, attention_mask=mask, input_ids=ids)
+        torch.testing.assert_close(output, model(input_ids=ids, attention_mask=mask).logits)
+    classifier = head.endswith("SequenceClassification")
+    assert stages.last_stage_kwargs(model) == (("input_ids",) if classifier else ())
+    assert stages.loss_task(model) == (Task("classification", 3) if classifier else Task("causal_lm"))
 
 
 def family_words() -> set[str]:

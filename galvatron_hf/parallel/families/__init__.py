@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from galvatron_hf.adapters.spec import ModelSpec
-from galvatron_hf.parallel.pipeline_stages import StageLayout, Task, present
+from galvatron_hf.parallel.pipeline_stages import (
+    StageLayout,
+    Task,
+    classification_task,
+    last_token_logits,
+    present,
+)
 from galvatron_hf.parallel.relayout import HeadTensors
 
 
@@ -75,6 +81,32 @@ class PipelineStages(ABC):
         """Modules a stage uses that the spec lists in no layer, mapped to the index of the spec layer that owns
         them (the longest owned path wins, so paths the spec already covers are left to it)."""
         return {}
+
+
+class DecoderStages(PipelineStages):
+    """A decoder-only family's pipeline stages: the last stage ends with the final norm and either the LM head
+    (causal LM) or ``score`` pooled at each sample's last token that is not padding (sequence classifier, as
+    HF's ``...ForSequenceClassification``), which needs the token ids there too. Subclasses run the stages up
+    to the final norm and end with :meth:`head`."""
+
+    stage_kwargs: ClassVar[tuple[str, ...]] = ("attention_mask", "position_ids")
+
+    def head(self, model: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+        """The last stage's output from the final norm's output ``hidden``."""
+        if is_sequence_classifier(model):
+            return last_token_logits(model.score(hidden), input_ids, model.config.pad_token_id)
+        return model.lm_head(hidden)
+
+    def last_stage_kwargs(self, model: nn.Module) -> tuple[str, ...]:
+        return ("input_ids",) if is_sequence_classifier(model) else ()
+
+    def loss_task(self, model: nn.Module) -> Task:
+        return classification_task(model.config) if is_sequence_classifier(model) else Task("causal_lm")
+
+
+def is_sequence_classifier(model: nn.Module) -> bool:
+    """A decoder's sequence-classification head is ``score`` (its causal-LM head is ``lm_head``)."""
+    return hasattr(model, "score")
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,23 @@
 """GPT-2 (``adapters/gpt2.py``) as pipeline stages: token + position embeddings and dropout (first stage),
-blocks, ``ln_f`` + LM head (last), or ``ln_f`` + ``score`` pooled at each sample's last non-padding token for
-the sequence classifier."""
+blocks, then ``ln_f`` and the head of a decoder (``DecoderStages.head``: LM head, or ``score`` pooled at each
+sample's last non-padding token for the sequence classifier)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from galvatron_hf.parallel.families import Family, PipelineStages
+from galvatron_hf.parallel.families import DecoderStages, Family
 from galvatron_hf.parallel.pipeline_stages import (
     StageLayout,
-    Task,
     causal_mask,
-    classification_task,
     hidden_of,
-    last_token_logits,
     positions,
     stage_blocks,
 )
 
 
-class GPT2Stages(PipelineStages):
+class GPT2Stages(DecoderStages):
     heads: ClassVar[tuple[str, ...]] = ("GPT2LMHeadModel", "GPT2ForSequenceClassification")
-    stage_kwargs: ClassVar[tuple[str, ...]] = ("attention_mask", "position_ids")
 
     def forward(self, model, layout: StageLayout, *activations, attention_mask=None, position_ids=None,
                 input_ids=None):
@@ -41,20 +37,7 @@ class GPT2Stages(PipelineStages):
             hidden = hidden_of(block(hidden, attention_mask=mask, position_ids=position_ids))
         if not layout.is_last:
             return hidden
-        hidden = base.ln_f(hidden)
-        if _is_classifier(model):
-            return last_token_logits(model.score(hidden), input_ids, model.config.pad_token_id)
-        return model.lm_head(hidden)
-
-    def last_stage_kwargs(self, model) -> tuple[str, ...]:
-        return ("input_ids",) if _is_classifier(model) else ()
-
-    def loss_task(self, model) -> Task:
-        return classification_task(model.config) if _is_classifier(model) else Task("causal_lm")
-
-
-def _is_classifier(model) -> bool:
-    return hasattr(model, "score")
+        return self.head(model, base.ln_f(hidden), input_ids)
 
 
 FAMILY = Family("gpt2", plain_causal_head=True, pipeline=GPT2Stages())

@@ -1,7 +1,8 @@
 """Llama, Mistral and Qwen2 (one module tree, ``adapters/llama.py``) as pipeline stages.
 
-Stage forward: embed (first stage), decoder layers with per-stage rotary embeddings, norm + LM head (last); a
-sequence classifier's last stage runs norm + ``score`` and pools at each sample's last non-padding token.
+Stage forward: embed (first stage), decoder layers with per-stage rotary embeddings, then norm and the head of a
+decoder (``DecoderStages.head``: LM head, or ``score`` pooled at each sample's last non-padding token for a
+sequence classifier).
 Rotary embeddings hold no parameters, so every stage computes them from the positions; with no padding mask
 the causal mask stays None and SDPA runs causal, as in ``LlamaModel.forward``. Sliding-window layers (Mistral
 with ``sliding_window``, Qwen2's ``layer_types``) get HF's sliding-window mask.
@@ -13,14 +14,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from galvatron_hf.parallel.families import Family, PipelineStages
+from galvatron_hf.parallel.families import DecoderStages, Family
 from galvatron_hf.parallel.pipeline_stages import (
     StageLayout,
-    Task,
     call_mask_helper,
-    classification_task,
     hidden_of,
-    last_token_logits,
     positions,
     stage_blocks,
 )
@@ -53,11 +51,10 @@ class DecoderMasks:
         return self._built[kind]
 
 
-class LlamaStages(PipelineStages):
+class LlamaStages(DecoderStages):
     heads: ClassVar[tuple[str, ...]] = tuple(
         f"{name}For{head}" for name in ("Llama", "Mistral", "Qwen2") for head in ("CausalLM", "SequenceClassification")
     )
-    stage_kwargs: ClassVar[tuple[str, ...]] = ("attention_mask", "position_ids")
 
     def forward(self, model, layout: StageLayout, *activations, attention_mask=None, position_ids=None,
                 input_ids=None):
@@ -74,20 +71,7 @@ class LlamaStages(PipelineStages):
             )
         if not layout.is_last:
             return hidden
-        hidden = base.norm(hidden)
-        if _is_classifier(model):
-            return last_token_logits(model.score(hidden), input_ids, model.config.pad_token_id)
-        return model.lm_head(hidden)
-
-    def last_stage_kwargs(self, model) -> tuple[str, ...]:
-        return ("input_ids",) if _is_classifier(model) else ()
-
-    def loss_task(self, model) -> Task:
-        return classification_task(model.config) if _is_classifier(model) else Task("causal_lm")
-
-
-def _is_classifier(model) -> bool:
-    return hasattr(model, "score")
+        return self.head(model, base.norm(hidden), input_ids)
 
 
 FAMILY = Family("llama", plain_causal_head=True, pipeline=LlamaStages())
