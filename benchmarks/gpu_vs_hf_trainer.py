@@ -11,6 +11,13 @@ variant of the same flags.
     python benchmarks/gpu_vs_hf_trainer.py --output_dir benchmarks/results/vs-hf-trainer   # all variants
     python benchmarks/gpu_vs_hf_trainer.py --variants hf_liger ours_liger --batches 8 16
     python benchmarks/gpu_vs_hf_trainer.py --tiny     # CPU smoke test of the script (tiny model)
+
+Predictions from measured layers: write the shape's config, profile it with the variant's flags, pass it:
+
+    python benchmarks/gpu_vs_hf_trainer.py --write_config /tmp/llama-1.1b
+    galvatron-hf profile model --model_name_or_path /tmp/llama-1.1b --seq_len 2048 --use_liger_kernel \
+        --micro_batch_sizes 1 2 4 8 16 --output liger.json
+    python benchmarks/gpu_vs_hf_trainer.py --variants ours_liger --profile liger.json
 """
 
 from __future__ import annotations
@@ -140,7 +147,7 @@ def run_batch(variant: Variant, batch: int, opts) -> dict:
             trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer])
         else:
             args = GalvatronTrainingArguments(auto_parallel=True, hardware=opts.hardware, seq_len=opts.seq_len,
-                                              **common)
+                                              profile=opts.profile, **common)
             trainer = GalvatronTrainer(model, args, train_dataset=data, callbacks=[timer])
             row.update(_prediction(trainer))
         trainer.train()
@@ -258,6 +265,7 @@ def run_all(opts) -> list[dict]:
         command = [sys.executable, __file__, "--one", name, "--shape", opts.shape, "--seq_len", str(opts.seq_len),
                    "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--hardware", opts.hardware,
                    "--peak_tflops", str(opts.peak_tflops), "--batches", *map(str, opts.batches)]
+        command += ["--profile", opts.profile] if opts.profile else []
         command += ["--tiny"] if opts.tiny else []
         env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
         try:
@@ -298,6 +306,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--peak_tflops", type=float, default=989.0)
     parser.add_argument("--timeout_s", type=int, default=600)
     parser.add_argument("--output_dir", type=Path)
+    parser.add_argument("--profile", help="model profile for GalvatronTrainer's plans (`galvatron-hf profile model` "
+                        "with the variant's --use_liger_kernel / --torch_compile); default: analytic costs")
+    parser.add_argument("--write_config", type=Path, help="write the shape's config (for `profile model`) and exit")
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU, two variants (tests the script)")
     opts = parser.parse_args(argv)
     if opts.tiny:
@@ -305,6 +316,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         opts.variants = [v for v in opts.variants if v in ("hf_fused", "ours_fused")] or ["hf_fused", "ours_fused"]
         for variant in ("hf_fused", "ours_fused"):  # no fused AdamW on CPU
             BY_NAME[variant] = Variant(variant, BY_NAME[variant].trainer, {}, BY_NAME[variant].pair)
+    if opts.write_config:
+        build_model(opts.shape, opts.seq_len, torch.device("cpu"), on_meta=True).config.save_pretrained(opts.write_config)
+        return []
     if opts.one:
         result = run_variant(BY_NAME[opts.one], opts)
         print(json.dumps({"variant_result": result}), flush=True)

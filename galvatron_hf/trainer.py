@@ -229,13 +229,14 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
     from galvatron_hf.parallel.attention import default_attn_implementation
     from galvatron_hf.parallel.compile import CompileConfig
     from galvatron_hf.parallel.families import max_pipeline_degree
-    from galvatron_hf.parallel.kernels import KernelConfig, priced_for_kernels
+    from galvatron_hf.parallel.kernels import KernelConfig, kernel_label, priced_for_kernels
 
     # plan for the attention kernel the runtime will run (eager attention keeps its scores: more memory)
     attn_impl = getattr(args, "attn_implementation", None) or default_attn_implementation(torch.device(device))
     dataset = trainer_kwargs.get("train_dataset")
     seq_len, decoder_seq_len = sequence_lengths(getattr(args, "seq_len", None), dataset, model)
     kernels = KernelConfig.from_training_args(args)
+    compile_config = CompileConfig.from_training_args(args)
     spec = describe_for_training(model, args, seq_len, decoder_seq_len)  # generic for plain data parallelism
     spec = priced_for_kernels(spec, kernels, dist.get_world_size())  # a fused head frees the logits' memory
     resolved = resolve_training_plan(
@@ -246,6 +247,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
         plan=plan,
         auto_parallel=auto_parallel,
         max_pp=max_pipeline_degree(spec),
+        kernels=kernel_label(kernels, compile_config),
     )
     parallel_model = parallelize(
         model,
@@ -255,7 +257,7 @@ def _parallelize(model, args, plan: Plan | str | None, auto_parallel: bool | Non
         mixed_precision=resolved.request.mixed_precision,
         attn_implementation=getattr(args, "attn_implementation", None),  # None: the default, not required
         kernels=kernels,
-        compile_config=CompileConfig.from_training_args(args),
+        compile_config=compile_config,
     )
     return parallel_model, resolved
 

@@ -50,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--hardware", default=None, help="hardware JSON or built-in name for the truth report's analytic side"
     )
+    model.add_argument(
+        "--use_liger_kernel",
+        action="store_true",
+        help="time the layers with Liger's kernels and fused head + loss, as a run with use_liger_kernel trains",
+    )
+    model.add_argument(
+        "--torch_compile", action="store_true", help="time compiled blocks, as a run with torch_compile trains"
+    )
+    model.add_argument("--torch_compile_mode", default=None, help="torch.compile mode (as the Trainer's flag)")
+    model.add_argument("--torch_compile_backend", default=None, help="torch.compile backend (default inductor)")
     model.set_defaults(run_target=run_model)
 
 
@@ -132,6 +142,7 @@ def run_model(args: argparse.Namespace) -> int:
 
     config = load_config(args.model_name_or_path)
     spec = describe_model(config, seq_len=args.seq_len, architecture=args.architecture)
+    kernels = profiled_kernels(args, spec)
     options = ModelProfileOptions(
         seq_len=args.seq_len,
         micro_batch_sizes=tuple(args.micro_batch_sizes),
@@ -141,6 +152,9 @@ def run_model(args: argparse.Namespace) -> int:
         repeats=Repeats(warmup=args.warmup, repeats=args.repeats),
         device=args.device,
         queue_ahead=not args.synchronised_timing,
+        kernels=kernels.label,
+        prepare=kernels.prepare,
+        head_loss=kernels.head_loss,
     )
     key = profile_key(config, spec, options, options.torch_device())
     cache_path = Path(args.cache_dir) / f"{key.digest()}.json"
@@ -153,6 +167,30 @@ def run_model(args: argparse.Namespace) -> int:
     analytic, source = analytic_times(args.hardware, options)
     print(format_truth_report(truth_rows(profile, spec, analytic), source))
     return 0
+
+
+def profiled_kernels(args: argparse.Namespace, spec):
+    """The kernels the flags ask for, as the trainer maps the same TrainingArguments flags (refused where they
+    cannot run: Liger needs CUDA and a family it covers)."""
+    from galvatron_hf.parallel.compile import CompileConfig
+    from galvatron_hf.parallel.kernels import KernelConfig, kernels_for_profiling
+    from galvatron_hf.profiler.model_profiler import ModelProfileOptions
+
+    device = ModelProfileOptions(seq_len=args.seq_len, device=args.device).torch_device()
+    kernels = KernelConfig.from_training_args(args)
+    compile_config = CompileConfig.from_training_args(args)
+    if kernels is not None:
+        _liger_check(spec, device)
+    return kernels_for_profiling(spec, device, kernels, compile_config)
+
+
+def _liger_check(spec, device) -> None:
+    from galvatron_hf.parallel.kernels import KernelError, liger_function
+
+    try:
+        liger_function(spec, device)
+    except KernelError as err:
+        raise ValueError(str(err)) from err
 
 
 def analytic_times(hardware: str | None, options):

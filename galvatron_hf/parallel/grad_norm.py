@@ -51,8 +51,7 @@ def total_grad_norm(
         local = torch.zeros((), device=device, dtype=torch.float32)
         for _, grad in grads:
             local = torch.maximum(local, local_tensor(grad).detach().abs().max().float())
-        dist.all_reduce(local, op=dist.ReduceOp.MAX)
-        return local
+        return all_reduced(local, dims, dist.ReduceOp.MAX)
     # one foreach norm per group of equal copy count: a loop of per-tensor norms (and fp64 copies of every
     # gradient) took 20 ms for a 1.2B model on an H100, 2.4x torch's own clip_grad_norm_
     groups: dict[float, list[torch.Tensor]] = {}
@@ -67,8 +66,23 @@ def total_grad_norm(
             norms = torch._foreach_norm(same_dtype, norm_type)
             total += (torch.stack(norms).double() ** norm_type).sum() / copies
     if dims.world_size > 1:  # one process: the local sum is the total, no collective to wait for
-        dist.all_reduce(total)
+        total = all_reduced(total, dims)
     return (total ** (1.0 / norm_type)).float()
+
+
+def all_reduced(value: torch.Tensor, dims: ParallelDims, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """``value`` summed (or ``op``-reduced) over every rank, on the device it came from.
+
+    Under CPU offload the gradients, and so ``value``, are host tensors, which NCCL does not take: the
+    reduction then runs on this rank's accelerator and the result comes back to the host, where the clipping
+    multiplies the host gradients by it.
+    """
+    wire = value
+    if value.device.type == "cpu" and dims.device_type != "cpu":
+        accelerator = torch.device(dims.device_type, torch.accelerator.current_device_index())
+        wire = value.to(accelerator)
+    dist.all_reduce(wire, op=op)
+    return wire.to(value.device)
 
 
 def by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

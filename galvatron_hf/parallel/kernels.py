@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from galvatron_hf.adapters.spec import ActivationModel, ModelSpec
-from galvatron_hf.parallel.chunked_loss import fused_head_obstacle, install_chunked_loss
+from galvatron_hf.parallel.chunked_loss import chunked_causal_lm_loss, fused_head_obstacle, install_chunked_loss
+from galvatron_hf.parallel.compile import CompileConfig, apply_compile
 from galvatron_hf.planner.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -63,16 +65,20 @@ class KernelConfig:
 def priced_for_kernels(spec: ModelSpec, config: KernelConfig | None, world_size: int) -> ModelSpec:
     """``spec`` with the head's memory as the kernels leave it, for the planner.
 
-    A fused (or chunked) head keeps per token its input and the input's gradient (Liger computes it in
-    forward), not the fp32 logits: for a 32k vocabulary and h = 2048 that is 8 kB instead of 132 kB a token.
+    A fused head keeps per token its input and the input's gradient (Liger computes it in forward), a chunked
+    one its input alone (it recomputes each chunk's logits in backward), not the fp32 logits: for a 32k
+    vocabulary and h = 2048, Liger's is 8 kB instead of 132 kB a token.
     Priced on one process only, where the plan's head is whole (vocab tp = pp = 1) so the head surely fuses;
     with more processes the search may choose a vocabulary-parallel head that keeps its logits, and the
     materialised price (never an under-estimate) stays.
     """
     if config is None or world_size != 1 or not config.fuses_head(spec):
         return spec
+    kept = 2 if config.liger and config.liger_options.get(FUSED_HEAD, True) else 1  # input (+ its gradient)
     layers = tuple(
-        dataclasses.replace(layer, activation=ActivationModel(replicated=2 * layer.hidden_size, index_replicated=1))
+        dataclasses.replace(
+            layer, activation=ActivationModel(replicated=kept * layer.hidden_size, index_replicated=1)
+        )
         if layer.kind == "head"
         else layer
         for layer in spec.layers
@@ -103,19 +109,30 @@ def apply_kernels(
     """Patch ``model`` (the whole HF model, before pruning or sharding) with the kernels ``config`` asks for."""
     if config is None:
         return AppliedKernels()
-    result = AppliedKernels()
-    if config.liger:
-        result = _apply_liger(model, spec, plan, device, config.liger_options)
-    if config.chunked_loss and FUSED_HEAD not in result.applied:
-        install_chunked_loss(model, spec, vocab_tp=plan.vocab.tp, pp=plan.pp)
-        result = AppliedKernels(result.applied + ("chunked_loss",), result.left_out)
+    result = patch_model(model, spec, device, config, vocab_tp=plan.vocab.tp, pp=plan.pp)
     for line in result.describe():
         (logger.warning if line.startswith("not applied") else logger.info)("galvatron: %s", line)
     return result
 
 
-def _apply_liger(model, spec: ModelSpec, plan: Plan, device: torch.device, options: dict[str, Any]) -> AppliedKernels:
-    apply_fn = _liger_function(spec, device)
+def patch_model(
+    model: nn.Module, spec: ModelSpec, device: torch.device, config: KernelConfig, vocab_tp: int = 1, pp: int = 1
+) -> AppliedKernels:
+    """The patching itself, for a head split ``vocab_tp`` ways and ``pp`` pipeline stages (the profiler
+    patches its one-device model with ``vocab_tp = pp = 1``)."""
+    result = AppliedKernels()
+    if config.liger:
+        result = _apply_liger(model, spec, device, config.liger_options, fused_head_obstacle(spec, vocab_tp, pp))
+    if config.chunked_loss and FUSED_HEAD not in result.applied:
+        install_chunked_loss(model, spec, vocab_tp=vocab_tp, pp=pp)
+        result = AppliedKernels(result.applied + ("chunked_loss",), result.left_out)
+    return result
+
+
+def _apply_liger(
+    model, spec: ModelSpec, device: torch.device, options: dict[str, Any], obstacle: str | None
+) -> AppliedKernels:
+    apply_fn = liger_function(spec, device)
     import inspect
 
     accepted = inspect.signature(apply_fn).parameters
@@ -128,7 +145,6 @@ def _apply_liger(model, spec: ModelSpec, plan: Plan, device: torch.device, optio
     switches = {name: p.default for name, p in accepted.items() if isinstance(p.default, bool)}
     switches.update(options)
     left_out = []
-    obstacle = fused_head_obstacle(spec, plan.vocab.tp, plan.pp)
     if switches.get(FUSED_HEAD) and obstacle:
         switches[FUSED_HEAD] = False
         left_out.append((f"Liger {FUSED_HEAD}", obstacle))
@@ -137,7 +153,8 @@ def _apply_liger(model, spec: ModelSpec, plan: Plan, device: torch.device, optio
     return AppliedKernels(applied, tuple(left_out))
 
 
-def _liger_function(spec: ModelSpec, device: torch.device):
+def liger_function(spec: ModelSpec, device: torch.device):
+    """Liger's patch function for this model type, or ``KernelError`` naming why it cannot run here."""
     if device.type != "cuda":
         raise KernelError(
             f"use_liger_kernel needs a CUDA device (Liger's kernels are Triton GPU kernels); this run is on "
@@ -155,3 +172,58 @@ def _liger_function(spec: ModelSpec, device: torch.device):
             "drop use_liger_kernel"
         )
     return apply_fn
+
+
+# ----- what the model profiler measures --------------------------------------------------------------------------
+def kernel_label(kernels: KernelConfig | None, compile_config: CompileConfig | None) -> str:
+    """The name of what runs in place of HF's modules ("liger+compile"; "" for none): a model profile records
+    it, and a run checks that its profile timed the same kernels."""
+    parts = []
+    if kernels is not None and kernels.liger:
+        parts.append("liger")
+    if kernels is not None and kernels.chunked_loss:
+        parts.append("chunked_loss")
+    if compile_config is not None:
+        parts.append(f"compile({compile_config.mode})" if compile_config.mode else "compile")
+    return "+".join(parts)
+
+
+@dataclass(frozen=True)
+class ProfiledKernels:
+    """The model profiler's view of a run's kernels: their label, how to patch its one-device model, and the
+    training loss of a head that never materialises its logits (None: HF's head and loss)."""
+
+    label: str
+    prepare: Callable[[nn.Module], None] | None
+    head_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+
+def kernels_for_profiling(
+    spec: ModelSpec, device: torch.device, kernels: KernelConfig | None, compile_config: CompileConfig | None
+) -> ProfiledKernels:
+    """What ``galvatron-hf profile model --use_liger_kernel / --torch_compile`` measures: the layers patched and
+    compiled as training patches and compiles them on one device (head whole, no pipeline)."""
+    label = kernel_label(kernels, compile_config)
+    if not label:
+        return ProfiledKernels("", None, None)
+    def prepare(model: nn.Module) -> None:
+        if kernels is not None:
+            patch_model(model, spec, device, kernels)
+        apply_compile(model, spec, compile_config)
+
+    head_loss = None
+    if kernels is not None and kernels.fuses_head(spec):
+        liger_head = kernels.liger and kernels.liger_options.get(FUSED_HEAD, True)
+        head_loss = _liger_head_loss if liger_head else _chunked_head_loss
+    return ProfiledKernels(label, prepare, head_loss)
+
+
+def _liger_head_loss(head: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return LigerFusedLinearCrossEntropyLoss()(head.weight, flat, labels.reshape(-1), head.bias)
+
+
+def _chunked_head_loss(head: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return chunked_causal_lm_loss(hidden, head, labels)

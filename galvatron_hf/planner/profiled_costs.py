@@ -85,7 +85,8 @@ class ProfiledCompute:
         """Which figure comes from where, for the search report and ``Predicted.source``."""
         where = self.profile_path or self.profile.model_name
         key = self.profile.key
-        measured = f"profiled: {where} ({key.device}, {key.dtype}, {key.attn_implementation})"
+        kernels = f", kernels {key.kernels}" if key.kernels else ""
+        measured = f"profiled: {where} ({key.device}, {key.dtype}, {key.attn_implementation}{kernels})"
         sources = {
             "compute time": measured,
             "activation memory": measured + ", scaled to other TP degrees by the adapter's activation model",
@@ -105,8 +106,10 @@ def profile_warnings(
     mixed_precision: str,
     attn_impl: str,
     hardware: HardwareProfile | None = None,
+    kernels: str | None = None,
 ) -> list[str]:
-    """Every way ``profile`` does not describe this model on this device; empty when it matches."""
+    """Every way ``profile`` does not describe this model on this device; empty when it matches. ``kernels``
+    (the run's kernel label, e.g. "liger+compile"; None: unknown) is checked against what the profile ran."""
     problems = []
     key = profile.key
     if spec.config and key.config_hash != config_hash(spec.config):
@@ -117,6 +120,11 @@ def profile_warnings(
         problems.append(f"it measured {key.dtype}, the plan uses {mixed_precision}")
     if key.attn_implementation != attn_impl:
         problems.append(f"it measured attention {key.attn_implementation!r}, the plan uses {attn_impl!r}")
+    if kernels is not None and key.kernels != kernels:
+        problems.append(
+            f"it timed layers with kernels {key.kernels or 'none'!r}, this run uses {kernels or 'none'!r}: profile "
+            "again with the run's --use_liger_kernel / --torch_compile"
+        )
     if hardware is not None and not _same_device(key.device, hardware.device.name):
         problems.append(f"it was measured on {key.device!r}, the hardware profile is {hardware.device.name!r}")
     if spec.seq_len > max(profile.seq_lens, default=0):
@@ -171,6 +179,7 @@ def profiled_source_for(
     hardware: HardwareProfile,
     mixed_precision: str = "bf16",
     attn_impl: str = "sdpa",
+    kernels: str | None = None,
 ) -> tuple[LayerCostSource | None, list[str]]:
     """What `galvatron-hf search --profile` and ``auto_parallel=True`` call.
 
@@ -193,7 +202,7 @@ def profiled_source_for(
     lines += [f"{figure}: {where}" for figure, where in compute.figure_sources().items()]
     lines += [
         f"warning: model profile {profile_path}: {problem}"
-        for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware)
+        for problem in profile_warnings(profile, spec, mixed_precision, attn_impl, hardware, kernels)
     ]
     return compute, lines
 

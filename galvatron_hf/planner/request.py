@@ -247,6 +247,7 @@ class PlanRequest(PlanOptions):
     accumulation_steps: int = 1
     max_global_batch_size: int | None = None  # the largest batch a search without global_batch_size tries
     max_pp: int | None = None  # the runtime's limit: 1 when it cannot run the model's head as pipeline stages
+    kernels: str | None = None  # the trainer's kernel label (a profile must have measured the same); None: `search`
 
     @classmethod
     def of(cls, source: Any, **values: Any) -> PlanRequest:
@@ -409,7 +410,9 @@ def _pricing(request: PlanRequest, spec: ModelSpec) -> _Pricing:
     check_cluster(request, hardware)
     memory_gb = request.memory_gb if request.memory_gb is not None else default_memory_gb(hardware)
     attention = request.attention
-    compute, lines = profiled_source_for(request.profile, spec, hardware, request.mixed_precision, attention)
+    compute, lines = profiled_source_for(
+        request.profile, spec, hardware, request.mixed_precision, attention, kernels=request.kernels
+    )
     return _Pricing(spec, hardware, memory_gb, attention, compute, tuple(lines))
 
 

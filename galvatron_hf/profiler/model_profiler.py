@@ -62,6 +62,15 @@ class ModelProfileOptions:
     device: str = ""  # "" -> cuda when available, else cpu
     progress: bool = True
     queue_ahead: bool = True  # time GPU work with the host ahead, as in training (timing.QueueAhead)
+    # What training runs in place of HF's own modules, so the profile times that: ``kernels`` names it (it is
+    # part of the profile's key), ``prepare`` patches / compiles the reduced model once it is built, and
+    # ``head_loss(head, hidden, labels)`` is the training loss of a head that never materialises its logits
+    # (then timed and measured in place of the head's matmul plus HF's fp32 cross-entropy).
+    kernels: str = ""
+    prepare: Callable[[torch.nn.Module], None] | None = field(default=None, compare=False, repr=False)
+    head_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def sweep_seq_lens(self) -> tuple[int, ...]:
         if self.seq_lens:
@@ -123,9 +132,9 @@ def measure_sweep(
     """Every layer kind at every (micro-batch, seq) point; one progress line per point."""
     progress = Progress("profile model", len(points), options.progress)
     measurements: dict[str, list[LayerMeasurement]] = {layer.kind: [] for layer in layers}
-    warm_up(model, spec, layers, points[0], device)
+    warm_up(model, spec, layers, points[0], device, options.head_loss)
     for micro_batch, seq in points:
-        calls = capture_calls(model, spec, layers, micro_batch, seq, device)
+        calls = capture_calls(model, spec, layers, micro_batch, seq, device, options.head_loss)
         for layer in layers:
             layer_seq, kv_seq = scaled_lengths(layer, spec, seq)
             point = measure_layer(
@@ -159,6 +168,7 @@ def profile_key(config: Any, spec: ModelSpec, options: ModelProfileOptions, devi
         attn_implementation=options.attn_implementation,
         library_versions=library_versions(),
         timing=_timer_name(device, options),
+        kernels=options.kernels,
     )
 
 
@@ -225,6 +235,8 @@ def build_reduced_model(
                 f"cannot build {spec.architecture} with attn_implementation={options.attn_implementation!r}: "
                 f"{err}. Choose --attn_implementation sdpa or eager."
             ) from err
+    if options.prepare is not None:
+        options.prepare(model)
     return model.train()
 
 
@@ -296,9 +308,16 @@ def dummy_inputs(model: torch.nn.Module, spec: ModelSpec, micro_batch: int, seq:
 
 
 def capture_calls(
-    model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], micro_batch: int, seq: int, device: torch.device
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    layers: list[LayerSpec],
+    micro_batch: int,
+    seq: int,
+    device: torch.device,
+    head_loss: Callable | None = None,
 ) -> dict[str, list[CapturedCall]]:
-    """Run the small model once and keep what every profiled module was called with."""
+    """Run the small model once and keep what every profiled module was called with (the head's call as its
+    fused loss when ``head_loss`` is given)."""
     captured: dict[str, list[CapturedCall]] = {layer.name: [] for layer in layers}
     handles = []
     for layer in layers:
@@ -313,7 +332,31 @@ def capture_calls(
     finally:
         for handle in handles:
             handle.remove()
+    if head_loss is not None:
+        for layer in layers:
+            if layer.kind == "head":
+                captured[layer.name] = [_fused_head_call(call, head_loss) for call in captured[layer.name]]
     return captured
+
+
+class FusedHeadLoss(torch.nn.Module):
+    """A head and its loss as one module (``head_loss(head, hidden, labels)``): the call the profiler times for
+    a head whose training loss never materialises the logits."""
+
+    def __init__(self, head: torch.nn.Module, head_loss: Callable) -> None:
+        super().__init__()
+        self.head = head
+        self.head_loss = head_loss
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head_loss(self.head, hidden, labels)
+
+
+def _fused_head_call(call: CapturedCall, head_loss: Callable) -> CapturedCall:
+    hidden = call.args[0] if call.args else next(iter(call.kwargs.values()))
+    vocab = call.module.weight.shape[0]
+    labels = torch.randint(0, vocab, hidden.shape[:-1], device=hidden.device)
+    return CapturedCall(FusedHeadLoss(call.module, head_loss), (hidden, labels), {})
 
 
 def _detach(value: Any) -> Any:
@@ -330,10 +373,15 @@ def _detach(value: Any) -> Any:
 
 
 def warm_up(
-    model: torch.nn.Module, spec: ModelSpec, layers: list[LayerSpec], point: tuple[int, int], device: torch.device
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    layers: list[LayerSpec],
+    point: tuple[int, int],
+    device: torch.device,
+    head_loss: Callable | None = None,
 ) -> None:
-    """One untimed pass of everything: first calls pay for kernel selection and lazy initialisation."""
-    calls = capture_calls(model, spec, layers, point[0], point[1], device)
+    """One untimed pass of everything: first calls pay for kernel selection, lazy initialisation and compiling."""
+    calls = capture_calls(model, spec, layers, point[0], point[1], device, head_loss)
     for layer in layers:
         for checkpointed in (False, True):
             _backward(_forward(layer, calls[layer.name], checkpointed))
@@ -350,7 +398,7 @@ def _forward(layer: LayerSpec, calls: list[CapturedCall], checkpointed: bool) ->
         else:
             out = call.module(*call.args, **call.kwargs)
         tensors = [t for t in _tensors(out) if t.requires_grad and t.is_floating_point()]
-        if layer.kind == "head" and tensors:
+        if layer.kind == "head" and tensors and tensors[0].dim() > 0:  # a fused head returns its loss
             logits = tensors[0]
             labels = torch.randint(0, logits.shape[-1], logits.shape[:-1], device=logits.device)
             tensors = [F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))]

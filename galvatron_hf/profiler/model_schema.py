@@ -71,6 +71,7 @@ class ProfileKey:
     attn_implementation: str  # "sdpa", "eager", "flash_attention_2"
     library_versions: dict[str, str] = field(default_factory=dict)
     timing: str = ""  # how layers were timed (model_profiler's timer name): a cache must not mix methods
+    kernels: str = ""  # fused kernels / compilation the layers ran with ("liger+compile"); "": HF's own modules
 
     def digest(self) -> str:
         """Short name for cache files."""
@@ -79,7 +80,7 @@ class ProfileKey:
     def mismatches(self, other: ProfileKey) -> list[str]:
         """Human-readable differences (empty when the keys are equal)."""
         problems = []
-        for name in ("config_hash", "model_type", "dtype", "device", "attn_implementation"):
+        for name in ("config_hash", "model_type", "dtype", "device", "attn_implementation", "kernels"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 problems.append(f"{name}: profile has {mine!r}, wanted {theirs!r}")

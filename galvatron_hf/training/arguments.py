@@ -35,6 +35,12 @@ class GalvatronTrainingArguments(PlanOptions, DeprecatedPlanOptions, TrainingArg
         },
     )
 
+    @property
+    def place_model_on_device(self) -> bool:
+        """False: the plan places the model (each rank's shards on its device, or in host memory under CPU
+        offload, where the Trainer's ``model.to(device)`` would pull the offloaded shards back)."""
+        return False
+
     def __post_init__(self) -> None:
         for note in fold_deprecated_names(self):
             warnings.warn(note, FutureWarning, stacklevel=3)

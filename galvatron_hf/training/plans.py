@@ -30,12 +30,13 @@ def resolve_training_plan(
     plan: Plan | str | None = None,
     auto_parallel: bool | None = None,
     max_pp: int | None = None,
+    kernels: str | None = None,
 ) -> ResolvedPlan:
     """The plan to train ``spec`` with on ``world_size`` processes, validated and priced.
 
     ``plan`` (a :class:`Plan` or a plan path) and ``auto_parallel`` are the trainer's constructor arguments;
     they override ``args``. ``max_pp`` caps a searched plan's pipeline degree (1: the runtime has no pipeline
-    stages for this head). Raises ``BatchSizeError`` when the batch does not split over the plan's groups.
+    stages for this head); ``kernels`` is the run's kernel label, which a model profile must have timed. Raises ``BatchSizeError`` when the batch does not split over the plan's groups.
     """
     request = plan_request(
         args,
@@ -46,6 +47,7 @@ def resolve_training_plan(
         global_batch_size=checkpoint_batch_for_request(args) if plan is None else None,
     )
     request.max_pp = max_pp
+    request.kernels = kernels
     resolved = resolve_plan(request, spec, plan=plan if isinstance(plan, Plan) else None)
     BatchGeometry.from_arguments(
         args.per_device_train_batch_size,

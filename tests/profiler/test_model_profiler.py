@@ -204,3 +204,29 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
         pass
     assert main(["profile", "model", "--model_name_or_path", model_dir, *common, *kernel]) == 2
     assert "Choose --attn_implementation sdpa or eager" in capsys.readouterr().err
+
+
+def test_a_fused_head_saves_what_the_planner_prices():
+    """Profiled with the run's kernels, the head is timed and measured as training runs it: a chunked head keeps
+    its input, not the fp32 logits, as ``priced_for_kernels`` tells the planner; a run with other kernels is
+    told its profile does not match."""
+    from galvatron_hf.parallel.kernels import KernelConfig, kernels_for_profiling, priced_for_kernels
+    from galvatron_hf.planner.profiled_costs import profile_warnings
+
+    config, spec = _spec("llama")
+    kernels = KernelConfig(chunked_loss=True)
+    hooks = kernels_for_profiling(spec, torch.device("cpu"), kernels, None)
+    options = ModelProfileOptions(
+        seq_len=SEQ_LEN, micro_batch_sizes=(1, 2), dtype="fp32", repeats=QUICK, device="cpu", progress=False,
+        kernels=hooks.label, prepare=hooks.prepare, head_loss=hooks.head_loss,
+    )
+    profile = profile_model(config, spec, options)
+    assert profile.key.kernels == "chunked_loss"
+    fused_head = next(layer for layer in priced_for_kernels(spec, kernels, 1).layers if layer.kind == "head")
+    plain_head = next(layer for layer in spec.layers if layer.kind == "head")
+    measured = profile.layers["head"].activation_bytes_per_sample
+    assert measured == pytest.approx(fused_head.activation_bytes(1, 4, False, "sdpa"), rel=0.05)
+    assert measured < plain_head.activation_bytes(1, 4, False, "sdpa") / 3
+    assert profile_warnings(profile, spec, "fp32", "sdpa", kernels="chunked_loss") == []
+    mismatch = profile_warnings(profile, spec, "fp32", "sdpa", kernels="liger")
+    assert any("kernels 'chunked_loss', this run uses 'liger'" in line for line in mismatch)
