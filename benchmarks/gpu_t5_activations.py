@@ -70,9 +70,10 @@ def run_case(case: Case, device: str) -> Case:
     saved = measure_saved_bytes(model, spec, lambda: model(**inputs).loss, checkpoint_blocks=case.checkpoint)
     case.measured = dict(saved.per_layer)
     case.predicted = {
-        layer.name: layer.activation_bytes_per_micro_batch(
-            BATCH, dtype_bytes=2, checkpoint=case.checkpoint and layer.is_block, attn_impl=case.attn_impl,
+        layer.name: layer.activation_bytes(
+            dtype_bytes=2, checkpoint=case.checkpoint and layer.is_block, attn_impl=case.attn_impl,
             device=device,  # type: ignore[arg-type]
+            samples=BATCH,
         )
         for layer in spec.layers
     }

@@ -114,7 +114,7 @@ class ActivationModel:
     """Bytes a layer keeps for backward, per sample, as linear terms.
 
     Each field counts elements per token (one sample has ``seq_len`` tokens) so the same numbers serve every
-    TP degree, dtype and attention implementation. ``bytes_per_sample`` evaluates them; the adapter tests
+    TP degree, dtype and attention implementation. ``saved_bytes`` evaluates them; the adapter tests
     check it against what ``torch.autograd.graph.saved_tensors_hooks`` records.
     """
 
@@ -135,7 +135,7 @@ class ActivationModel:
     eager_scores_bool: float = 0.0  # per token and key: 1-byte dropout masks on probabilities, split by TP
     index_replicated: float = 0.0  # int64 elements kept whole (token ids an embedding saves, loss labels)
     # Kept once per micro-batch whatever its size (T5's relative position bias, shared by the samples); TOTAL
-    # elements, not per token; only ``bytes_per_micro_batch`` adds them:
+    # elements, not per token; only ``saved_bytes`` of a micro-batch (``samples``) adds them:
     batch_index: float = 0.0  # int64 elements, not split, without checkpointing (position buckets)
     batch_fused: float = 0.0  # dtype elements split by TP, SDPA without checkpointing (bias handed to the kernel)
     batch_checkpointed: float = 0.0  # dtype elements split by TP, when checkpointed (bias passed between blocks)
@@ -143,7 +143,7 @@ class ActivationModel:
     # ``fused_attention`` / ``batch_fused`` for those calls:
     sdpa_calls: tuple[AttentionCall, ...] = ()
 
-    def bytes_per_sample(
+    def saved_bytes(
         self,
         seq_len: int,
         tp: int = 1,
@@ -153,8 +153,10 @@ class ActivationModel:
         kv_seq_len: int | None = None,
         mask_bytes: int | None = None,
         device: Device = "cuda",
+        samples: float | None = None,
     ) -> float:
-        """Bytes one sample keeps between forward and backward on one TP rank.
+        """Bytes kept between forward and backward on one TP rank: by one sample (``samples`` None), or by a
+        micro-batch of ``samples``, which adds what its samples share once (T5's position bias).
 
         ``device`` is where the layer runs: the planner plans for GPUs, so the default is ``"cuda"``; the CPU
         tests pass ``"cpu"`` because PyTorch keeps other tensors there (dropout masks in the dtype instead of
@@ -162,6 +164,22 @@ class ActivationModel:
         ``mask_bytes`` is the size of one dropout-mask element; ``None`` takes the device's (CUDA 1, CPU
         ``dtype_bytes``).
         """
+        per_sample = self._per_sample(seq_len, tp, dtype_bytes, checkpoint, attn_impl, kv_seq_len, mask_bytes, device)
+        if samples is None:
+            return per_sample
+        return samples * per_sample + self._shared_per_micro_batch(tp, dtype_bytes, checkpoint, attn_impl, device)
+
+    def _per_sample(
+        self,
+        seq_len: int,
+        tp: int,
+        dtype_bytes: int,
+        checkpoint: bool,
+        attn_impl: AttentionImpl,
+        kv_seq_len: int | None,
+        mask_bytes: int | None,
+        device: Device,
+    ) -> float:
         if checkpoint:
             return self.checkpointed * seq_len * dtype_bytes
         if mask_bytes is None:
@@ -184,31 +202,16 @@ class ActivationModel:
             per_token += sum(call.bytes_per_token(tp, dtype_bytes, kv_len, device) for call in self.sdpa_calls)
         return per_token * seq_len
 
-    def bytes_per_micro_batch(
-        self,
-        samples: float,
-        seq_len: int,
-        tp: int = 1,
-        dtype_bytes: int = 2,
-        checkpoint: bool = False,
-        attn_impl: AttentionImpl = "sdpa",
-        kv_seq_len: int | None = None,
-        mask_bytes: int | None = None,
-        device: Device = "cuda",
+    def _shared_per_micro_batch(
+        self, tp: int, dtype_bytes: int, checkpoint: bool, attn_impl: AttentionImpl, device: Device
     ) -> float:
-        """Bytes one micro-batch of ``samples`` keeps on one TP rank: the per-sample bytes times ``samples``
-        plus what the samples share (T5's position bias), which ``bytes_per_sample`` leaves out."""
-        per_sample = self.bytes_per_sample(
-            seq_len, tp, dtype_bytes, checkpoint, attn_impl, kv_seq_len, mask_bytes, device
-        )
+        """What the samples of a micro-batch keep once, together (the ``batch_*`` fields and SDPA masks)."""
         if checkpoint:
-            shared = self.batch_checkpointed / tp * dtype_bytes
-        elif attn_impl == "eager":
-            shared = self.batch_index * 8
-        else:
-            shared = self.batch_index * 8 + self.batch_fused / tp * dtype_bytes
-            shared += sum(call.bytes_per_micro_batch(tp, dtype_bytes, device) for call in self.sdpa_calls)
-        return samples * per_sample + shared
+            return self.batch_checkpointed / tp * dtype_bytes
+        if attn_impl == "eager":
+            return self.batch_index * 8
+        shared = self.batch_index * 8 + self.batch_fused / tp * dtype_bytes
+        return shared + sum(call.bytes_per_micro_batch(tp, dtype_bytes, device) for call in self.sdpa_calls)
 
 
 @dataclass(frozen=True)
@@ -247,27 +250,13 @@ class LayerSpec:
         attn_impl: AttentionImpl = "sdpa",
         mask_bytes: int | None = None,
         device: Device = "cuda",
+        samples: float | None = None,
     ) -> float:
-        """Activation bytes saved for backward per sample on one TP rank (see ``ActivationModel``; ``device``
-        defaults to the GPU the planner plans for)."""
-        return self.activation.bytes_per_sample(
-            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes, device
-        )
-
-    def activation_bytes_per_micro_batch(
-        self,
-        samples: float,
-        tp: int = 1,
-        dtype_bytes: int = 2,
-        checkpoint: bool = False,
-        attn_impl: AttentionImpl = "sdpa",
-        mask_bytes: int | None = None,
-        device: Device = "cuda",
-    ) -> float:
-        """Activation bytes of a micro-batch of ``samples`` on one TP rank, shared per-batch tensors included."""
-        return self.activation.bytes_per_micro_batch(
-            samples, self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes,
-            device,
+        """Activation bytes saved for backward on one TP rank, per sample (``samples`` None: what the profilers
+        measure per sample) or for a micro-batch of ``samples`` with the tensors they share (T5's position
+        bias); see ``ActivationModel.saved_bytes``. ``device`` defaults to the GPU the planner plans for."""
+        return self.activation.saved_bytes(
+            self.seq_len, tp, dtype_bytes, checkpoint, attn_impl, self.kv_seq_len or None, mask_bytes, device, samples
         )
 
     def max_tp(self) -> int:

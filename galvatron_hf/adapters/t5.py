@@ -218,9 +218,9 @@ class T5Adapter(FamilyAdapter):
         d = t5_dims(config)
         decoder_layers = int(getattr(config, "num_decoder_layers", None) or config.num_layers)
         layers = [self.embedding(config, d, seq_len, decoder_seq_len)]
-        layers += [self.encoder_block(d, seq_len, i) for i in range(int(config.num_layers))]
+        layers += [self.block(d, "encoder", seq_len, 0, i) for i in range(int(config.num_layers))]
         layers.append(self.final_norm("encoder", d, seq_len, feeds_decoder=True))
-        layers += [self.decoder_block(d, decoder_seq_len, seq_len, i) for i in range(decoder_layers)]
+        layers += [self.block(d, "decoder", decoder_seq_len, seq_len, i) for i in range(decoder_layers)]
         layers.append(self.final_norm("decoder", d, decoder_seq_len, feeds_decoder=False))
         layers.append(self.lm_head(config, d, decoder_seq_len))
         return layers
@@ -242,44 +242,26 @@ class T5Adapter(FamilyAdapter):
             tp_rules=(TPRule("shared", "rowwise"),),
         )
 
-    def encoder_block(self, d: T5Dims, seq_len: int, index: int) -> LayerSpec:
+    def block(self, d: T5Dims, stack: str, seq_len: int, kv_seq_len: int, index: int) -> LayerSpec:
+        """One ``T5Block`` of ``stack``: self-attention (block 0 of each stack holds the relative position bias),
+        in the decoder cross-attention whose keys are the ``kv_seq_len`` encoder tokens, then the feed-forward.
+        Each sublayer has its own norm; ``n_heads`` and ``inner_dim`` are TP attributes of each attention."""
+        cross = stack == "decoder"
+        attentions = ("layer.0.SelfAttention", "layer.1.EncDecAttention") if cross else ("layer.0.SelfAttention",)
         bias = d.buckets * d.heads if index == 0 else 0
-        attention = 4 * d.hidden * d.inner
-        flops = linear_flops(seq_len, d.hidden, 4 * d.inner) + linear_flops(seq_len, d.hidden, d.ffn) * (3 if d.gated else 2)
-        return LayerSpec(
-            name=f"encoder_block.{index}",
-            kind="encoder_block",
-            root=f"encoder.block.{index}",
-            modules=("",),
-            hidden_size=d.hidden,
-            num_heads=d.heads,
-            num_kv_heads=d.heads,
-            head_dim=d.head_dim,
-            ffn_size=d.ffn,
-            seq_len=seq_len,
-            params=attention + bias + ffn_params(d) + 2 * d.hidden,
-            tp_params=attention + bias + ffn_params(d),
-            forward_flops=flops + attention_core_flops(seq_len, seq_len, d.heads, d.head_dim),
-            activation=encoder_block_activation(d, seq_len, index),
-            tp_rules=attention_rules("layer.0.SelfAttention", index == 0) + ffn_rules(d, 1),
-            tp_attributes=(
-                TPAttribute("layer.0.SelfAttention", "n_heads"),
-                TPAttribute("layer.0.SelfAttention", "inner_dim"),
-            ),
-        )
-
-    def decoder_block(self, d: T5Dims, seq_len: int, kv_seq_len: int, index: int) -> LayerSpec:
-        bias = d.buckets * d.heads if index == 0 else 0
-        attention = 8 * d.hidden * d.inner
-        flops = linear_flops(seq_len, d.hidden, 4 * d.inner)  # self-attention projections
-        flops += linear_flops(seq_len, d.hidden, 2 * d.inner) + linear_flops(kv_seq_len, d.hidden, 2 * d.inner)
-        flops += linear_flops(seq_len, d.hidden, d.ffn) * (3 if d.gated else 2)
+        attention = 4 * d.hidden * d.inner * len(attentions)
+        ffn_flops = linear_flops(seq_len, d.hidden, d.ffn) * (3 if d.gated else 2)
+        flops = linear_flops(seq_len, d.hidden, 4 * d.inner) + ffn_flops
         flops += attention_core_flops(seq_len, seq_len, d.heads, d.head_dim)
-        flops += attention_core_flops(seq_len, kv_seq_len, d.heads, d.head_dim)
+        rules = attention_rules(attentions[0], index == 0)
+        if cross:  # cross-attention: q from the decoder tokens, k and v from the encoder tokens
+            flops += linear_flops(seq_len, d.hidden, 2 * d.inner) + linear_flops(kv_seq_len, d.hidden, 2 * d.inner)
+            flops += attention_core_flops(seq_len, kv_seq_len, d.heads, d.head_dim)
+            rules += attention_rules(attentions[1], False)
         return LayerSpec(
-            name=f"decoder_block.{index}",
-            kind="cross_decoder_block",
-            root=f"decoder.block.{index}",
+            name=f"{stack}_block.{index}",
+            kind="cross_decoder_block" if cross else "encoder_block",
+            root=f"{stack}.block.{index}",
             modules=("",),
             hidden_size=d.hidden,
             num_heads=d.heads,
@@ -287,18 +269,18 @@ class T5Adapter(FamilyAdapter):
             head_dim=d.head_dim,
             ffn_size=d.ffn,
             seq_len=seq_len,
-            kv_seq_len=kv_seq_len,
-            params=attention + bias + ffn_params(d) + 3 * d.hidden,
+            kv_seq_len=kv_seq_len if cross else 0,
+            params=attention + bias + ffn_params(d) + (len(attentions) + 1) * d.hidden,
             tp_params=attention + bias + ffn_params(d),
             forward_flops=flops,
-            activation=decoder_block_activation(d, seq_len, kv_seq_len, index),
-            tp_rules=attention_rules("layer.0.SelfAttention", index == 0)
-            + attention_rules("layer.1.EncDecAttention", False)
-            + ffn_rules(d, 2),
+            activation=(
+                decoder_block_activation(d, seq_len, kv_seq_len, index)
+                if cross
+                else encoder_block_activation(d, seq_len, index)
+            ),
+            tp_rules=rules + ffn_rules(d, len(attentions)),
             tp_attributes=tuple(
-                TPAttribute(sublayer, attribute)
-                for sublayer in ("layer.0.SelfAttention", "layer.1.EncDecAttention")
-                for attribute in ("n_heads", "inner_dim")
+                TPAttribute(sublayer, attribute) for sublayer in attentions for attribute in ("n_heads", "inner_dim")
             ),
         )
 

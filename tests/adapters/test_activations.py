@@ -49,9 +49,9 @@ def compare(config, architecture, batch_fn, seq_len, attn_impl, dtype=torch.floa
     measured = measure_saved_bytes(model, spec, lambda: model(**inputs).loss, checkpoint_blocks=checkpoint)
     dtype_bytes = torch.finfo(dtype).bits // 8
     predicted = {
-        layer.name: layer.activation_bytes_per_micro_batch(
-            batch, dtype_bytes=dtype_bytes, checkpoint=checkpoint and layer.is_block, attn_impl=attn_impl,
-            device=device,
+        layer.name: layer.activation_bytes(
+            dtype_bytes=dtype_bytes, checkpoint=checkpoint and layer.is_block, attn_impl=attn_impl, device=device,
+            samples=batch,
         )
         for layer in spec.layers
     }
@@ -291,13 +291,13 @@ def test_t5_sdpa_cuda_prediction_with_a_strided_bias(monkeypatch):
     extra bytes per token): 205,312 + 24,576 + 32,768 = 262,656 bytes, what the H100 measured."""
     monkeypatch.setattr(t5, "bias_mask_is_strided", lambda: True)
     block = describe_model(t5_config(), seq_len=32).blocks[1]
-    eager = block.activation_bytes_per_micro_batch(BATCH, dtype_bytes=2, attn_impl="eager")
+    eager = block.activation_bytes(dtype_bytes=2, attn_impl="eager", samples=BATCH)
     assert eager == 205_312
-    assert block.activation_bytes_per_micro_batch(BATCH, dtype_bytes=2) == eager + 24_576 + 32_768 == 262_656
+    assert block.activation_bytes(dtype_bytes=2, samples=BATCH) == eager + 24_576 + 32_768 == 262_656
     monkeypatch.setattr(t5, "bias_mask_is_strided", lambda: False)  # contiguous bias: memory-efficient kernel
     fused = describe_model(t5_config(), seq_len=32).blocks[1]
     # q, k, v, output and logsumexp in bf16 plus its own contiguous copy of the bias (4 x 32 x 32 per batch)
-    assert fused.activation_bytes_per_micro_batch(BATCH, dtype_bytes=2) == 164_864 + 4 * 32 * 32 * 2
+    assert fused.activation_bytes(dtype_bytes=2, samples=BATCH) == 164_864 + 4 * 32 * 32 * 2
 
 
 # ----- bf16 (CPU supports it): the fp32 upcasts, casts and loss dtypes the adapters price ------------------

@@ -68,4 +68,4 @@ class AnalyticCompute:
     def activation_bytes(self, layer: LayerSpec, samples: float, tp: int, checkpoint: bool) -> float:
         dtype_bytes = Precision.of(self.mixed_precision).compute_bytes
         # per micro-batch, not samples x per-sample: some tensors are kept once per micro-batch (T5's bias)
-        return layer.activation_bytes_per_micro_batch(samples, tp, dtype_bytes, checkpoint, self.attn_impl)
+        return layer.activation_bytes(tp, dtype_bytes, checkpoint, self.attn_impl, samples=samples)
