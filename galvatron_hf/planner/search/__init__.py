@@ -22,7 +22,7 @@ One module per part, each importing only the ones listed before it:
 * ``results``: what a search returns (``SearchResult``, ``Evaluated``, ``SearchStats``), the default budget,
   ``ImpossibleBudgetError``;
 * ``space``: the step configs and the per-block strategies (``StepConfig``, ``Strategy``, ``step_configs``);
-* ``problem``: ``SearchProblem``, one search's checked inputs;
+* ``problem``: ``SearchProblem``, one search's checked inputs, and ``SearchOptions``, what a caller may set;
 * ``solver``: a step config's cost arrays and the DP over blocks (``ConfigSolver``);
 * ``bound``: the memory-free upper bound and the relaxed DP;
 * ``exact``: the exact solve of one config and the plan read back from it;
@@ -60,7 +60,7 @@ _PARTS = {
         "tp_options",
         "vocab_supports",
     ),
-    "problem": ("SearchProblem",),
+    "problem": ("SearchOptions", "SearchProblem"),
     "solver": ("BlockRun", "ConfigSolver", "MemoryGrid", "SearchContext", "StrategyCosts", "build_solvers"),
     "bound": ("RELAXED_UNITS", "relaxed_bound", "relaxed_feasible", "upper_bound"),
     "exact": ("CAP_RESOLUTION", "EXACT_UNITS", "TAU_CANDIDATES", "exact_solve"),

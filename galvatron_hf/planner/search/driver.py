@@ -8,19 +8,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from galvatron_hf.planner.search.bound import relaxed_bound, relaxed_feasible, upper_bound
 from galvatron_hf.planner.search.exact import exact_solve
 from galvatron_hf.planner.search.infeasible import StateFloor, state_floor
-from galvatron_hf.planner.search.problem import SearchProblem
+from galvatron_hf.planner.search.problem import SearchOptions, SearchProblem
 from galvatron_hf.planner.search.results import Evaluated, ImpossibleBudgetError, SearchResult, SearchStats
 from galvatron_hf.planner.search.solver import ConfigSolver, build_solvers
 from galvatron_hf.planner.uniform import compare_with_uniform
 
 if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import ModelSpec
-    from galvatron_hf.planner.cost_model import LayerCostSource
     from galvatron_hf.profiler.hardware_schema import HardwareProfile
 
 Progress = Callable[[str], None]
@@ -32,32 +31,29 @@ def search_plan(
     num_gpus: int,
     memory_gb: float,
     *,
-    global_batch_size: int | None = None,
-    mixed_precision: str = "bf16",
-    attn_impl: str = "sdpa",
-    compute: LayerCostSource | None = None,
     progress: Progress | None = None,
-    max_global_batch_size: int | None = None,
-    accumulate_without_pipeline: bool = True,
-    max_pp: int | None = None,
     time_budget_s: float | None = None,
     find_minimum_memory: bool = True,
     compare: bool = True,
-    cp_degrees: tuple[int, ...] | None = None,
     offload: bool | None = None,
+    **options: Any,
 ) -> SearchResult:
     """The fastest plan for ``spec`` on ``num_gpus`` GPUs with ``memory_gb`` per GPU (GB = 1e9 bytes).
 
+    ``options`` are the fields of :class:`SearchOptions` (an unknown name is a TypeError):
     ``global_batch_size`` None searches batches up to ``max_global_batch_size`` (default: 4M tokens).
+    ``mixed_precision`` (bf16, fp16, fp32) and ``attn_impl`` price the layers; ``compute`` replaces the
+    analytic layer costs (a ``ProfiledCompute`` from measurements).
     ``accumulate_without_pipeline=False`` searches pp = 1 plans with one micro-batch only (for a runtime that
     runs a pp = 1 batch in one pass; by default pp = 1 plans may accumulate gradients over micro-batches).
     ``max_pp``: the largest pipeline degree searched (1 when the runtime cannot pipeline the model's head).
+    ``cp_degrees``: the context-parallel degrees to try (default: ``space.default_cp_degrees``).
+
     ``time_budget_s``: once spent, the search stops at the best plan found so far (``stats.complete`` is
     then False); it never stops before a plan is found or every config is ruled out.
     Raises :class:`ImpossibleBudgetError` when no plan fits, with the smallest budget that would
     (``min_memory_gb``), unless ``find_minimum_memory`` is False (then ``min_memory_gb`` is None).
     ``compare=False`` skips the comparisons (``best_uniform`` is None, ``baselines`` empty).
-    ``cp_degrees``: the context-parallel degrees to try (default: ``space.default_cp_degrees``).
     ``offload``: None decides: device-memory plans first; when none fits (proven at once when the training state
     alone exceeds the budget, ``infeasible.py``, else found by the search) the search offloads, if the hardware
     profile prices it, and the smallest budget of an error is then the smallest with offload. True searches
@@ -65,27 +61,14 @@ def search_plan(
     out.
     """
     started = time.perf_counter()
-    problem = SearchProblem.create(
-        spec,
-        hardware,
-        num_gpus,
-        memory_gb,
-        global_batch_size=global_batch_size,
-        mixed_precision=mixed_precision,
-        attn_impl=attn_impl,
-        compute=compute,
-        max_global_batch_size=max_global_batch_size,
-        accumulate_without_pipeline=accumulate_without_pipeline,
-        cp_degrees=cp_degrees,
-        offload=bool(offload),
-        max_pp=max_pp,
-    )
+    settings = SearchOptions(**options)
+    problem = SearchProblem.create(spec, hardware, num_gpus, memory_gb, settings, offload=bool(offload))
     reporter = _Reporter(progress, started)
     floor = state_floor(problem)
     solvers = build_solvers(problem)
     if not any(solver.feasible for solver in solvers):
         raise ValueError(
-            f"global_batch_size={global_batch_size} cannot be split over {num_gpus} GPUs by any layout of "
+            f"global_batch_size={settings.global_batch_size} cannot be split over {num_gpus} GPUs by any layout of "
             f"{spec.name} (every micro-batch must divide over the data-parallel ranks); use a multiple of "
             f"{num_gpus} or leave --global_batch_size out to search it"
         )

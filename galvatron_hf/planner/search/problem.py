@@ -1,6 +1,7 @@
 """One search's inputs in one object: every part of the search (bounds, exact solves, the uniform and plain
 data-parallel comparisons, the smallest-budget search) reads the model, hardware, cost model, GPU count,
-budget and step configs from here instead of taking them as five or six loose arguments."""
+budget and step configs from here instead of taking them as five or six loose arguments; ``SearchOptions``
+holds what the caller may set besides (``search_plan``'s keyword arguments)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ if TYPE_CHECKING:
     from galvatron_hf.adapters.spec import ModelSpec
     from galvatron_hf.planner.plan import Plan
     from galvatron_hf.profiler.hardware_schema import HardwareProfile
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search prices and visits besides the model, the hardware, the GPUs and the budget: the keyword
+    arguments of ``search_plan`` (its docstring says what each does), declared once."""
+
+    global_batch_size: int | None = None
+    mixed_precision: str = "bf16"
+    attn_impl: str = "sdpa"
+    compute: LayerCostSource | None = None
+    max_global_batch_size: int | None = None
+    accumulate_without_pipeline: bool = True
+    cp_degrees: tuple[int, ...] | None = None
+    max_pp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -36,29 +52,23 @@ class SearchProblem:
         hardware: HardwareProfile,
         num_gpus: int,
         memory_gb: float,
-        *,
-        global_batch_size: int | None = None,
-        mixed_precision: str = "bf16",
-        attn_impl: str = "sdpa",
-        compute: LayerCostSource | None = None,
-        max_global_batch_size: int | None = None,
-        accumulate_without_pipeline: bool = True,
-        cp_degrees: tuple[int, ...] | None = None,
+        options: SearchOptions = SearchOptions(),
         offload: bool = False,
-        max_pp: int | None = None,
     ) -> SearchProblem:
-        """Check the inputs (errors name the fix), build the cost model and list the step configs."""
-        _check_inputs(spec, hardware, num_gpus, memory_gb, global_batch_size, mixed_precision)
-        model = CostModel(spec, hardware, mixed_precision=mixed_precision, attn_impl=attn_impl, compute=compute)
+        """Check the inputs (errors name the fix), build the cost model and list the step configs (all with CPU
+        offload when ``offload``)."""
+        _check_inputs(spec, hardware, num_gpus, memory_gb, options.global_batch_size, options.mixed_precision)
+        precision, attn_impl = options.mixed_precision, options.attn_impl
+        model = CostModel(spec, hardware, mixed_precision=precision, attn_impl=attn_impl, compute=options.compute)
         configs = step_configs(
             spec,
             num_gpus,
-            global_batch_size,
-            max_global_batch_size,
-            accumulate_without_pipeline=accumulate_without_pipeline,
-            cp_degrees=cp_degrees,
+            options.global_batch_size,
+            options.max_global_batch_size,
+            accumulate_without_pipeline=options.accumulate_without_pipeline,
+            cp_degrees=options.cp_degrees,
             offload=offload,
-            max_pp=max_pp,
+            max_pp=options.max_pp,
         )
         return cls(spec, hardware, model, num_gpus, memory_gb, tuple(configs))
 
