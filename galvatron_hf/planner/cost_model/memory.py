@@ -92,10 +92,7 @@ class MemoryCosts:
         forward_gathers, backward_gathers = self._gathers_per_step("zero2" if dp_type == "ddp" else dp_type, shape)
         gather = params / dp * (MASTER_BYTES + act) + params * 2 * act
         reduce = params * (act + GRAD_BYTES) + params / dp * 2 * GRAD_BYTES
-        if shape.accumulates:
-            accumulate = (shape.num_micro_batches - 1) * params * (act + 2 * ACCUMULATED_GRAD_BYTES)
-        else:  # one device: every micro-batch's gradient reduced (cast and added) into the sharded one
-            accumulate = (shape.num_micro_batches - 1) * reduce
+        accumulate = (shape.num_micro_batches - 1) * params * (act + 2 * ACCUMULATED_GRAD_BYTES)
         return self.memory_traffic_s((forward_gathers + backward_gathers) * gather + reduce + accumulate)
 
 

@@ -19,9 +19,8 @@ class StepShape:
 
     @property
     def accumulates(self) -> bool:
-        """Gradient sync only on the last micro-batch: unsharded gradients accumulate in between. On one device
-        the runtime keeps sync on (nothing to reduce), so gradients accumulate in the sharded ones."""
-        return self.num_micro_batches > 1 and self.pp * self.devices_per_stage > 1
+        """Gradient sync only on the last micro-batch: unsharded gradients accumulate in between."""
+        return self.num_micro_batches > 1
 
     def in_flight(self, stage: int) -> int:
         """Micro-batches whose activations a stage holds at its peak: M for GPipe, pp - stage for 1F1B."""
