@@ -3,12 +3,14 @@
 DCP's planner maps the saved chunks onto the current placements, so a checkpoint written from TP2 x ZeRO-3
 loads into FSDP on 2 ranks or a 2-stage pipeline. Entries are looked up by name; a tied weight's entry may
 be filed under another name of its tie group (see :func:`resolve_stored_names`). Before any collective load
-every rank learns whether any rank lacks something, so none waits forever.
+every rank learns whether any rank lacks something, so none waits forever (:func:`stored_names_on_every_rank`,
+which the plain-Trainer resume uses too).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,6 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
 from galvatron_hf.checkpoint.atomic import recover_interrupted_save
 from galvatron_hf.checkpoint.collective import (
@@ -37,15 +38,7 @@ from galvatron_hf.checkpoint.manifest import (
 )
 from galvatron_hf.checkpoint.progress import LoadProgressPlanner
 from galvatron_hf.checkpoint.rng import RngRestored, restore_rank_rng
-from galvatron_hf.checkpoint.sharded_state import (
-    MODEL_KEY,
-    OPTIM_KEY,
-    STATE_DICT_OPTIONS,
-    relay_strided_optimizer_state,
-    restore_strided_optimizer_state,
-    state_for,
-    stored_keys,
-)
+from galvatron_hf.checkpoint.sharded_state import load_into, stored_keys
 from galvatron_hf.planner.plan import Plan
 
 
@@ -106,39 +99,46 @@ def load_checkpoint(
 
 def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     dcp_dir = path / DCP_DIR
-    state = state_for(model, optimizer)
-    strided = relay_strided_optimizer_state(state)
+    load_into(model, optimizer, lambda state: _read_shards(dcp_dir, model, state))
+
+
+def _read_shards(dcp_dir: Path, model: nn.Module, state: dict[str, dict[str, Any]]) -> None:
     wanted = {f"{group}.{key}": (group, key) for group, entries in state.items() for key in entries}
-    names: dict[str, str | None] = {}
-    problem: CheckpointError | None = None
-    try:
-        names = resolve_stored_names(wanted, stored_keys(dcp_dir), tied_weight_sources(model))
-        missing = [name for name, stored in names.items() if stored is None]
-        if missing:
-            problem = CheckpointError(
-                f"{dcp_dir} lacks {len(missing)} entries this model/optimizer needs, e.g. {missing[:6]}; was "
-                "it saved from another model or optimizer?"
-            )
-    except CheckpointError as err:
-        problem = err
-    raise_on_every_rank_if_any(problem, CheckpointError)  # a stage may lack what others have: none may hang
+    names = stored_names_on_every_rank(
+        wanted,
+        lambda: stored_keys(dcp_dir),
+        model,
+        lambda missing: f"{dcp_dir} lacks {len(missing)} entries this model/optimizer needs, e.g. {missing[:6]}; "
+        "was it saved from another model or optimizer?",
+    )
     try:
         _load_by_stored_names(dcp_dir, state, wanted, names)
     except (Exception, CheckpointException) as err:
         raise CheckpointError(
             f"reading model/optimizer shards from {dcp_dir} failed (corrupt or truncated?): {err}"
         ) from err
-    if optimizer is None:
-        set_model_state_dict(model, state[MODEL_KEY], options=STATE_DICT_OPTIONS)
-    else:
-        restore_strided_optimizer_state(state, strided)
-        set_state_dict(
-            model,
-            optimizer,
-            model_state_dict=state[MODEL_KEY],
-            optim_state_dict=state[OPTIM_KEY],
-            options=STATE_DICT_OPTIONS,
-        )
+
+
+def stored_names_on_every_rank(
+    wanted: Any, stored: Callable[[], set[str]], model: nn.Module, lacking: Callable[[list[str]], str]
+) -> dict[str, str | None]:
+    """For each wanted entry name, the stored entry that holds it (see :func:`resolve_stored_names`).
+
+    When any rank lacks an entry, or cannot list what is ``stored``, every rank raises a CheckpointError (the
+    message ``lacking(missing names)`` where entries are missing): a pipeline stage may lack what the others
+    have, and none may then wait forever in a collective load.
+    """
+    names: dict[str, str | None] = {}
+    problem: CheckpointError | None = None
+    try:
+        names = resolve_stored_names(wanted, stored(), tied_weight_sources(model))
+        missing = [name for name, found in names.items() if found is None]
+        if missing:
+            problem = CheckpointError(lacking(missing))
+    except CheckpointError as err:
+        problem = err
+    raise_on_every_rank_if_any(problem, CheckpointError)
+    return names
 
 
 def resolve_stored_names(wanted: Any, stored: set[str], ties: dict[str, str]) -> dict[str, str | None]:

@@ -20,14 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed.checkpoint import load as dcp_load
-from torch.distributed.checkpoint.state_dict import set_state_dict
 
-from galvatron_hf.checkpoint.collective import (
-    distributed,
-    raise_on_every_rank_if_any,
-    rank,
-    single_process_dcp_is_intended,
-)
+from galvatron_hf.checkpoint.collective import distributed, rank, single_process_dcp_is_intended
 from galvatron_hf.checkpoint.hf_weights import (
     SafetensorsSliceReader,
     StoredTensor,
@@ -35,16 +29,9 @@ from galvatron_hf.checkpoint.hf_weights import (
     safetensors_files,
     tied_weight_sources,
 )
-from galvatron_hf.checkpoint.load import resolve_stored_names
+from galvatron_hf.checkpoint.load import stored_names_on_every_rank
 from galvatron_hf.checkpoint.manifest import MANIFEST_NAME, CheckpointError
-from galvatron_hf.checkpoint.sharded_state import (
-    MODEL_KEY,
-    OPTIM_KEY,
-    STATE_DICT_OPTIONS,
-    relay_strided_optimizer_state,
-    restore_strided_optimizer_state,
-    state_for,
-)
+from galvatron_hf.checkpoint.sharded_state import OPTIM_KEY, load_into
 
 OPTIMIZER_FILE = "optimizer.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -74,30 +61,24 @@ def load_plain_trainer_checkpoint(
     if optimizer is None:
         return
     by_name, hyper = _named_optimizer_state(path, param_groups)
-    state = state_for(model, optimizer)
-    strided = relay_strided_optimizer_state(state)
-    optim_state = state[OPTIM_KEY]
+    load_into(model, optimizer, lambda state: _read_optimizer_state(path, model, state[OPTIM_KEY], by_name, hyper))
+
+
+def _read_optimizer_state(
+    path: Path, model: nn.Module, optim_state: dict[str, Any], by_name: dict[str, Any], hyper: dict[str, dict]
+) -> None:
+    """Fill this rank's sharded optimizer state from the plain Trainer's full one (keyed by name)."""
     tensors = {key: value for key, value in optim_state.items() if key.startswith(STATE_PREFIX)}
-    names = resolve_stored_names(tensors, set(by_name), tied_weight_sources(model))
-    missing = [key for key, stored in names.items() if stored is None]
-    problem = None
-    if missing:
-        problem = CheckpointError(
-            f"{path / OPTIMIZER_FILE} has no state for {len(missing)} entries this optimizer needs, e.g. "
-            f"{missing[:4]}; was it saved with another optimizer (--optim) or model?"
-        )
-    raise_on_every_rank_if_any(problem, CheckpointError)
+    names = stored_names_on_every_rank(
+        tensors,
+        lambda: set(by_name),
+        model,
+        lambda missing: f"{path / OPTIMIZER_FILE} has no state for {len(missing)} entries this optimizer needs, "
+        f"e.g. {missing[:4]}; was it saved with another optimizer (--optim) or model?",
+    )
     _read_into(tensors, {key: by_name[stored] for key, stored in names.items()})
     optim_state.update(tensors)
     _set_hyperparameters(optim_state, hyper, tied_weight_sources(model))
-    restore_strided_optimizer_state(state, strided)
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=state[MODEL_KEY],
-        optim_state_dict=optim_state,
-        options=STATE_DICT_OPTIONS,
-    )
 
 
 def _named_optimizer_state(path: Path, param_groups: list[list[str]]) -> tuple[dict[str, Any], dict[str, dict]]:

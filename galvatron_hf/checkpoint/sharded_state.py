@@ -7,13 +7,20 @@ layout is what lets a different stage split find its entries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from galvatron_hf.checkpoint.manifest import CheckpointError
 from galvatron_hf.parallel.tensor_parallel import is_strided, to_contiguous
@@ -49,6 +56,31 @@ def restore_strided_optimizer_state(state: dict[str, Any], originals: dict[str, 
     optim_state = state[OPTIM_KEY]
     for key, original in originals.items():
         optim_state[key] = optim_state[key].redistribute(original.device_mesh, original.placements)
+
+
+def load_into(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, read: Callable[[dict[str, Any]], None]
+) -> None:
+    """Load a sharded state into the live model (and optimizer), whatever source ``read`` takes it from.
+
+    ``read(state)`` fills the sharded state dicts in place (views of the live parameters, strided TP shards
+    stored contiguously, as they are saved); the optimizer's strided shards then go back to its own layout, and
+    the state is set into the model and the optimizer.
+    """
+    state = state_for(model, optimizer)
+    strided = relay_strided_optimizer_state(state)
+    read(state)
+    if optimizer is None:
+        set_model_state_dict(model, state[MODEL_KEY], options=STATE_DICT_OPTIONS)
+        return
+    restore_strided_optimizer_state(state, strided)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state[MODEL_KEY],
+        optim_state_dict=state[OPTIM_KEY],
+        options=STATE_DICT_OPTIONS,
+    )
 
 
 def stored_keys(dcp_dir: Path) -> set[str]:
