@@ -14,7 +14,8 @@ from galvatron_hf.parallel.attention import (
 )
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
-from galvatron_hf.parallel.parallel_model import ParallelModel, count_label_items
+from galvatron_hf.parallel.parallel_model import ParallelModel
+from galvatron_hf.parallel.pipeline_stages import label_items
 from galvatron_hf.parallel.plan_check import check_plan
 from galvatron_hf.parallel.relayout import RelayoutTracker
 
@@ -27,8 +28,8 @@ __all__ = [
     "RelayoutTracker",
     "attention_for",
     "check_plan",
-    "count_label_items",
     "default_attn_implementation",
+    "label_items",
     "materialize",
     "parallelize",
     "set_attn_implementation",

@@ -15,14 +15,14 @@ import torch.distributed as dist
 from torch import nn
 
 from galvatron_hf.adapters.spec import ModelSpec
-from galvatron_hf.constants import IGNORE_INDEX, is_causal_lm
+from galvatron_hf.constants import is_causal_lm
 from galvatron_hf.parallel.compile import CompileClock
 from galvatron_hf.parallel.grad_norm import clip_grad_norm_
 from galvatron_hf.parallel.kernels import AppliedKernels
 from galvatron_hf.parallel.loss_scaling import LossScaler
 from galvatron_hf.parallel.parallel_dims import Layout, ParallelDims
 from galvatron_hf.parallel.pipeline_parallel import PipelineRunner
-from galvatron_hf.parallel.pipeline_stages import StageLayout, split_rows
+from galvatron_hf.parallel.pipeline_stages import StageLayout, label_items, split_rows
 from galvatron_hf.parallel.relayout import RelayoutTracker
 from galvatron_hf.planner.plan import Plan
 
@@ -129,7 +129,7 @@ class ParallelModel:
         return total
 
     def _items(self, batch: dict[str, Any]) -> torch.Tensor:
-        return count_label_items(batch["labels"], causal=is_causal_lm(self.spec)).to(self.device, torch.float32)
+        return label_items(batch["labels"], causal=is_causal_lm(self.spec)).to(self.device, torch.float32)
 
     def _weighted_loss(self, batch: dict[str, Any], global_items: torch.Tensor) -> torch.Tensor:
         """The HF mean loss of this micro-batch times its share of the global label items.
@@ -169,15 +169,3 @@ class ParallelModel:
             t.first_stage_name if self.stage_layout.is_first else t.last_stage_name for t in self.stage_layout.tied
         ]
         return {id(params[name]): 2 for name in names if name in params}
-
-
-def count_label_items(labels: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Items the HF loss averages over: label tokens != -100 (shifted by one for causal LMs), class labels
-    != -100 (cross-entropy skips them), else samples (regression, multi-label)."""
-    if labels.is_floating_point():
-        return torch.tensor(labels.shape[0])
-    if labels.dim() == 1:
-        return (labels != IGNORE_INDEX).sum()
-    if causal:
-        return (labels[..., 1:] != IGNORE_INDEX).sum()
-    return (labels != IGNORE_INDEX).sum()

@@ -94,11 +94,23 @@ class Task:
         return F.cross_entropy(flat_logits, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
     def count(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.kind == "causal_lm":
-            return (labels[:, 1:] != IGNORE_INDEX).sum()
-        if self.kind == "regression" or labels.is_floating_point():
-            return torch.tensor(labels.numel(), device=labels.device)
-        return (labels != IGNORE_INDEX).sum()
+        return label_items(labels, causal=self.kind == "causal_lm", skips_ignored=self.kind != "regression")
+
+
+def label_items(labels: torch.Tensor, causal: bool, skips_ignored: bool = True) -> torch.Tensor:
+    """The number of terms an HF loss averages over, so that a sum of per-item losses divided by it is the
+    loss the HF model returns: the label tokens != -100, after the first of each row for a causal LM
+    (``causal``: its labels are shifted by one); every label element when the labels are floats (regression,
+    multi-label) or the loss does not skip -100 (``skips_ignored`` False: regression on integer labels).
+
+    The one count for every loss the runtime and the trainer weight: micro-batches without a pipeline, the
+    last pipeline stage's ``Task``, evaluation steps.
+    """
+    if labels.is_floating_point() or not skips_ignored:
+        return torch.tensor(labels.numel(), device=labels.device)
+    if causal and labels.dim() >= 2:
+        labels = labels[..., 1:]
+    return (labels != IGNORE_INDEX).sum()
 
 
 def classification_task(config: Any) -> Task:

@@ -27,9 +27,9 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
 from galvatron_hf.constants import IGNORE_INDEX
-from galvatron_hf.parallel.pipeline_stages import split_rows
+from galvatron_hf.parallel.pipeline_stages import label_items, split_rows
 from galvatron_hf.constants import is_causal_lm as is_causal_lm  # the trainer reads it from here
-PAD_INDEX = -100  # what the Trainer pads predictions and labels with
+PAD_INDEX = IGNORE_INDEX  # what the Trainer pads predictions and labels with (its padding_index)
 
 
 class EvaluationError(ValueError):
@@ -207,16 +207,6 @@ def ignores_label_rows(model: torch.nn.Module, labels: torch.Tensor) -> bool:
     return int(getattr(config, "num_labels", 2)) > 1
 
 
-def label_items(labels: torch.Tensor, causal: bool, ignores_rows: bool) -> torch.Tensor:
-    """Items the HF loss averages over: label tokens != -100 (shifted by one for causal LMs), per-sample
-    labels != -100 when the loss skips them, else samples."""
-    if labels.is_floating_point() or not ignores_rows:
-        return torch.tensor(float(labels.shape[0]))
-    if causal and labels.dim() >= 2:
-        labels = labels[..., 1:]
-    return (labels != IGNORE_INDEX).sum().float()
-
-
 def mask_rows(labels: torch.Tensor, keep_rows: int) -> torch.Tensor:
     if keep_rows >= labels.shape[0]:
         return labels
@@ -249,7 +239,7 @@ def forward_eval_batch(parallel_model, batch: dict[str, Any], keep_rows: int, ca
         if labels is not None:
             if loss is None:
                 raise EvaluationError("the model returned no loss for a batch with labels")
-            items = label_items(part["labels"], causal, ignores_rows).to(device, torch.float64)
+            items = label_items(part["labels"], causal, skips_ignored=ignores_rows).to(device, torch.float64)
             if float(items) > 0:
                 weighted += torch.stack([loss.detach().double() * items, items])
         outputs.append(output)

@@ -13,7 +13,8 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 import runtime_cases as rc
 
-from galvatron_hf.parallel import ParallelDims, count_label_items, parallelize
+from galvatron_hf.parallel import ParallelDims, label_items, parallelize
+from galvatron_hf.parallel.pipeline_stages import Task
 from galvatron_hf.parallel.relayout import relayout
 from galvatron_hf.planner.plan import LayerStrategy, Plan, PlanError, VocabStrategy
 from galvatron_hf.testing.distributed import run_distributed
@@ -164,10 +165,16 @@ def test_relayout_moves_batch_parts_with_correct_backward():
 
 
 def test_label_items_follow_hf_loss_averaging():
+    """The one count of the runtime (micro-batches, the last stage's Task) and of evaluation steps."""
     labels = torch.tensor([[1, 2, -100, 4], [-100, 5, 6, -100]])
-    assert count_label_items(labels, causal=True).item() == 4  # shifted: [2,-100,4], [5,6,-100]
-    assert count_label_items(labels, causal=False).item() == 5
-    assert count_label_items(torch.tensor([0, 1, 2]), causal=False).item() == 3
+    assert label_items(labels, causal=True).item() == 4  # shifted: [2,-100,4], [5,6,-100]
+    assert label_items(labels, causal=False).item() == 5
+    assert label_items(torch.tensor([0, 1, 2]), causal=False).item() == 3
+    assert label_items(torch.tensor([2, -100, -100]), causal=False).item() == 1  # cross-entropy skips -100 rows
+    assert label_items(torch.tensor([2, -100, -100]), causal=False, skips_ignored=False).item() == 3  # MSE does not
+    assert label_items(torch.tensor([[0.5, 1.5], [1.0, 0.0]]), causal=False).item() == 4  # float: every element
+    assert Task("causal_lm").count(labels).item() == 4 and Task("token_lm").count(labels).item() == 5
+    assert Task("regression", 1).count(torch.tensor([3, -100])).item() == 2
 
 
 def _gpt2_dcp_round_trip(rank: int, world: int, path: str) -> dict:

@@ -1,5 +1,5 @@
 """Fast checks (no launch) of ``galvatron_hf.training.evaluation``: which rows of a step are real, the eval_loss
-weighting, label items and masks, the iterable counter, and the refusal of outputs not laid out per sample."""
+weighting, label masks, the iterable counter, and the refusal of outputs not laid out per sample."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from galvatron_hf.training.evaluation import (
     EvaluationError,
     check_rows,
     ignores_label_rows,
-    label_items,
     mask_rows,
 )
 
@@ -70,15 +69,10 @@ def test_eval_loss_weights_steps_by_real_samples():
     assert torch.isnan(torch.tensor(progress.mean_loss(drop_non_finite=False)))
 
 
-def test_label_items_and_masks():
-    tokens = torch.tensor([[5, 6, -100, 7], [-100, 1, 2, 3]])
-    assert float(label_items(tokens, causal=True, ignores_rows=True)) == 5  # shifted: [6, -100, 7], [1, 2, 3]
-    assert float(label_items(tokens, causal=False, ignores_rows=True)) == 6
+def test_masked_rows_leave_the_labels_untouched():
     classes = torch.tensor([2, 0, 1])
     masked = mask_rows(classes, 1)
     assert masked.tolist() == [2, -100, -100] and classes.tolist() == [2, 0, 1]
-    assert float(label_items(masked, causal=False, ignores_rows=True)) == 1
-    assert float(label_items(torch.tensor([0.5, 1.5]), causal=False, ignores_rows=False)) == 2
 
 
 def test_which_losses_ignore_label_rows():
