@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
 IGNORE_INDEX = -100  # the label HF losses skip (torch.nn.CrossEntropyLoss's default ignore_index)
+GB = 1e9  # the memory unit of budgets, profiles and the cost model: GB means 1e9 bytes everywhere
 MIXED_PRECISIONS = ("bf16", "fp16", "fp32")  # the compute dtypes a plan, the runtime and the profilers accept
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # HF head classes whose loss shifts the labels by one
 

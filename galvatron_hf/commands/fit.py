@@ -10,10 +10,9 @@ import argparse
 import json
 import sys
 
+from galvatron_hf.commands import EXIT_BAD_INPUT, EXIT_NO_FIT
 from galvatron_hf.planner.plan import MIXED_PRECISIONS
 
-EXIT_BAD_INPUT = 2
-EXIT_NO_FIT = 3
 CELL_WIDTH = 17
 
 

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from galvatron_hf.commands import EXIT_BAD_INPUT
+
 DEFAULT_CACHE = Path(os.environ.get("GALVATRON_HF_CACHE", Path.home() / ".cache" / "galvatron_hf")) / "model_profiles"
 
 
@@ -62,8 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--torch_compile_backend", default=None, help="torch.compile backend (default inductor)")
     model.set_defaults(run_target=run_model)
 
-
-EXIT_BAD_INPUT = 2
 
 
 def run(args: argparse.Namespace) -> int:

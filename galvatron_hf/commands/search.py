@@ -17,6 +17,7 @@ import sys
 from dataclasses import fields
 from typing import Any, get_args, get_type_hints
 
+from galvatron_hf.commands import EXIT_BAD_INPUT, EXIT_NO_FIT
 from galvatron_hf.planner.plan import MIXED_PRECISIONS
 from galvatron_hf.planner.request import (
     UNIFORM_OPTIONS,
@@ -29,8 +30,6 @@ from galvatron_hf.planner.request import (
 )
 from galvatron_hf.planner.summary import format_summary, strategy_text
 
-EXIT_BAD_INPUT = 2
-EXIT_NO_FIT = 3
 # where each PlanOptions field appears in --help (auto_parallel and galvatron_plan are the trainer's only)
 OPTION_GROUPS = {
     "model": ("seq_len", "attn_implementation"),

@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from galvatron_hf.adapters.spec import ModelSpec
+from galvatron_hf.constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _ALTERING_CONFIG = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 

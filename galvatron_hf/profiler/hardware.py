@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 import torch
 import torch.distributed as dist
 
-from galvatron_hf.constants import torch_dtype
+from galvatron_hf.constants import GB, torch_dtype
 from galvatron_hf.profiler.fitting import fit_latency_bandwidth
 from galvatron_hf.profiler.hardware_schema import (
     COLLECTIVES,
@@ -44,7 +44,6 @@ from galvatron_hf.profiler.hardware_schema import (
 from galvatron_hf.profiler.timing import DeviceTimer, Progress, Repeats, median_time, synchronize, time_region
 
 KiB, MiB = 1024, 1024**2
-GB = 1e9  # the planner's memory unit
 
 # Datasheet dense rates (TFLOP/s, no sparsity) by a substring of torch's device name; MFU divides by these.
 DATASHEET_TFLOPS: dict[str, dict[str, float]] = {

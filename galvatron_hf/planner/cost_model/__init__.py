@@ -18,6 +18,7 @@ cost), ``communication`` and ``memory`` (the two halves of :class:`CostModel`'s 
 (:class:`CostModel`), ``pipeline`` (stages, :func:`estimate_plan`).
 """
 
+from galvatron_hf.constants import GB
 from galvatron_hf.planner.cost_model.compute import (
     LAYER_EFFICIENCY,
     AnalyticCompute,
@@ -36,7 +37,6 @@ from galvatron_hf.planner.cost_model.units import (
     ACCUMULATED_GRAD_BYTES,
     ADAM_BYTES,
     CLIP_BYTES,
-    GB,
     GRAD_BYTES,
     MASTER_BYTES,
     OPTIMIZER_BYTES,

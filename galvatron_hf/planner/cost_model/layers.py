@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from galvatron_hf.planner.cost_model.communication import CommunicationCosts
+from galvatron_hf.constants import GB
 from galvatron_hf.planner.cost_model.compute import AnalyticCompute, LayerCostSource
 from galvatron_hf.planner.cost_model.memory import MemoryCosts, rank_state_params
 from galvatron_hf.planner.cost_model.offload import OffloadCosts
@@ -12,7 +13,6 @@ from galvatron_hf.planner.cost_model.shapes import LayerCost, StepShape
 from galvatron_hf.planner.cost_model.units import (
     ACCUMULATED_GRAD_BYTES,
     ADAM_BYTES,
-    GB,
     GRAD_BYTES,
     Precision,
 )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from galvatron_hf.constants import GB
 from galvatron_hf.planner.cost_model.compute import LayerCostSource
 from galvatron_hf.planner.cost_model.layers import CostModel
 from galvatron_hf.planner.cost_model.shapes import StepShape
-from galvatron_hf.planner.cost_model.units import GB
 from galvatron_hf.planner.plan import LayerStrategy, Plan, Predicted
 
 if TYPE_CHECKING:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from galvatron_hf.planner.plan import MIXED_PRECISIONS, PlanError
 
-GB = 1e9
 MASTER_BYTES = 4  # fp32 master weights (the sharded parameter FSDP2 keeps)
 GRAD_BYTES = 4  # fp32 sharded gradients (reduce_dtype=fp32)
 ADAM_BYTES = 8  # AdamW exp_avg + exp_avg_sq in fp32

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from galvatron_hf.constants import MIXED_PRECISIONS
 from galvatron_hf.planner.cost_model import GB, CostModel, CostReport, LayerCostSource, estimate_plan
 from galvatron_hf.planner.search.space import StepConfig, step_configs
 
@@ -114,6 +115,6 @@ def _check_inputs(
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
     if not spec.blocks:
         raise ValueError(f"{spec.name} has no transformer blocks to plan")
-    if mixed_precision not in ("bf16", "fp16", "fp32"):
+    if mixed_precision not in MIXED_PRECISIONS:
         raise ValueError(f"mixed_precision must be bf16, fp16 or fp32, got {mixed_precision!r}")
     hardware.matmul_flops_per_s(mixed_precision)  # a clear error when the profile lacks this dtype
