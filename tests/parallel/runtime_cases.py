@@ -6,6 +6,7 @@ Imported by the test modules (and, through ``run_distributed``'s spawn, by every
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -213,8 +214,11 @@ def standard_cases(blocks: int = 4) -> list[Case]:
 
 
 # ----- single process reference ---------------------------------------------------------------------------
+@functools.cache
 def reference_run(family: str, steps: int = STEPS, clip: float | None = None) -> dict:
-    """Losses and gradients of the plain HF model on the whole global batch, SGD between steps."""
+    """Losses and gradients of the plain HF model on the whole global batch, SGD between steps.
+
+    Computed once per arguments in a test process (it is deterministic and the tests only read it)."""
     model = make_model(family)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     losses, grads, norms = [], [], []

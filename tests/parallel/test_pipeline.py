@@ -6,6 +6,8 @@ The reference runs in the test process on the same tiny model (same seed) and th
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -130,10 +132,12 @@ def step_batches(family: str, step: int) -> list[dict[str, torch.Tensor]]:
     return [make_batch(family, 10 * step + k) for k in range(ACCUMULATION.get(family, 1))]
 
 
+@functools.cache
 def reference_run(family: str, tied: bool = True) -> dict:
     """Single process: loss per step, gradients of the last step and weights after the last step, by HF name.
 
     Evaluates before and after training (the pipeline must evaluate correctly before its first train step).
+    Computed once per (family, tied) for the whole module (it is deterministic; the checks only read it).
     """
     model = build_model(family, tied)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
