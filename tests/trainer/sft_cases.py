@@ -20,9 +20,16 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "zero3": {"flags": {"dp_type": "zero3"}},
     "tp2": {"flags": {"tp": 2}},
     "pp2": {"flags": {"pp": 2, "num_micro_batches": 2}},
-    "zero3_packed": {"flags": {"dp_type": "zero3"}, "packing": True},
+    "zero3_packed_accumulated": {"flags": {"dp_type": "zero3", "gradient_accumulation_steps": 2}, "packing": True},
     "tp2_packed": {"flags": {"tp": 2}, "packing": True},
 }
+EVAL_SETS = {"even": 8, "odd": 5}  # samples (packed: 4 and 3 rows); a step evaluates 4 rows, so "odd" ends with
+# filler samples on 2 data-parallel groups
+
+
+def reference_key(layout: dict[str, Any]) -> tuple[bool, int]:
+    """(packing, accumulation steps): what the single-process reference depends on."""
+    return layout.get("packing", False), layout["flags"].get("gradient_accumulation_steps", 1)
 
 
 def tokenizer():
@@ -55,7 +62,9 @@ def config(output_dir: str, galvatron: bool, packing: bool, **overrides: Any):
 
     values = cases.common_arguments(output_dir, max_steps=STEPS, learning_rate=0.1, optim="sgd")  # SGD: Adam's first
     # step follows the sign of every gradient, so 1e-7 differences in near-zero gradients would move the loss 1e-4
-    values.update(max_length=MAX_LENGTH, packing=packing, eval_packing=False, dataset_num_proc=None, eval_strategy="no")
+    values.update(max_length=MAX_LENGTH, packing=packing, dataset_num_proc=None, eval_strategy="no")
+    values.update(bf16=False)  # fp32 on both sides: TRL's default bf16 autocast rounds the logits, whose argmax
+    # (mean_token_accuracy) then flips on near ties
     values.update(overrides)
     if not galvatron:
         return SFTConfig(**values)
@@ -64,24 +73,29 @@ def config(output_dir: str, galvatron: bool, packing: bool, **overrides: Any):
     return GalvatronSFTConfig(**values)
 
 
+def eval_sets() -> dict[str, Any]:
+    return {name: pairs(samples, 2) for name, samples in EVAL_SETS.items()}
+
+
 def report(trainer) -> dict[str, Any]:
     trainer.train()
-    evaluation = trainer.evaluate()
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     keys = ("loss", "entropy", "mean_token_accuracy", "num_tokens")
+    evaluations = {name: trainer.evaluate(eval_dataset=name) for name in EVAL_SETS}
     return {
         "train": [{k: entry[k] for k in keys} for entry in train_logs],
-        "eval": {k: v for k, v in evaluation.items() if k.removeprefix("eval_") in keys},
+        "eval": {name: {k: v for k, v in e.items() if k.removeprefix("eval_") in keys} for name, e in evaluations.items()},
     }
 
 
-def reference(output_dir: str, packing: bool) -> dict[str, Any]:
-    """The plain SFTTrainer, one process, the global batch per step and a Galvatron step's samples per eval step."""
+def reference(output_dir: str, packing: bool, accumulation: int) -> dict[str, Any]:
+    """The plain SFTTrainer, one process, the global batch per step (over ``accumulation`` loader batches) and a
+    Galvatron step's samples per eval step."""
     from trl import SFTTrainer
 
-    args = config(output_dir, False, packing, per_device_train_batch_size=cases.GLOBAL_BATCH,
-                  per_device_eval_batch_size=4)
-    trainer = SFTTrainer(cases.make_model("llama"), args, train_dataset=pairs(SAMPLES, 1), eval_dataset=pairs(8, 2),
+    args = config(output_dir, False, packing, per_device_train_batch_size=cases.GLOBAL_BATCH // accumulation,
+                  gradient_accumulation_steps=accumulation, per_device_eval_batch_size=4)
+    trainer = SFTTrainer(cases.make_model("llama"), args, train_dataset=pairs(SAMPLES, 1), eval_dataset=eval_sets(),
                          processing_class=tokenizer())
     return report(trainer)
 
@@ -96,6 +110,6 @@ def worker(rank: int, world_size: int, layouts: list[str], workdir: str) -> dict
                       global_batch_size=cases.GLOBAL_BATCH, per_device_eval_batch_size=2 if "tp" not in
                       layout["flags"] and "pp" not in layout["flags"] else 4, **layout["flags"])
         trainer = GalvatronSFTTrainer(cases.make_model("llama"), args, train_dataset=pairs(SAMPLES, 1),
-                                      eval_dataset=pairs(8, 2), processing_class=tokenizer())
+                                      eval_dataset=eval_sets(), processing_class=tokenizer())
         results[name] = report(trainer)
     return results

@@ -2,7 +2,9 @@
 TRL's dataset preparation (completion-only labels; packed padding-free rows in the packed runs); the logged loss,
 entropy, mean_token_accuracy and num_tokens of every step and of evaluate() equal the reference's (1e-4 relative).
 
-One 2-rank gloo launch: ZeRO-3, TP2, PP2 (batches padded to max_length), and packing under ZeRO-3 and TP2.
+One 2-rank gloo launch: ZeRO-3, TP2, PP2 (batches padded to max_length), packing under ZeRO-3 with two accumulated
+loader batches per step (TRL's metrics averaged over them) and under TP2 (packed evaluation sets too); each
+evaluates an even set and one whose last step holds filler samples on two data-parallel groups.
 """
 
 from __future__ import annotations
@@ -27,22 +29,36 @@ RTOL = 1e-4
 def launch(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sft")
     results = run_distributed(sc.worker, 2, list(sc.LAYOUTS), str(workdir), timeout_s=1200)
-    references = {packing: sc.reference(str(workdir / f"ref_{packing}"), packing) for packing in (False, True)}
+    keys = {sc.reference_key(layout) for layout in sc.LAYOUTS.values()}
+    references = {key: sc.reference(str(workdir / f"ref_{key[0]}_{key[1]}"), *key) for key in keys}
     return results, references
 
 
 @pytest.mark.parametrize("layout", list(sc.LAYOUTS))
 def test_losses_and_trl_metrics_match_plain_sft_trainer(launch, layout):
     results, references = launch
-    expected = references[sc.LAYOUTS[layout].get("packing", False)]
+    expected = references[sc.reference_key(sc.LAYOUTS[layout])]
     assert expected["train"][-1]["mean_token_accuracy"] > 0  # the metrics measure something
+    assert expected["eval"]["even"]["eval_mean_token_accuracy"] > 0
     for rank, rank_results in enumerate(results):
         got = rank_results[layout]
         assert len(got["train"]) == len(expected["train"]) == sc.STEPS
         for step, (mine, theirs) in enumerate(zip(got["train"], expected["train"])):
             assert mine == pytest.approx(theirs, rel=RTOL), f"{layout} rank {rank} step {step + 1}"
-        evaluation, reference_evaluation = got["eval"], dict(expected["eval"])
-        if sc.LAYOUTS[layout].get("packing"):  # known difference: evaluation accuracy after packed training
-            evaluation = {k: v for k, v in evaluation.items() if k != "eval_mean_token_accuracy"}
-            reference_evaluation.pop("eval_mean_token_accuracy")
-        assert evaluation == pytest.approx(reference_evaluation, rel=RTOL), f"{layout} rank {rank} evaluate()"
+        for name in sc.EVAL_SETS:
+            assert got["eval"][name] == pytest.approx(expected["eval"][name], rel=RTOL), f"{layout} rank {rank} {name}"
+
+
+def test_config_keeps_trl_defaults(tmp_path):
+    """Every SFTConfig field has TRL's default (bf16 on, learning rate 2e-5, ...), except gradient
+    checkpointing, which is the plan's."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    from galvatron_hf import GalvatronSFTConfig
+
+    plain, ours = (config(output_dir=str(tmp_path), use_cpu=True) for config in (SFTConfig, GalvatronSFTConfig))
+    checkpointing = {"gradient_checkpointing", "activation_checkpointing"}
+    differing = {f.name for f in dataclasses.fields(SFTConfig) if getattr(plain, f.name) != getattr(ours, f.name)}
+    assert differing == checkpointing and ours.bf16 and not ours.activation_checkpointing
