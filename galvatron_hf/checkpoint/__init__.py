@@ -7,6 +7,7 @@ Hugging Face directory, and loading a Hugging Face directory straight into a par
 | ``atomic.py`` | atomic files, the staging folder and its swap into place, recovery of an interrupted swap |
 | ``collective.py`` | how ranks agree, so a failure on one rank raises on all and none waits forever |
 | ``sharded_state.py`` | the sharded model/optimizer state DCP writes and reads |
+| ``frozen.py`` | checkpoints without the frozen parameters (a fine-tune's base) and the check of the base on load |
 | ``rng.py`` | one process's RNG state: captured, applied, stored per rank (also used by the trainer) |
 | ``save.py`` / ``load.py`` | :func:`save_checkpoint` / :func:`load_checkpoint` |
 | ``export.py`` | :func:`export_to_hf` (``galvatron-hf export``) |

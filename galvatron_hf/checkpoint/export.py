@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from galvatron_hf.checkpoint.atomic import describe_os_error, recover_interrupted_save
 from galvatron_hf.checkpoint.collective import single_process_dcp_is_intended
 from galvatron_hf.checkpoint.hf_weights import tied_weight_sources
-from galvatron_hf.checkpoint.manifest import CONFIG_NAME, DCP_DIR, CheckpointError, read_manifest
+from galvatron_hf.checkpoint.manifest import CONFIG_NAME, DCP_DIR, FROZEN_KEY, CheckpointError, read_manifest
 from galvatron_hf.checkpoint.sharded_state import MODEL_KEY, stored_keys
 
 TOKENIZER_FILES = (
@@ -49,7 +49,13 @@ def export_to_hf(
     out = Path(out_dir)
     check_export_target(out, overwrite)
     recover_interrupted_save(path)
-    read_manifest(path)
+    if FROZEN_KEY in read_manifest(path):
+        raise CheckpointError(
+            f"{path} holds the trainable parameters only (its frozen base came from the model it trained, "
+            "checkpoint/frozen.py), so it cannot be exported alone: resume it into the model built from the same "
+            "base and call trainer.save_model(dir) (a PEFT model writes its adapter, PeftModel.from_pretrained "
+            "loads it onto the base)"
+        )
     hf_config = _export_config(path, config)
     model = build_empty_model(hf_config, model_class)
     load_full_weights(path, model)

@@ -28,9 +28,11 @@ from galvatron_hf.checkpoint.collective import (
     raise_on_every_rank_if_any,
     single_process_dcp_is_intended,
 )
+from galvatron_hf.checkpoint.frozen import check_same_frozen_parameters, frozen_names
 from galvatron_hf.checkpoint.hf_weights import tied_weight_sources
 from galvatron_hf.checkpoint.manifest import (
     DCP_DIR,
+    FROZEN_KEY,
     PLAN_NAME,
     SCHEDULER_NAME,
     CheckpointError,
@@ -81,7 +83,7 @@ def load_checkpoint(
     manifest = read_manifest(path)
     if optimizer is not None and not manifest.get("has_optimizer", False):
         raise CheckpointError(f"{path} was saved without optimizer state; pass optimizer=None to load the model")
-    _dcp_load(path, model, optimizer)
+    _dcp_load(path, model, optimizer, manifest.get(FROZEN_KEY))
     scheduler_restored = _load_scheduler(path, lr_scheduler)
     saved_plan = Plan.load(path / PLAN_NAME) if (path / PLAN_NAME).is_file() else None
     saved_world_size = int(manifest["world_size"])
@@ -97,9 +99,17 @@ def load_checkpoint(
     )
 
 
-def _dcp_load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+def _dcp_load(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, frozen: dict[str, list[float]] | None
+) -> None:
+    """Load model and optimizer shards; a checkpoint without the frozen parameters (``frozen``: their saved
+    fingerprint) loads what trained into a model whose frozen parameters must be the ones it trained with."""
     dcp_dir = path / DCP_DIR
-    load_into(model, optimizer, lambda state: _read_shards(dcp_dir, model, state))
+    left_out: set[str] = set()
+    if frozen is not None:
+        check_same_frozen_parameters(frozen, model, str(path))
+        left_out = frozen_names(model)
+    load_into(model, optimizer, lambda state: _read_shards(dcp_dir, model, state), without=left_out)
 
 
 def _read_shards(dcp_dir: Path, model: nn.Module, state: dict[str, dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 SCHEDULER_NAME = "scheduler.pt"
 RNG_DIR = "rng"
+FROZEN_KEY = "frozen_parameters"  # {name: [sum, sum of squares]} of the frozen parameters a save left out
 
 
 class CheckpointError(RuntimeError):
@@ -30,12 +31,22 @@ class CheckpointError(RuntimeError):
 
 
 def build_manifest(
-    *, step: int, world_size: int, extra: dict[str, Any], has_optimizer: bool, has_scheduler: bool, model: nn.Module
+    *,
+    step: int,
+    world_size: int,
+    extra: dict[str, Any],
+    has_optimizer: bool,
+    has_scheduler: bool,
+    model: nn.Module,
+    frozen_fingerprint: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a save: what a resume needs (step, world size, ``extra``) and what wrote it."""
+    """The manifest of a save: what a resume needs (step, world size, ``extra``) and what wrote it;
+    ``frozen_fingerprint`` when the frozen parameters were left out (``checkpoint/frozen.py``)."""
     import transformers
 
+    frozen = {} if frozen_fingerprint is None else {FROZEN_KEY: frozen_fingerprint}
     return {
+        **frozen,
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "step": int(step),

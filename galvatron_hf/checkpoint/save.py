@@ -29,6 +29,7 @@ from galvatron_hf.checkpoint.collective import (
     single_process_dcp_is_intended,
     world_size,
 )
+from galvatron_hf.checkpoint.frozen import frozen_fingerprint, frozen_names
 from galvatron_hf.checkpoint.manifest import (
     CONFIG_NAME,
     DCP_DIR,
@@ -56,21 +57,27 @@ def save_checkpoint(
     plan: Plan | None,
     step: int,
     extra: dict[str, Any] | None = None,
+    keep_frozen: bool = True,
 ) -> Path:
     """Write a checkpoint of the (parallelised) model, optimizer, scheduler, RNG states, step and plan.
 
     Collective: every rank calls it with its own part of the model. ``extra`` (rank 0's copy is kept) is
-    JSON data for the trainer, e.g. the data position. Returns the checkpoint directory. If any rank fails,
-    every rank raises and ``directory`` keeps its previous content.
+    JSON data for the trainer, e.g. the data position. ``keep_frozen=False`` leaves the frozen parameters out
+    (a fine-tune's base: a resume takes them from the model it loads into, ``checkpoint/frozen.py``). Returns
+    the checkpoint directory. If any rank fails, every rank raises and ``directory`` keeps its previous content.
     """
     target = Path(directory).absolute()
     extra = dict(extra or {})
     require_json(extra, "extra")
+    left_out = set() if keep_frozen else frozen_names(model)
+    fingerprint = frozen_fingerprint(model) if left_out else None
     staging = decided_by_rank0(
         lambda: _start_staging(target), CheckpointError, f"cannot start a checkpoint at {target}"
     )
     try:
-        _write_and_publish(staging, target, model, optimizer, lr_scheduler, plan, step, extra)
+        _write_and_publish(
+            staging, target, model, optimizer, lr_scheduler, plan, step, extra, left_out, fingerprint
+        )
     except CheckpointError as err:  # raised on every rank (each phase is agreed on)
         note = describe_os_error(err, staging)
         if rank() == 0:
@@ -91,9 +98,11 @@ def _write_and_publish(
     plan: Plan | None,
     step: int,
     extra: dict[str, Any],
+    left_out: set[str],
+    fingerprint: dict[str, list[float]] | None,
 ) -> None:
     """The phases of a save after its staging folder exists; each raises ``CheckpointError`` on every rank."""
-    _dcp_save(staging, model, optimizer)
+    _dcp_save(staging, model, optimizer, left_out)
     checked_on_all_ranks(lambda: write_rank_rng(staging), f"writing RNG states into {staging}", CheckpointError)
     checked_on_all_ranks(
         lambda: _write_rank0_files(staging, model, lr_scheduler, plan),
@@ -108,6 +117,7 @@ def _write_and_publish(
         has_optimizer=optimizer is not None,
         has_scheduler=lr_scheduler is not None,
         model=model,
+        frozen_fingerprint=fingerprint,
     )
     checked_on_all_ranks(
         lambda: publish(staging, target, manifest), f"publishing {target}", CheckpointError, only_rank0=True
@@ -133,12 +143,12 @@ def _refuse_foreign_directory(target: Path) -> None:
         )
 
 
-def _dcp_save(staging: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+def _dcp_save(staging: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, left_out: set[str]) -> None:
     dcp_dir = staging / DCP_DIR
     try:
         with single_process_dcp_is_intended():
             writer = dcp.FileSystemWriter(str(dcp_dir))
-            state = state_for(model, optimizer)
+            state = state_for(model, optimizer, without=left_out)
             relay_strided_optimizer_state(state)
             dcp.save(state, storage_writer=writer, no_dist=not distributed())
     except (Exception, CheckpointException) as err:  # DCP's collective error is a BaseException

@@ -8,6 +8,7 @@ layout is what lets a different stage split find its entries.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,16 @@ OPTIM_KEY = "optim"
 STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def state_for(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """The sharded state DCP saves and loads into: views of the live parameters, no copies."""
+def state_for(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, without: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
+    """The sharded state DCP saves and loads into: views of the live parameters, no copies; the model entries
+    named in ``without`` (frozen parameters, ``checkpoint/frozen.py``) left out."""
     if optimizer is None:
-        return {MODEL_KEY: get_model_state_dict(model, options=STATE_DICT_OPTIONS)}
+        model_state = get_model_state_dict(model, options=STATE_DICT_OPTIONS)
+        return {MODEL_KEY: {k: v for k, v in model_state.items() if k not in without}}
     model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
-    return {MODEL_KEY: model_state, OPTIM_KEY: optim_state}
+    return {MODEL_KEY: {k: v for k, v in model_state.items() if k not in without}, OPTIM_KEY: optim_state}
 
 
 def relay_strided_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -59,19 +64,24 @@ def restore_strided_optimizer_state(state: dict[str, Any], originals: dict[str, 
 
 
 def load_into(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None, read: Callable[[dict[str, Any]], None]
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    read: Callable[[dict[str, Any]], None],
+    without: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     """Load a sharded state into the live model (and optimizer), whatever source ``read`` takes it from.
 
     ``read(state)`` fills the sharded state dicts in place (views of the live parameters, strided TP shards
     stored contiguously, as they are saved); the optimizer's strided shards then go back to its own layout, and
-    the state is set into the model and the optimizer.
+    the state is set into the model and the optimizer. The model entries named in ``without`` (frozen
+    parameters a checkpoint left out) are neither read nor set.
     """
-    state = state_for(model, optimizer)
+    state = state_for(model, optimizer, without)
     strided = relay_strided_optimizer_state(state)
     read(state)
+    options = replace(STATE_DICT_OPTIONS, strict=False) if without else STATE_DICT_OPTIONS
     if optimizer is None:
-        set_model_state_dict(model, state[MODEL_KEY], options=STATE_DICT_OPTIONS)
+        set_model_state_dict(model, state[MODEL_KEY], options=options)
         return
     restore_strided_optimizer_state(state, strided)
     set_state_dict(
@@ -79,7 +89,7 @@ def load_into(
         optimizer,
         model_state_dict=state[MODEL_KEY],
         optim_state_dict=state[OPTIM_KEY],
-        options=STATE_DICT_OPTIONS,
+        options=options,
     )
 
 

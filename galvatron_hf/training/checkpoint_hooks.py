@@ -82,6 +82,7 @@ class CheckpointHooks:
             plan=self.plan,
             step=self.state.global_step,
             extra={LOSS_SCALE_KEY: scaler.scale} if scaler else {},
+            keep_frozen=False,  # a fine-tune's frozen base comes from the model a resume builds (checkpoint/frozen.py)
         )
         self._save_side_files(output_dir)
 

@@ -58,6 +58,7 @@ def reference(output_dir: str) -> dict[str, Any]:
         "losses": cases.logged_losses(trainer.state.log_history),
         "adapter": adapter_weights(trainer.model),
         "names": sorted(n for n, p in base.named_parameters() if p.requires_grad),
+        "frozen_names": {n for n, p in base.named_parameters() if not p.requires_grad},
         "trainable_params": sum(p.numel() for p in base.parameters() if p.requires_grad),
     }
 
@@ -75,11 +76,13 @@ def reload_adapter(directory: str) -> dict[str, torch.Tensor]:
     return adapter_weights(PeftModel.from_pretrained(cases.make_model("llama", seed=0), directory))
 
 
-def galvatron_trainer(name: str, output_dir: str, **overrides: Any):
+def galvatron_trainer(name: str, output_dir: str, seed: int = 0, **overrides: Any):
     from galvatron_hf import GalvatronTrainer
 
     args = arguments(output_dir, galvatron=True, global_batch_size=cases.GLOBAL_BATCH, **LAYOUTS[name], **overrides)
-    return GalvatronTrainer(lora_model(), args, train_dataset=cases.make_dataset("llama"), data_collator=cases.collate)
+    return GalvatronTrainer(
+        lora_model(seed), args, train_dataset=cases.make_dataset("llama"), data_collator=cases.collate
+    )
 
 
 def train_and_save(name: str, workdir: str) -> dict[str, Any]:
@@ -117,7 +120,18 @@ def resume_across_layouts(workdir: str) -> dict[str, Any]:
     return {"losses": cases.logged_losses(resumed.state.log_history), "steps": counter.steps}
 
 
+def resume_onto_another_base(workdir: str) -> str:
+    """The error a resume of RESUME[0]'s checkpoint (adapters and optimizer only) onto another base raises."""
+    other = galvatron_trainer(RESUME[1], os.path.join(workdir, "other_base"), seed=1)
+    try:
+        other.train(resume_from_checkpoint=os.path.join(workdir, RESUME[0], "checkpoint-2"))
+    except Exception as err:  # every rank raises
+        return f"{type(err).__name__}: {err}"
+    return "resumed"
+
+
 def worker(rank: int, world_size: int, layouts: list[str], workdir: str) -> dict[str, Any]:
     results: dict[str, Any] = {name: train_and_save(name, workdir) for name in layouts}  # RESUME[0] first
     results["resume"] = resume_across_layouts(workdir)
+    results["another_base"] = resume_onto_another_base(workdir)
     return results

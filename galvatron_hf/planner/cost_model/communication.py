@@ -115,16 +115,19 @@ class CommunicationCosts:
         backward: float,
         shape: StepShape,
         dp_shard: int = 0,
+        trainable: float | None = None,
     ) -> float:
         """Once-per-step DP communication left exposed after overlapping with this layer's compute.
 
-        HSDP reduce-scatters inside its shard group (``dp_shard`` ranks strided by tp), all-reduces the shard
-        across the ``dp / dp_shard`` replicas (strided by ``tp x dp_shard``) and all-gathers inside the shard
-        group, as ZeRO-3 over the shard group does.
+        The gradients reduced are those of the ``trainable`` parameters (default: all ``params``; FSDP2 reduces
+        only parameters that require a gradient, so a frozen base under LoRA sends none); the all-gathers carry
+        every parameter. HSDP reduce-scatters inside its shard group (``dp_shard`` ranks strided by tp),
+        all-reduces the shard across the ``dp / dp_shard`` replicas (strided by ``tp x dp_shard``) and
+        all-gathers inside the shard group, as ZeRO-3 over the shard group does.
         """
         if dp <= 1:
             return 0.0
-        grad_bytes = params * GRAD_BYTES  # reduce in fp32
+        grad_bytes = (params if trainable is None else trainable) * GRAD_BYTES  # reduce in fp32
         group = dp_shard if dp_type == "hsdp" else dp
         if dp_type == "ddp":
             sync = self.collective_s("all_reduce", grad_bytes, dp, stride=tp)

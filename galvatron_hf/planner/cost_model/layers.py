@@ -123,9 +123,11 @@ class CostModel(CommunicationCosts, MemoryCosts, OffloadCosts):
             per_micro_batch += forward + tp_forward + ring_forward
             tp_comm += tp_forward + ring_forward
         params = self.local_params(layer, tp)
-        comm_shard = dp_shard * shape.cp if dp_type == "hsdp" else 0
-        dp_comm = self._dp_comm_exposed_s(params, tp, dp * shape.cp, dp_type, forward, backward, shape, comm_shard)
         trainable = params * self.trainable_share(layer)
+        comm_shard = dp_shard * shape.cp if dp_type == "hsdp" else 0
+        dp_comm = self._dp_comm_exposed_s(
+            params, tp, dp * shape.cp, dp_type, forward, backward, shape, comm_shard, trainable
+        )
         sharded_params = rank_state_params(trainable, shard, state_type)  # the state that trains: grads, AdamW
         if shape.offload:
             offload = self.offload_s(params, sharded_params, state_type, shape, forward + backward)
