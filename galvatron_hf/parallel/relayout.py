@@ -11,6 +11,12 @@ input gradients). Changing layout therefore only moves batch parts:
 
 Only the ``ratio`` ranks that hold different parts exchange them (``ParallelDims.relayout_group``).
 
+A batch whose rows do not split over every layout's ``dp`` (the last, partial batch of an epoch, a small
+evaluation batch) is padded, on entering the first layout that splits it differently from the data loading,
+with copies of its last row up to a multiple of all the stage's ``dp``; the copies are dropped when the batch
+comes back to the data-loading split. The loss never sees them, and their gradient is zero (the rows it
+reaches are dropped), so every layout gives the unpadded batch's loss and gradients.
+
 The HF blocks keep their own forward: a forward pre-hook (``with_kwargs=True``) re-lays every batch tensor
 a block receives (hidden states, masks, position embeddings, encoder states), and a forward hook records
 the layout of what the block returns. A tensor nobody recorded was made outside the blocks from the model
@@ -145,7 +151,7 @@ class RelayoutTracker:
 
     ``begin`` is called at the start of each model forward (a pre-hook on the model root does it) with
     the stage's micro-batch size; a tensor counts as a batch tensor when it has 2+ dims and its dim 0 is the
-    local batch size of the layout it is in.
+    local batch size of the layout it is in (of the padded batch, for a layout split unlike the data loading).
 
     It refers to activations weakly and drops its conversions when the forward ends: holding them kept the
     last forward's block outputs (and, through their autograd graph, the whole parallelised model) alive
@@ -157,11 +163,14 @@ class RelayoutTracker:
         self.dims = dims
         self.input_layout = input_layout
         self.stage_batch: int | None = None
+        self.row_multiple = input_layout[0]  # lcm of the dp of every layout this stage's forward meets
+        self._padded_batch: int | None = None
         self._layouts: dict[int, tuple[weakref.ref, BatchLayout]] = {}
         self._converted: dict[tuple[int, BatchLayout], tuple[weakref.ref, torch.Tensor]] = {}
 
     def begin(self, stage_batch: int) -> None:
         self.stage_batch = stage_batch
+        self._padded_batch = -(-stage_batch // self.row_multiple) * self.row_multiple
         self._layouts.clear()
         self._converted.clear()
 
@@ -184,16 +193,24 @@ class RelayoutTracker:
         if self.stage_batch is None or tensor.dim() < 2:
             return tensor
         src = self.layout_of(tensor)
-        if src[1] == dst[1] or tensor.shape[0] != self.stage_batch // src[0]:
+        if src[1] == dst[1] or tensor.shape[0] != self._rows(src):
             return tensor
         key = (id(tensor), dst)
         cached = self._converted.get(key)
         if cached is not None and cached[0]() is tensor:  # masks / position embeddings reach every block
             return cached[1]
-        moved = relayout(tensor, self.dims, src, dst)
+        moved = relayout(pad_rows_with_last(tensor, self._padded_batch // src[0]), self.dims, src, dst)
+        if moved.shape[0] > self._rows(dst):  # back in the data loading's split: the padding rows go
+            moved = moved[: self._rows(dst)]
         self._converted[key] = (weakref.ref(tensor), moved)
         self.record(moved, dst)
         return moved
+
+    def _rows(self, layout: BatchLayout) -> int:
+        """This rank's rows of a batch tensor in ``layout``: the data loading's split is never padded, every
+        other split holds its share of the padded batch."""
+        batch = self.stage_batch if layout[1] == self.input_layout[1] else self._padded_batch
+        return batch // layout[0]
 
     # ----- hooks -------------------------------------------------------------------------------------
     def install(
@@ -253,6 +270,7 @@ class RelayoutTracker:
         tp_group: dist.ProcessGroup | None = None,
     ) -> None:
         """Re-lay the block's batch inputs to ``layout``; with ``heads`` also split/gather head tensors."""
+        self.row_multiple = math.lcm(self.row_multiple, layout[0])
         names = list(inspect.signature(block.forward).parameters)
         split_heads = heads is not None and tp_group is not None and dist.get_world_size(tp_group) > 1
 
@@ -300,6 +318,15 @@ class RelayoutTracker:
             return self.to_layout(args, self.input_layout), self.to_layout(kwargs, self.input_layout)
 
         module.register_forward_pre_hook(to_input_layout, with_kwargs=True, prepend=True)
+
+
+def pad_rows_with_last(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor`` grown to ``rows`` rows with copies of its last one: real values, so a padded row computes
+    what a real one does (zeros could make an all-masked attention row, and NaN in its gradient terms)."""
+    extra = rows - tensor.shape[0]
+    if extra <= 0:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(extra, *tensor.shape[1:])])
 
 
 def _first_batch_size(args: tuple, kwargs: dict) -> int | None:
