@@ -1,11 +1,13 @@
 """Training scripts written the way Hugging Face's example scripts are, run with GalvatronTrainer and with the
 plain Trainer: ``HfArgumentParser`` over the script's own dataclass and the training arguments, the Trainer's
 default ``remove_unused_columns=True`` (the datasets carry extra columns it must drop), HF's collators
-(``DataCollatorForLanguageModeling``, ``DataCollatorWithPadding``), datasets whose sizes are not multiples of the
-batch, then ``train`` -> ``evaluate`` -> ``predict`` -> ``save_model``, and a second run resumed from a checkpoint.
+(``DataCollatorForLanguageModeling``, ``DataCollatorWithPadding``, ``DataCollatorForSeq2Seq``), datasets whose
+sizes are not multiples of the batch, then ``train`` -> ``evaluate`` -> ``predict`` -> ``save_model``, and a
+second run resumed from a checkpoint.
 
 The only difference between the two sides is the swap the README asks for: ``GalvatronTrainer`` /
-``GalvatronTrainingArguments`` for ``Trainer`` / ``TrainingArguments``. Imported by the test module and, through
+``GalvatronTrainingArguments`` for ``Trainer`` / ``TrainingArguments`` (``GalvatronSeq2SeqTrainer`` /
+``GalvatronSeq2SeqTrainingArguments`` for the Seq2Seq ones, as run_translation uses). Imported by the test module and, through
 ``run_distributed``'s spawn, by every rank.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,7 +27,7 @@ GLOBAL_BATCH = 8  # splits over 4 data-parallel groups x 2 accumulation steps
 EVAL_BATCH = 2  # per data-parallel group
 SAVE_STEPS = 2
 NUM_LABELS = 3
-TASKS = ("causal_lm", "masked_lm", "seq_cls", "image_cls")
+TASKS = ("causal_lm", "masked_lm", "seq_cls", "seq2seq", "image_cls")
 
 LAYOUTS: dict[str, list[str]] = {
     "plain": [],
@@ -74,6 +77,13 @@ def model_for(task: str, seed: int = 0):
             num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False, pad_token_id=0,
         )
         return tf.LlamaForCausalLM(config)
+    if task == "seq2seq":
+        config = tf.T5Config(
+            vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+            dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+            decoder_start_token_id=0, pad_token_id=0,
+        )
+        return tf.T5ForConditionalGeneration(config)
     if task == "image_cls":
         config = tf.ViTConfig(
             image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -114,6 +124,14 @@ def dataset_for(task: str, samples: int, seed: int, max_length: int):
         return images(samples, seed)
     tok = tokenizer()
     raw = raw_texts(samples, seed)
+    if task == "seq2seq":  # run_translation's preprocessing: the target is the source's words reversed
+        def translate(batch):
+            targets = [" ".join(reversed(sentence.split()[:6])) for sentence in batch["sentence"]]
+            inputs = tok(batch["sentence"], truncation=True, max_length=max_length)
+            inputs["labels"] = tok(text_target=targets, truncation=True, max_length=max_length)["input_ids"]
+            return inputs
+
+        return raw.map(translate, batched=True).remove_columns(["label"])
     tokenized = raw.map(lambda batch: tok(batch["sentence"], truncation=True, max_length=max_length), batched=True)
     if task != "seq_cls":  # language modelling: the label column goes, as run_clm / run_mlm drop the raw columns
         tokenized = tokenized.remove_columns(["label"])
@@ -127,9 +145,11 @@ def collate_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"pixel_values": pixel_values, "labels": labels}
 
 
-def collator_for(task: str):
-    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+def collator_for(task: str, model):
+    from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, DataCollatorWithPadding
 
+    if task == "seq2seq":  # labels padded with -100, decoder_input_ids made by the model from them
+        return DataCollatorForSeq2Seq(tokenizer(), model=model)
     if task == "image_cls":
         return collate_images
     if task == "causal_lm":
@@ -153,20 +173,19 @@ def common_flags(output_dir: str) -> list[str]:
 def main(argv: list[str], galvatron: bool = True, data_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
     """The script: what it reports is what the tests compare (``data_sizes``: the plain Trainer's evaluation
     repeated with ``EVAL_BATCH`` x each of them per step)."""
-    from transformers import HfArgumentParser, Trainer, TrainingArguments
+    from transformers import HfArgumentParser
 
-    from galvatron_hf.trainer import GalvatronTrainer, GalvatronTrainingArguments
-
-    arguments_class = GalvatronTrainingArguments if galvatron else TrainingArguments
-    trainer_class = GalvatronTrainer if galvatron else Trainer
+    task = HfArgumentParser(ScriptArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)[0].task
+    trainer_class, arguments_class = trainer_classes(task, galvatron)
     script, training_args = HfArgumentParser((ScriptArguments, arguments_class)).parse_args_into_dataclasses(argv)
     resume = training_args.resume_from_checkpoint
+    model = model_for(script.task)
     trainer = trainer_class(
-        model=model_for(script.task),
+        model=model,
         args=training_args,
         train_dataset=dataset_for(script.task, TRAIN_SAMPLES, 1, script.max_seq_length),
         eval_dataset=dataset_for(script.task, EVAL_SAMPLES, 2, script.max_seq_length),
-        data_collator=collator_for(script.task),
+        data_collator=collator_for(script.task, model),
     )
     trainer.train(resume_from_checkpoint=resume)
     report: dict[str, Any] = {"losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
@@ -184,9 +203,31 @@ def main(argv: list[str], galvatron: bool = True, data_sizes: tuple[int, ...] = 
     return report
 
 
+def trainer_classes(task: str, galvatron: bool) -> tuple[type, type]:
+    """The script's Trainer and its arguments: the Seq2Seq pair for translation, as run_translation uses."""
+    import galvatron_hf as g
+    import transformers as tf
+
+    if task == "seq2seq":
+        if galvatron:
+            return g.GalvatronSeq2SeqTrainer, g.GalvatronSeq2SeqTrainingArguments
+        return tf.Seq2SeqTrainer, tf.Seq2SeqTrainingArguments
+    return (g.GalvatronTrainer, g.GalvatronTrainingArguments) if galvatron else (tf.Trainer, tf.TrainingArguments)
+
+
 def evaluate_and_predict(trainer, script: ScriptArguments) -> dict[str, Any]:
-    evaluated = trainer.evaluate()
-    predicted = trainer.predict(dataset_for(script.task, EVAL_SAMPLES, 3, script.max_seq_length))
+    from transformers import Seq2SeqTrainer, Trainer
+
+    from galvatron_hf import GalvatronTrainer
+
+    evaluate, predict = trainer.evaluate, trainer.predict
+    if isinstance(trainer, Seq2SeqTrainer) and not isinstance(trainer, GalvatronTrainer):
+        # the plain Seq2SeqTrainer's evaluate / predict gather step losses with accelerator.gather: a short last
+        # step counts as a whole one (its fillers too, on several processes). The Trainer's own loop, which
+        # GalvatronSeq2SeqTrainer keeps, weights each step by its real samples.
+        evaluate, predict = partial(Trainer.evaluate, trainer), partial(Trainer.predict, trainer)
+    evaluated = evaluate()
+    predicted = predict(dataset_for(script.task, EVAL_SAMPLES, 3, script.max_seq_length))
     return {"eval_loss": evaluated["eval_loss"], "test_loss": predicted.metrics["test_loss"],
             "predictions": predicted.predictions}
 

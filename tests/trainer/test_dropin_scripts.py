@@ -55,7 +55,7 @@ def _check_cell(result: dict, reference: dict, what: str) -> None:
     expected = reference["by_data_size"][result["data_size"]]
     for key in ("eval_loss", "test_loss"):
         assert result[key] == pytest.approx(expected[key], rel=RTOL), f"{what} {key}"
-    if result["predictions"].ndim == 2:  # class logits, one row per sample (token logits are padded per batch)
+    if isinstance(result["predictions"], np.ndarray) and result["predictions"].ndim == 2:  # class logits, one row per sample (token logits are padded per batch)
         got, want = np.asarray(result["predictions"]), np.asarray(expected["predictions"])
         assert got.shape == want.shape == (cases.EVAL_SAMPLES, cases.NUM_LABELS), what
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5, err_msg=what)
