@@ -69,7 +69,8 @@ def _local_sums(param: torch.Tensor) -> tuple[float, float, tuple[int, ...]]:
         return float(values.sum()), float((values * values).sum()), ()
     values = param.to_local().detach().double()
     mesh = param.device_mesh
-    replicas = math.prod(mesh.size(dim) for dim, placement in enumerate(param.placements) if isinstance(placement, Replicate))
+    replicated = [dim for dim, placement in enumerate(param.placements) if isinstance(placement, Replicate)]
+    replicas = math.prod(mesh.size(dim) for dim in replicated)
     ranks = tuple(int(rank) for rank in mesh.mesh.flatten().tolist())
     return float(values.sum()) / replicas, float((values * values).sum()) / replicas, ranks
 

@@ -18,8 +18,8 @@ EVAL_BATCH = 2
 TARGET = 6  # label tokens per sample (the generation length is TARGET + 2: start token and EOS)
 STEPS = 2
 
-LAYOUTS: dict[str, dict[str, Any]] = {
-    "ddp": {"flags": {"dp_type": "ddp"}, "data_size": 2},
+LAYOUTS: dict[str, dict[str, Any]] = {  # "unlabelled": also predict() without labels (one layout with fillers)
+    "ddp": {"flags": {"dp_type": "ddp"}, "data_size": 2, "unlabelled": True},
     "zero2": {"flags": {"dp_type": "zero2"}, "data_size": 2},
     "zero3_beams": {"flags": {"dp_type": "zero3", "generation_num_beams": 2}, "data_size": 2},
     "tp2": {"flags": {"tp": 2}, "data_size": 1},
@@ -70,21 +70,22 @@ def arguments(output_dir: str, galvatron: bool, **overrides: Any):
     return GalvatronSeq2SeqTrainingArguments(**values) if galvatron else Seq2SeqTrainingArguments(**values)
 
 
-def report(trainer) -> dict[str, Any]:
-    """Train, evaluate with generation, predict with and without labels."""
+def report(trainer, unlabelled: bool) -> dict[str, Any]:
+    """Train, evaluate with generation, predict with labels (and, if ``unlabelled``, without)."""
     trainer.train()
     metrics = trainer.evaluate()
     labelled = trainer.predict(make_pairs(TEST_SAMPLES, seed=3))
-    unlabelled = trainer.predict(make_pairs(TEST_SAMPLES, seed=3, labels=False))
     keep = ("loss", "token_accuracy", "id_sum", "rows")
-    return {
+    result = {
         "losses": cases.logged_losses(trainer.state.log_history),
         "metrics": {k: v for k, v in metrics.items() if k.partition("_")[2] in keep},
         "test_metrics": {k: v for k, v in labelled.metrics.items() if k.partition("_")[2] in keep},
         "predictions": labelled.predictions,
         "label_ids": labelled.label_ids,
-        "unlabelled": unlabelled.predictions,
     }
+    if unlabelled:
+        result["unlabelled"] = trainer.predict(make_pairs(TEST_SAMPLES, seed=3, labels=False)).predictions
+    return result
 
 
 def reference(output_dir: str, data_size: int, num_beams: int | None) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def reference(output_dir: str, data_size: int, num_beams: int | None) -> dict[st
         data_collator=cases.collate,
         compute_metrics=compute_metrics,
     )
-    result = report(trainer)
+    result = report(trainer, unlabelled=True)
     if data_size == 1:
         result["pipeline_eval_loss"] = trainer.evaluate(pipeline_evaluation_set())["eval_loss"]
     return result
@@ -164,6 +165,9 @@ def pipeline_report(output_dir: str) -> dict[str, Any]:
 
 
 def worker(rank: int, world_size: int, layouts: list[str], workdir: str) -> dict[str, Any]:
-    results = {name: report(galvatron_trainer(LAYOUTS[name], os.path.join(workdir, name))) for name in layouts}
+    results = {}
+    for name in layouts:
+        trainer = galvatron_trainer(LAYOUTS[name], os.path.join(workdir, name))
+        results[name] = report(trainer, unlabelled=LAYOUTS[name].get("unlabelled", False))
     results["pipeline"] = pipeline_report(os.path.join(workdir, "pipeline"))
     return results

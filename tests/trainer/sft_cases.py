@@ -23,8 +23,7 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "zero3_packed_accumulated": {"flags": {"dp_type": "zero3", "gradient_accumulation_steps": 2}, "packing": True},
     "tp2_packed": {"flags": {"tp": 2}, "packing": True},
 }
-EVAL_SETS = {"even": 8, "odd": 5}  # samples (packed: 4 and 3 rows); a step evaluates 4 rows, so "odd" ends with
-# filler samples on 2 data-parallel groups
+EVAL_SAMPLES = 9  # packed: 5 rows; a step evaluates 4 rows, so the last ends with fillers on 2 data-parallel groups
 
 
 def reference_key(layout: dict[str, Any]) -> tuple[bool, int]:
@@ -73,18 +72,14 @@ def config(output_dir: str, galvatron: bool, packing: bool, **overrides: Any):
     return GalvatronSFTConfig(**values)
 
 
-def eval_sets() -> dict[str, Any]:
-    return {name: pairs(samples, 2) for name, samples in EVAL_SETS.items()}
-
-
 def report(trainer) -> dict[str, Any]:
     trainer.train()
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     keys = ("loss", "entropy", "mean_token_accuracy", "num_tokens")
-    evaluations = {name: trainer.evaluate(eval_dataset=name) for name in EVAL_SETS}
+    evaluation = trainer.evaluate()
     return {
         "train": [{k: entry[k] for k in keys} for entry in train_logs],
-        "eval": {name: {k: v for k, v in e.items() if k.removeprefix("eval_") in keys} for name, e in evaluations.items()},
+        "eval": {k: v for k, v in evaluation.items() if k.removeprefix("eval_") in keys},
     }
 
 
@@ -95,8 +90,8 @@ def reference(output_dir: str, packing: bool, accumulation: int) -> dict[str, An
 
     args = config(output_dir, False, packing, per_device_train_batch_size=cases.GLOBAL_BATCH // accumulation,
                   gradient_accumulation_steps=accumulation, per_device_eval_batch_size=4)
-    trainer = SFTTrainer(cases.make_model("llama"), args, train_dataset=pairs(SAMPLES, 1), eval_dataset=eval_sets(),
-                         processing_class=tokenizer())
+    trainer = SFTTrainer(cases.make_model("llama"), args, train_dataset=pairs(SAMPLES, 1),
+                         eval_dataset=pairs(EVAL_SAMPLES, 2), processing_class=tokenizer())
     return report(trainer)
 
 
@@ -110,6 +105,6 @@ def worker(rank: int, world_size: int, layouts: list[str], workdir: str) -> dict
                       global_batch_size=cases.GLOBAL_BATCH, per_device_eval_batch_size=2 if "tp" not in
                       layout["flags"] and "pp" not in layout["flags"] else 4, **layout["flags"])
         trainer = GalvatronSFTTrainer(cases.make_model("llama"), args, train_dataset=pairs(SAMPLES, 1),
-                                      eval_dataset=eval_sets(), processing_class=tokenizer())
+                                      eval_dataset=pairs(EVAL_SAMPLES, 2), processing_class=tokenizer())
         results[name] = report(trainer)
     return results
