@@ -170,8 +170,8 @@ def run_model(args: argparse.Namespace) -> int:
 
 
 def profiled_kernels(args: argparse.Namespace, spec):
-    """The kernels the flags ask for, as the trainer maps the same TrainingArguments flags (refused where they
-    cannot run: Liger needs CUDA and a family it covers)."""
+    """The kernels the flags ask for, as the trainer maps the same TrainingArguments flags (Liger's ``KernelError``,
+    a ValueError, refuses them where they cannot run when the profiled model is patched)."""
     from galvatron_hf.parallel.compile import CompileConfig
     from galvatron_hf.parallel.kernels import KernelConfig, kernels_for_profiling
     from galvatron_hf.profiler.model_profiler import ModelProfileOptions
@@ -179,18 +179,7 @@ def profiled_kernels(args: argparse.Namespace, spec):
     device = ModelProfileOptions(seq_len=args.seq_len, device=args.device).torch_device()
     kernels = KernelConfig.from_training_args(args)
     compile_config = CompileConfig.from_training_args(args)
-    if kernels is not None:
-        _liger_check(spec, device)
     return kernels_for_profiling(spec, device, kernels, compile_config)
-
-
-def _liger_check(spec, device) -> None:
-    from galvatron_hf.parallel.kernels import KernelError, liger_function
-
-    try:
-        liger_function(spec, device)
-    except KernelError as err:
-        raise ValueError(str(err)) from err
 
 
 def analytic_times(hardware: str | None, options):

@@ -56,10 +56,14 @@ class KernelConfig:
         return cls(liger=True, liger_options=dict(getattr(args, "liger_kernel_config", None) or {}))
 
 
+    @property
+    def liger_head(self) -> bool:
+        """Whether Liger's fused linear cross-entropy is asked for (on unless switched off in its options)."""
+        return self.liger and self.liger_options.get(FUSED_HEAD, True)
+
     def fuses_head(self, spec: ModelSpec, vocab_tp: int = 1, pp: int = 1) -> bool:
         """Whether the training loss will run without materialised logits under such a plan."""
-        liger_head = self.liger and self.liger_options.get(FUSED_HEAD, True)
-        return bool(liger_head or self.chunked_loss) and fused_head_obstacle(spec, vocab_tp, pp) is None
+        return bool(self.liger_head or self.chunked_loss) and fused_head_obstacle(spec, vocab_tp, pp) is None
 
 
 def priced_for_kernels(spec: ModelSpec, config: KernelConfig | None, world_size: int) -> ModelSpec:
@@ -74,7 +78,7 @@ def priced_for_kernels(spec: ModelSpec, config: KernelConfig | None, world_size:
     """
     if config is None or world_size != 1 or not config.fuses_head(spec):
         return spec
-    kept = 2 if config.liger and config.liger_options.get(FUSED_HEAD, True) else 1  # input (+ its gradient)
+    kept = 2 if config.liger_head else 1  # input (+ its gradient)
     layers = tuple(
         dataclasses.replace(
             layer, activation=ActivationModel(replicated=kept * layer.hidden_size, index_replicated=1)
@@ -213,8 +217,7 @@ def kernels_for_profiling(
 
     head_loss = None
     if kernels is not None and kernels.fuses_head(spec):
-        liger_head = kernels.liger and kernels.liger_options.get(FUSED_HEAD, True)
-        head_loss = _liger_head_loss if liger_head else _chunked_head_loss
+        head_loss = _liger_head_loss if kernels.liger_head else _chunked_head_loss
     return ProfiledKernels(label, prepare, head_loss)
 
 
